@@ -37,7 +37,7 @@ bool qcow2_name_is_valid(const char *name, size_t max) {
 static int copy_name(const uint8_t *p, size_t len, char *out, size_t out_size, const char *what,
                      FormatError *err) {
         if (len >= out_size)
-                return format_error(err, -E2BIG, "%s is %zu bytes long, more than %zu", what, len, out_size - 1);
+                return format_error(err, -EBADMSG, "%s is %zu bytes long, more than %zu", what, len, out_size - 1);
         for (size_t i = 0; i < len; i++)
                 if (p[i] < 0x20 || p[i] == 0x7f)
                         return format_error(err, -EBADMSG, "%s contains a control character at byte %zu", what, i);
@@ -221,6 +221,10 @@ int qcow2_header_parse(const uint8_t *buf, size_t size, uint64_t file_size, cons
                 h.header_length = QCOW2_V2_HEADER_LENGTH;
                 h.refcount_order = 4;
         } else {
+                /* header_length is at bytes 100..103: do not read it past the end of the buffer. */
+                if (size < QCOW2_V3_MIN_HEADER_LENGTH)
+                        return format_error(err, -EBADMSG, "file is too short for a qcow2 version 3 header (%zu bytes)",
+                                            size);
                 h.header_length = be32_read(buf + 100);
                 if (h.header_length < QCOW2_V3_MIN_HEADER_LENGTH)
                         return format_error(err, -EBADMSG, "header_length %" PRIu32 " is below %u", h.header_length,

@@ -164,8 +164,10 @@ int qcow2_create(int fd, const Qcow2CreateParams *p, FormatError *err) {
                         need += strlen(p->backing_file);
                 if (need > cs)
                         return format_error(err, -E2BIG, "names do not fit into the header cluster");
-                /* The feature name table is informative: like QEMU, only where it fits. */
-                with_features = need + ext_size(FEATURE_TABLE_BYTES) <= cs;
+                /* The feature name table is informative. Like QEMU, leave it out of small clusters: cluster 0
+                 * must keep room for the longest backing name and format a later rebase may write. */
+                with_features = need + ext_size(FEATURE_TABLE_BYTES) + QCOW2_MAX_BACKING_NAME +
+                                                ext_size(QCOW2_MAX_FORMAT_NAME) <= cs;
 
                 pos = QCOW2_V3_HEADER_LENGTH;
                 if (p->backing_format)
