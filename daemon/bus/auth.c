@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* Every authorization decision of the daemon, from the sender's bus credentials (never from a PID). */
+
+#include "log.h"
+#include "manager.h"
+
+int auth_caller(Manager *m, sd_bus_message *msg, Caller *ret, sd_bus_error *error) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        const gid_t *gids = NULL;
+        uid_t uid;
+        int r, n;
+
+        r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID | SD_BUS_CREDS_SUPPLEMENTARY_GIDS, &creds);
+        if (r >= 0)
+                r = sd_bus_creds_get_euid(creds, &uid);
+        if (r < 0) {
+                /* Any doubt about who is calling is a denial. */
+                log_warning_errno(r, "Cannot determine the caller's credentials");
+                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Cannot determine the caller's credentials");
+        }
+
+        *ret = (Caller) { .uid = uid, .root = uid == 0, .admin = uid == 0 };
+        if (!ret->admin && m->has_admin_gid) {
+                n = sd_bus_creds_get_supplementary_gids(creds, &gids);
+                for (int i = 0; i < n; i++)
+                        if (gids[i] == m->admin_gid)
+                                ret->admin = true;
+        }
+        return 0;
+}
+
+int auth_require_admin(const Caller *c, sd_bus_error *error) {
+        if (c->admin)
+                return 0;
+        return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "This operation needs administrator rights");
+}
+
+int auth_require_root(const Caller *c, sd_bus_error *error) {
+        if (c->root)
+                return 0;
+        return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "This operation is reserved to root");
+}
+
+int auth_require_vm(Manager *m, const Caller *c, const char *vm, sd_bus_error *error) {
+        Vm *v;
+
+        if (c->admin)
+                return 0;
+        v = store_find_vm(m->store, vm);
+        if (v && v->owner_uid == c->uid)
+                return 0;
+        /* The same answer whether the VM exists or not: other users' VMs stay invisible. */
+        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "Access to VM '%s' denied", vm);
+}

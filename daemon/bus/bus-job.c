@@ -1,0 +1,323 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/*
+ * org.vdisk1.Job: a long operation, stepped from the event loop at idle priority so that bus calls
+ * keep being served; progress on properties; Finished when done; the object stays for
+ * JOB_LINGER_USEC afterwards, then JobRemoved is emitted on the Manager.
+ */
+
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "manager.h"
+
+#define JOB_LINGER_USEC (60 * UINT64_C(1000000))
+#define JOB_PROGRESS_INTERVAL_USEC (200 * UINT64_C(1000))
+
+typedef enum JobState {
+        JOB_RUNNING,
+        JOB_DONE,
+        JOB_FAILED,
+        JOB_CANCELLED,
+        _JOB_STATE_MAX,
+} JobState;
+
+static const char *const job_state_table[_JOB_STATE_MAX] = {
+        [JOB_RUNNING] = "running",
+        [JOB_DONE] = "done",
+        [JOB_FAILED] = "failed",
+        [JOB_CANCELLED] = "cancelled",
+};
+
+struct Job {
+        Manager *manager;
+        char path[64];
+        char *operation, *vm, *disk;
+        uid_t owner;
+        JobState state;
+        uint64_t bytes_done, bytes_total;
+        char *error_name, *error_message;
+        const JobOps *ops;
+        void *op;
+        sd_bus_slot *slot;
+        sd_event_source *step_source;
+        sd_event_source *linger_source;
+        uint64_t last_emit;
+};
+
+const char *job_path(const Job *j) {
+        return j->path;
+}
+const char *job_operation(const Job *j) {
+        return j->operation;
+}
+const char *job_vm(const Job *j) {
+        return j->vm;
+}
+const char *job_disk(const Job *j) {
+        return j->disk;
+}
+bool job_is_running(const Job *j) {
+        return j->state == JOB_RUNNING;
+}
+
+size_t manager_running_jobs(Manager *m) {
+        size_t n = 0;
+        for (size_t i = 0; i < m->n_jobs; i++)
+                n += job_is_running(m->jobs[i]);
+        return n;
+}
+
+static Job *job_free(Job *j) {
+        if (!j)
+                return NULL;
+        if (j->op && j->ops->free)
+                j->ops->free(j->op);
+        sd_event_source_disable_unref(j->step_source);
+        sd_event_source_disable_unref(j->linger_source);
+        sd_bus_slot_unref(j->slot);
+        free(j->operation);
+        free(j->vm);
+        free(j->disk);
+        free(j->error_name);
+        free(j->error_message);
+        free(j);
+        return NULL;
+}
+
+static void job_unlink(Job *j) {
+        Manager *m = j->manager;
+        for (size_t i = 0; i < m->n_jobs; i++)
+                if (m->jobs[i] == j) {
+                        memmove(m->jobs + i, m->jobs + i + 1, (m->n_jobs - i - 1) * sizeof(Job *));
+                        m->n_jobs--;
+                        return;
+                }
+}
+
+static int job_linger_cb(sd_event_source *s, uint64_t usec, void *userdata) {
+        Job *j = userdata;
+        Manager *m = j->manager;
+
+        (void) sd_bus_emit_signal(m->bus, VDISK_MANAGER_PATH, VDISK_MANAGER_INTERFACE, "JobRemoved", "os", j->path,
+                                  job_state_table[j->state]);
+        job_unlink(j);
+        job_free(j);
+        return 0;
+}
+
+static void job_emit_progress(Job *j, bool force) {
+        uint64_t now;
+
+        (void) sd_event_now(j->manager->event, CLOCK_MONOTONIC, &now);
+        if (!force && now - j->last_emit < JOB_PROGRESS_INTERVAL_USEC)
+                return;
+        j->last_emit = now;
+        (void) sd_bus_emit_properties_changed(j->manager->bus, j->path, VDISK_JOB_INTERFACE, "Progress", "BytesDone",
+                                              "BytesTotal", NULL);
+}
+
+static void job_finish(Job *j, JobState state, int r, const OpError *err) {
+        Manager *m = j->manager;
+
+        j->state = state;
+        if (state != JOB_DONE) {
+                sd_bus_error e = SD_BUS_ERROR_NULL;
+                bus_error_from_op(&e, r, err && err->code ? err->reason : NULL);
+                j->error_name = strdup(e.name);
+                j->error_message = strdup(e.message ?: "");
+                sd_bus_error_free(&e);
+        }
+        j->step_source = sd_event_source_disable_unref(j->step_source);
+        if (j->op && j->ops->free)
+                j->op = j->ops->free(j->op);
+
+        log_op(state == JOB_DONE ? LOG_INFO : LOG_WARNING, j->operation, j->vm, j->disk, NULL, "Job %s %s%s%s", j->path,
+               job_state_table[state], j->error_message ? ": " : "", j->error_message ?: "");
+        (void) sd_bus_emit_properties_changed(m->bus, j->path, VDISK_JOB_INTERFACE, "State", "Progress", "BytesDone",
+                                              "ErrorName", "ErrorMessage", NULL);
+        (void) sd_bus_emit_signal(m->bus, j->path, VDISK_JOB_INTERFACE, "Finished", "sss", job_state_table[state],
+                                  j->error_name ?: "", j->error_message ?: "");
+        (void) sd_event_add_time_relative(m->event, &j->linger_source, CLOCK_MONOTONIC, JOB_LINGER_USEC, 0,
+                                          job_linger_cb, j);
+}
+
+static int job_step_cb(sd_event_source *s, void *userdata) {
+        Job *j = userdata;
+        OpError err = {};
+        int r;
+
+        r = j->ops->step(j->op, &err);
+        j->bytes_done = j->ops->bytes_done(j->op);
+        j->bytes_total = j->ops->bytes_total(j->op);
+        if (r > 0) {
+                job_emit_progress(j, false);
+                return 0;
+        }
+        if (r < 0 && j->ops->abort)
+                j->ops->abort(j->op);
+        job_finish(j, r < 0 ? JOB_FAILED : JOB_DONE, r, &err);
+        return 0;
+}
+
+static int job_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **found,
+                    sd_bus_error *error) {
+        Manager *m = userdata;
+        for (size_t i = 0; i < m->n_jobs; i++)
+                if (streq(m->jobs[i]->path, path)) {
+                        *found = m->jobs[i];
+                        return 1;
+                }
+        return 0;
+}
+
+static int job_enumerate(sd_bus *bus, const char *path, void *userdata, char ***nodes, sd_bus_error *error) {
+        Manager *m = userdata;
+        char **l = calloc(m->n_jobs + 1, sizeof(char *));
+
+        if (!l)
+                return -ENOMEM;
+        for (size_t i = 0; i < m->n_jobs; i++) {
+                l[i] = strdup(m->jobs[i]->path);
+                if (!l[i]) {
+                        for (size_t k = 0; k < i; k++)
+                                free(l[k]);
+                        free(l);
+                        return -ENOMEM;
+                }
+        }
+        *nodes = l;
+        return 0;
+}
+
+static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        Caller c;
+        int r;
+
+        r = auth_caller(j->manager, msg, &c, error);
+        if (r < 0)
+                return r;
+        if (!c.admin && c.uid != j->owner)
+                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Only the job's starter or an administrator may cancel it");
+        if (j->state != JOB_RUNNING)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Job has already %s", job_state_table[j->state]);
+
+        if (j->ops->abort)
+                j->ops->abort(j->op);
+        job_finish(j, JOB_CANCELLED, -ECANCELED, &(OpError) { .code = -ECANCELED, .reason = "Cancelled by the caller" });
+        return sd_bus_reply_method_return(msg, NULL);
+}
+
+#define JOB_PROPERTY_STRING(fn, field)                                                                         \
+        static int fn(sd_bus *bus, const char *path, const char *interface, const char *property,             \
+                      sd_bus_message *reply, void *userdata, sd_bus_error *error) {                          \
+                Job *j = userdata;                                                                             \
+                return sd_bus_message_append(reply, "s", (field) ?: "");                                      \
+        }
+
+JOB_PROPERTY_STRING(property_operation, j->operation)
+JOB_PROPERTY_STRING(property_vm, j->vm)
+JOB_PROPERTY_STRING(property_disk, j->disk)
+JOB_PROPERTY_STRING(property_state, job_state_table[j->state])
+JOB_PROPERTY_STRING(property_error_name, j->error_name)
+JOB_PROPERTY_STRING(property_error_message, j->error_message)
+
+static int property_progress(sd_bus *bus, const char *path, const char *interface, const char *property,
+                             sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        double p = j->state == JOB_DONE ? 1.0 : j->bytes_total > 0 ? (double) j->bytes_done / (double) j->bytes_total : 0.0;
+        return sd_bus_message_append(reply, "d", p > 1.0 ? 1.0 : p);
+}
+
+static int property_bytes(sd_bus *bus, const char *path, const char *interface, const char *property,
+                          sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        return sd_bus_message_append(reply, "t", streq(property, "BytesDone") ? j->bytes_done : j->bytes_total);
+}
+
+static const sd_bus_vtable job_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("Operation", "s", property_operation, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("VM", "s", property_vm, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Disk", "s", property_disk, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("State", "s", property_state, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Progress", "d", property_progress, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("BytesDone", "t", property_bytes, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("BytesTotal", "t", property_bytes, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("ErrorName", "s", property_error_name, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("ErrorMessage", "s", property_error_message, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_METHOD_WITH_ARGS("Cancel", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT, method_cancel, 0),
+        SD_BUS_SIGNAL_WITH_ARGS("Finished", SD_BUS_ARGS("s", state, "s", error_name, "s", error_message), 0),
+        SD_BUS_VTABLE_END,
+};
+
+int bus_job_register(Manager *m) {
+        int r;
+
+        r = sd_bus_add_fallback_vtable(m->bus, NULL, VDISK_JOB_PREFIX, VDISK_JOB_INTERFACE, job_vtable, job_find, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register the Job objects");
+        r = sd_bus_add_node_enumerator(m->bus, NULL, VDISK_JOB_PREFIX, job_enumerate, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register the Job enumerator");
+        return 0;
+}
+
+int job_start(Manager *m, const char *operation, const char *vm, const char *disk, uid_t owner, const JobOps *ops,
+              void *op, const char **ret_path) {
+        Job *j, **jobs;
+        int r;
+
+        j = calloc(1, sizeof(Job));
+        if (!j)
+                return -ENOMEM;
+        j->manager = m;
+        j->owner = owner;
+        j->ops = ops;
+        j->operation = strdup(operation);
+        j->vm = strdup(vm);
+        j->disk = strdup(disk);
+        snprintf(j->path, sizeof(j->path), VDISK_JOB_PREFIX "/%" PRIu64, ++m->job_counter);
+        if (!j->operation || !j->vm || !j->disk) {
+                job_free(j);
+                return -ENOMEM;
+        }
+
+        r = sd_event_add_defer(m->event, &j->step_source, job_step_cb, j);
+        if (r >= 0)
+                r = sd_event_source_set_priority(j->step_source, SD_EVENT_PRIORITY_IDLE);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(j->step_source, SD_EVENT_ON);
+        if (r < 0) {
+                job_free(j);
+                return r;
+        }
+
+        jobs = reallocarray(m->jobs, m->n_jobs + 1, sizeof(Job *));
+        if (!jobs) {
+                job_free(j);
+                return -ENOMEM;
+        }
+        m->jobs = jobs;
+        m->jobs[m->n_jobs++] = j;
+        /* Only now does the job own the operation. */
+        j->op = op;
+        j->bytes_total = ops->bytes_total(op);
+        *ret_path = j->path;
+        return 0;
+}
+
+void manager_free_jobs(Manager *m);
+void manager_free_jobs(Manager *m) {
+        for (size_t i = 0; i < m->n_jobs; i++) {
+                Job *j = m->jobs[i];
+                if (j->state == JOB_RUNNING && j->ops->abort)
+                        j->ops->abort(j->op);
+                job_free(j);
+        }
+        free(m->jobs);
+        m->jobs = NULL;
+        m->n_jobs = 0;
+}

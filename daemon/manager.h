@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "ops.h"
+#include "store.h"
+
+typedef struct Job Job;
+
+typedef struct Config {
+        char *store_directory;
+        Limits limits;
+        char *admin_group;
+} Config;
+
+void config_init_default(Config *c);
+void config_done(Config *c);
+/* Reads an INI-style file; a missing file is -ENOENT (the caller decides whether that is fine). */
+int config_load(Config *c, const char *path);
+
+typedef struct Manager {
+        sd_event *event;
+        sd_bus *bus;
+        Store *store;
+        Config config;
+        bool has_admin_gid;
+        gid_t admin_gid;
+        Job **jobs;
+        size_t n_jobs;
+        uint64_t job_counter;
+} Manager;
+
+#define VDISK_BUS_NAME "org.vdisk1"
+#define VDISK_MANAGER_PATH "/org/vdisk1"
+#define VDISK_MANAGER_INTERFACE "org.vdisk1.Manager"
+#define VDISK_JOB_PREFIX "/org/vdisk1/job"
+#define VDISK_JOB_INTERFACE "org.vdisk1.Job"
+
+int manager_new(const Config *config, Manager **ret);
+Manager *manager_free(Manager *m);
+int manager_connect_bus(Manager *m);
+size_t manager_running_jobs(Manager *m);
+
+/* bus-manager.c */
+int bus_manager_register(Manager *m);
+
+/* bus-job.c */
+typedef struct JobOps {
+        int (*step)(void *op, OpError *err); /* > 0 more to do, 0 done, < 0 failed (already rolled back) */
+        void (*abort)(void *op);
+        void *(*free)(void *op);
+        uint64_t (*bytes_done)(const void *op);
+        uint64_t (*bytes_total)(const void *op);
+} JobOps;
+
+int job_start(Manager *m, const char *operation, const char *vm, const char *disk, uid_t owner, const JobOps *ops,
+              void *op, const char **ret_path);
+int bus_job_register(Manager *m);
+const char *job_path(const Job *j);
+const char *job_operation(const Job *j);
+const char *job_vm(const Job *j);
+const char *job_disk(const Job *j);
+bool job_is_running(const Job *j);
+
+/* auth.c: who is calling, and what they may do. All authorization decisions live here. */
+typedef struct Caller {
+        uid_t uid;
+        bool root;
+        bool admin; /* root or a member of the admin group */
+} Caller;
+
+int auth_caller(Manager *m, sd_bus_message *msg, Caller *ret, sd_bus_error *error);
+int auth_require_admin(const Caller *c, sd_bus_error *error);
+int auth_require_root(const Caller *c, sd_bus_error *error);
+/* Admin, or the VM's owner; a VM the caller may not see is AccessDenied, never NotFound. */
+int auth_require_vm(Manager *m, const Caller *c, const char *vm, sd_bus_error *error);
+
+/* bus-error.c */
+int bus_error_from_op(sd_bus_error *error, int r, const char *reason);

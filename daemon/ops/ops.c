@@ -1,0 +1,770 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "ops.h"
+#include "probe.h"
+
+void limits_init_default(Limits *l) {
+        *l = (Limits) {
+                .max_chain_depth = LIMITS_DEFAULT_MAX_CHAIN_DEPTH,
+                .max_virtual_size = LIMITS_DEFAULT_MAX_VIRTUAL_SIZE,
+                .max_jobs = LIMITS_DEFAULT_MAX_JOBS,
+                .max_vms = LIMITS_DEFAULT_MAX_VMS,
+                .max_disks_per_vm = LIMITS_DEFAULT_MAX_DISKS_PER_VM,
+                .max_images = LIMITS_DEFAULT_MAX_IMAGES,
+        };
+}
+
+static int check_size(const Limits *lim, uint64_t size, OpError *err) {
+        if (size == 0)
+                return op_error(err, -EINVAL, "size must not be 0");
+        if (size % FORMAT_SECTOR_SIZE != 0)
+                return op_error(err, -EINVAL, "size %" PRIu64 " is not a multiple of 512", size);
+        if (size > lim->max_virtual_size)
+                return op_error(err, -E2BIG, "size %" PRIu64 " is above the limit of %" PRIu64, size, lim->max_virtual_size);
+        return 0;
+}
+
+static int layer_new(ImageFormat f, const char *catalog, const char *vm, Layer **ret) {
+        _cleanup_(layer_freep) Layer *l = NULL;
+        char file[LAYER_ID_LEN + 8];
+        int r;
+
+        l = calloc(1, sizeof(Layer));
+        if (!l)
+                return -ENOMEM;
+        r = layer_id_new(l->id);
+        if (r < 0)
+                return r;
+        snprintf(file, sizeof(file), "%s.%s", l->id, image_format_to_string(f));
+        l->file = strdup(file);
+        l->catalog_name = strdup_or_null(catalog);
+        l->vm = strdup_or_null(vm);
+        if (!l->file || (catalog && !l->catalog_name) || (vm && !l->vm))
+                return -ENOMEM;
+        l->format = f;
+        l->state = LAYER_CREATING;
+        l->generation = 1;
+        *ret = TAKE_PTR(l);
+        return 0;
+}
+
+typedef struct FillArgs {
+        ImageFormat format;
+        Qcow2CreateParams qcow2;
+        const uint8_t *initial;
+        size_t initial_size;
+        int copy_from;
+        FormatError *err;
+} FillArgs;
+
+static int copy_sparse(int from, int to, uint64_t size) {
+        uint64_t pos = 0;
+
+        while (pos < size) {
+                off_t data = lseek(from, (off_t) pos, SEEK_DATA), hole;
+
+                if (data < 0) {
+                        if (errno == ENXIO)
+                                break;
+                        data = (off_t) pos; /* no SEEK_DATA: copy everything */
+                }
+                hole = lseek(from, data, SEEK_HOLE);
+                if (hole < 0)
+                        hole = (off_t) size;
+                while ((uint64_t) data < (uint64_t) hole) {
+                        loff_t in = data, out = data;
+                        ssize_t n = copy_file_range(from, &in, to, &out, (size_t) MIN((uint64_t) (hole - data), UINT64_C(1) << 30), 0);
+                        if (n < 0)
+                                return negative_errno();
+                        if (n == 0)
+                                return -EIO;
+                        data += n;
+                }
+                pos = (uint64_t) hole;
+        }
+        if (ftruncate(to, (off_t) size) < 0)
+                return negative_errno();
+        return 0;
+}
+
+static int fill_image(int fd, void *userdata) {
+        FillArgs *a = userdata;
+
+        if (a->copy_from >= 0) {
+                struct stat st;
+                if (fstat(a->copy_from, &st) < 0)
+                        return negative_errno();
+                /* A raw copy may be larger than its image: the rest reads as zeros. */
+                return copy_sparse(a->copy_from, fd, MAX((uint64_t) st.st_size, a->qcow2.size));
+        }
+        if (a->format == IMAGE_FORMAT_QCOW2)
+                return qcow2_create(fd, &a->qcow2, a->err);
+        return raw_create(fd, a->qcow2.size, a->initial, a->initial_size, a->err);
+}
+
+/* Record before disk: the record (creating), then the file, then the record (ready). */
+static int layer_materialize(Store *s, Layer *l, FillArgs *args, const char *op, OpError *err) {
+        char point[64];
+        int r;
+
+        r = store_put_layer(s, l);
+        if (r < 0)
+                return op_error(err, r, "cannot write the layer record");
+        snprintf(point, sizeof(point), "%s:after-layer-record", op);
+        crash_point(point);
+
+        r = store_create_layer_file(s, l, fill_image, args);
+        if (r < 0)
+                return op_error(err, r, "cannot create the image file");
+        snprintf(point, sizeof(point), "%s:after-file", op);
+        crash_point(point);
+
+        l->state = LAYER_READY;
+        r = store_save_layer(s, l);
+        if (r < 0)
+                return op_error(err, r, "cannot write the layer record");
+        return 0;
+}
+
+int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f, uint64_t size, const char *template_name,
+                    uint32_t cluster_size, char ret_layer[static LAYER_ID_LEN + 1], OpError *err) {
+        _cleanup_(layer_freep) Layer *l = NULL;
+        uint8_t page[SWAP_PAGE_SIZE], uuid[16];
+        FillArgs args = { .format = f, .copy_from = -EBADF, .err = err };
+        Intent intent = {};
+        Layer *owned;
+        int r;
+
+        if (store_find_catalog(s, name))
+                return op_error(err, -EEXIST, "image '%s' already exists", name);
+        if (s->n_layers >= lim->max_images)
+                return op_error(err, -E2BIG, "the store holds the maximum number of layers (%" PRIu32 ")", lim->max_images);
+        r = check_size(lim, size, err);
+        if (r < 0)
+                return r;
+        if (cluster_size != 0) {
+                if (f != IMAGE_FORMAT_QCOW2)
+                        return op_error(err, -EINVAL, "cluster_size applies to qcow2 only");
+                if (cluster_size & (cluster_size - 1) || cluster_size < 512 || cluster_size > (2U << 20))
+                        return op_error(err, -EINVAL, "cluster_size must be a power of two from 512 to 2097152");
+                args.qcow2.cluster_bits = (uint32_t) __builtin_ctz(cluster_size);
+        }
+        args.qcow2.size = size;
+
+        if (streq(template_name, "swap")) {
+                if (getrandom(uuid, sizeof(uuid), 0) != sizeof(uuid))
+                        return op_error(err, -EIO, "cannot generate a UUID");
+                if (swap_signature_build(size, uuid, page) < 0)
+                        return op_error(err, -EINVAL, "a swap image needs at least %u pages of %u bytes", SWAP_MIN_PAGES,
+                                        SWAP_PAGE_SIZE);
+                args.initial = args.qcow2.initial_data = page;
+                args.initial_size = args.qcow2.initial_data_size = sizeof(page);
+        } else if (!streq(template_name, "blank"))
+                return op_error(err, -EINVAL, "unknown template '%s'", template_name);
+
+        r = layer_new(f, name, NULL, &l);
+        if (r < 0)
+                return op_error(err, r, "cannot allocate a layer");
+        l->virtual_size = size;
+
+        r = journal_begin(s, &intent, "create-image", INTENT_COMMIT_LAYER_READY, l->id, 0);
+        if (r >= 0)
+                r = intent_add_new(&intent, l->id);
+        if (r >= 0)
+                r = journal_update(s, &intent);
+        if (r < 0) {
+                (void) journal_end(s, &intent);
+                intent_done(&intent);
+                return op_error(err, r, "cannot write the journal");
+        }
+        crash_point("create-image:after-journal");
+
+        owned = l;
+        r = layer_materialize(s, l, &args, "create-image", err);
+        if (store_find_layer(s, owned->id))
+                TAKE_PTR(l); /* the store owns it now */
+        if (r < 0) {
+                (void) journal_abort(s, &intent);
+                intent_done(&intent);
+                return r;
+        }
+        crash_point("create-image:after-commit");
+        (void) journal_end(s, &intent);
+        intent_done(&intent);
+
+        memcpy(ret_layer, owned->id, LAYER_ID_LEN + 1);
+        log_op(LOG_INFO, "create-image", NULL, NULL, owned->id, "Created %s image '%s' of %" PRIu64 " bytes",
+               image_format_to_string(f), name, size);
+        return 0;
+}
+
+int op_delete_image(Store *s, const char *name, OpError *err) {
+        Layer *l = store_find_catalog(s, name);
+        Intent intent = {};
+        char id[LAYER_ID_LEN + 1];
+        size_t users;
+        int r;
+
+        if (!l)
+                return op_error(err, -ENOENT, "no image '%s'", name);
+        users = store_count_users(s, l->id);
+        if (users > 0)
+                return op_error(err, -EBUSY, "image '%s' is used by %zu disk(s)", name, users);
+        memcpy(id, l->id, sizeof(id));
+
+        r = journal_begin(s, &intent, "delete-image", INTENT_COMMIT_LAYER_DELETED, id, 0);
+        if (r >= 0)
+                r = intent_add_drop(&intent, id);
+        if (r >= 0)
+                r = journal_update(s, &intent);
+        if (r < 0) {
+                (void) journal_end(s, &intent);
+                intent_done(&intent);
+                return op_error(err, r, "cannot write the journal");
+        }
+        crash_point("delete-image:after-journal");
+        r = store_delete_layer(s, id);
+        if (r < 0) {
+                intent_done(&intent);
+                return op_error(err, r, "cannot delete the image");
+        }
+        (void) journal_end(s, &intent);
+        intent_done(&intent);
+        log_op(LOG_INFO, "delete-image", NULL, NULL, id, "Deleted image '%s'", name);
+        return 0;
+}
+
+int op_create_vm(Store *s, const Limits *lim, const char *name, uid_t owner, OpError *err) {
+        _cleanup_(vm_freep) Vm *v = NULL;
+        int r;
+
+        if (store_find_vm(s, name))
+                return op_error(err, -EEXIST, "VM '%s' already exists", name);
+        if (s->n_vms >= lim->max_vms)
+                return op_error(err, -E2BIG, "the store holds the maximum number of VMs (%" PRIu32 ")", lim->max_vms);
+        if (owner == (uid_t) -1)
+                return op_error(err, -EINVAL, "invalid owner uid");
+
+        v = calloc(1, sizeof(Vm));
+        if (!v || !(v->name = strdup(name)))
+                return op_error(err, -ENOMEM, "out of memory");
+        v->owner_uid = owner;
+        v->generation = 1;
+        r = store_put_vm(s, v);
+        if (r < 0)
+                return op_error(err, r, "cannot write the VM record");
+        TAKE_PTR(v);
+        log_op(LOG_INFO, "create-vm", name, NULL, NULL, "Created VM '%s' owned by uid %u", name, (unsigned) owner);
+        return 0;
+}
+
+/* The private layers of a disk, which go with it. */
+static int add_private_layers(Store *s, Intent *intent, const Disk *d) {
+        for (size_t k = 0; k < d->n_chain; k++) {
+                Layer *l = store_find_layer(s, d->chain[k]);
+                if (l && l->vm) {
+                        int r = intent_add_drop(intent, l->id);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+static int finish_drop(Store *s, Intent *intent, const char *op) {
+        char point[64];
+
+        snprintf(point, sizeof(point), "%s:after-commit", op);
+        crash_point(point);
+        for (size_t k = 0; k < intent->n_drop; k++)
+                (void) store_delete_layer(s, intent->drop_layers[k]);
+        return journal_end(s, intent);
+}
+
+int op_delete_vm(Store *s, const char *name, OpError *err) {
+        Vm *v = store_find_vm(s, name);
+        Intent intent = {};
+        int r;
+
+        if (!v)
+                return op_error(err, -ENOENT, "no VM '%s'", name);
+
+        r = journal_begin(s, &intent, "delete-vm", INTENT_COMMIT_VM_DELETED, name, 0);
+        for (size_t i = 0; r >= 0 && i < v->n_disks; i++)
+                r = add_private_layers(s, &intent, &v->disks[i]);
+        if (r >= 0)
+                r = journal_update(s, &intent);
+        if (r < 0) {
+                (void) journal_end(s, &intent);
+                intent_done(&intent);
+                return op_error(err, r, "cannot write the journal");
+        }
+        crash_point("delete-vm:after-journal");
+
+        r = store_delete_vm(s, name);
+        if (r < 0) {
+                (void) journal_end(s, &intent);
+                intent_done(&intent);
+                return op_error(err, r, "cannot remove the VM record");
+        }
+        (void) finish_drop(s, &intent, "delete-vm");
+        intent_done(&intent);
+        log_op(LOG_INFO, "delete-vm", name, NULL, NULL, "Deleted VM '%s'", name);
+        return 0;
+}
+
+/* A new VM record with `edit` applied, written as the commit point of the intent. */
+static int vm_commit(Store *s, Vm *next, const char *op, OpError *err) {
+        char point[64];
+        int r;
+
+        snprintf(point, sizeof(point), "%s:before-commit", op);
+        crash_point(point);
+        r = store_put_vm(s, next);
+        if (r < 0)
+                return op_error(err, r, "cannot write the VM record");
+        return 0;
+}
+
+static int disk_add(Vm *v, const char *name, const char *top, const char *base) {
+        Disk *disks = reallocarray(v->disks, v->n_disks + 1, sizeof(Disk));
+        Disk *d;
+
+        if (!disks)
+                return -ENOMEM;
+        v->disks = disks;
+        d = &v->disks[v->n_disks];
+        *d = (Disk) {};
+        d->name = strdup(name);
+        d->chain = calloc(2, sizeof(char *));
+        if (!d->name || !d->chain) {
+                disk_done(d);
+                return -ENOMEM;
+        }
+        v->n_disks++;
+        d->chain[d->n_chain++] = strdup(top);
+        if (base)
+                d->chain[d->n_chain++] = strdup(base);
+        for (size_t k = 0; k < d->n_chain; k++)
+                if (!d->chain[k])
+                        return -ENOMEM;
+        return 0;
+}
+
+/* Runs a "new layer, then new VM record" operation under one intent. */
+static int new_layer_op(Store *s, Vm *v, Layer *l, FillArgs *args, Vm *next, const char *op, OpError *err) {
+        Intent intent = {};
+        char point[64];
+        Layer *owned = l;
+        int r;
+
+        r = journal_begin(s, &intent, op, INTENT_COMMIT_VM, v->name, next->generation);
+        if (r >= 0)
+                r = intent_add_new(&intent, l->id);
+        if (r >= 0)
+                r = journal_update(s, &intent);
+        if (r < 0) {
+                (void) journal_end(s, &intent);
+                intent_done(&intent);
+                layer_free(l);
+                vm_free(next);
+                return op_error(err, r, "cannot write the journal");
+        }
+        snprintf(point, sizeof(point), "%s:after-journal", op);
+        crash_point(point);
+
+        r = layer_materialize(s, l, args, op, err);
+        if (!store_find_layer(s, owned->id))
+                layer_free(owned);
+        if (r >= 0)
+                r = vm_commit(s, next, op, err);
+        if (r < 0) {
+                vm_free(next);
+                (void) journal_abort(s, &intent);
+                intent_done(&intent);
+                return r;
+        }
+        snprintf(point, sizeof(point), "%s:after-commit", op);
+        crash_point(point);
+        (void) journal_end(s, &intent);
+        intent_done(&intent);
+        return 0;
+}
+
+int op_create_disk(Store *s, const Limits *lim, const char *vm, const char *disk, const char *image, uint64_t size,
+                   const char *mode, ImageFormat blank_format, OpError *err) {
+        Vm *v = store_find_vm(s, vm), *next = NULL;
+        Layer *base = NULL, *l = NULL;
+        FillArgs args = { .copy_from = -EBADF, .err = err };
+        _cleanup_close_ int base_fd = -EBADF;
+        char id[LAYER_ID_LEN + 1];
+        int r;
+
+        if (!v)
+                return op_error(err, -ENOENT, "no VM '%s'", vm);
+        if (vm_find_disk(v, disk))
+                return op_error(err, -EEXIST, "VM '%s' already has a disk '%s'", vm, disk);
+        if (v->n_disks >= lim->max_disks_per_vm)
+                return op_error(err, -E2BIG, "VM '%s' has the maximum number of disks (%" PRIu32 ")", vm, lim->max_disks_per_vm);
+
+        if (!isempty(image)) {
+                base = store_find_catalog(s, image);
+                if (!base)
+                        return op_error(err, -ENOENT, "no image '%s'", image);
+                if (size == 0)
+                        size = base->virtual_size;
+                if (size < base->virtual_size)
+                        return op_error(err, -EINVAL, "size %" PRIu64 " is smaller than image '%s' (%" PRIu64 ")", size, image,
+                                        base->virtual_size);
+        }
+        r = check_size(lim, size, err);
+        if (r < 0)
+                return r;
+
+        if (base && streq(mode, "overlay")) {
+                if (lim->max_chain_depth < 2)
+                        return op_error(err, -ELOOP, "an overlay needs a chain depth of 2, the limit is %" PRIu32,
+                                        lim->max_chain_depth);
+                r = layer_new(IMAGE_FORMAT_QCOW2, NULL, vm, &l);
+                if (r < 0)
+                        return op_error(err, r, "cannot allocate a layer");
+                l->backing = strdup(base->id);
+                l->backing_format = base->format;
+                if (!l->backing) {
+                        layer_free(l);
+                        return op_error(err, -ENOMEM, "out of memory");
+                }
+                args.format = IMAGE_FORMAT_QCOW2;
+                args.qcow2.size = size;
+                args.qcow2.backing_file = base->file;
+                args.qcow2.backing_format = image_format_to_string(base->format);
+        } else if (base && streq(mode, "copy")) {
+                if (size != base->virtual_size && base->format == IMAGE_FORMAT_QCOW2)
+                        return op_error(err, -EOPNOTSUPP, "a qcow2 copy cannot be larger than its image yet; use an overlay");
+                base_fd = store_open_layer(s, base, O_RDONLY);
+                if (base_fd < 0)
+                        return op_error(err, base_fd, "cannot open the file of image '%s'", image);
+                r = layer_new(base->format, NULL, vm, &l);
+                if (r < 0)
+                        return op_error(err, r, "cannot allocate a layer");
+                args.copy_from = base_fd;
+                args.format = base->format;
+                args.qcow2.size = base->format == IMAGE_FORMAT_RAW ? size : 0;
+        } else if (base)
+                return op_error(err, -EINVAL, "unknown mode '%s'", mode);
+        else {
+                r = layer_new(blank_format, NULL, vm, &l);
+                if (r < 0)
+                        return op_error(err, r, "cannot allocate a layer");
+                args.format = blank_format;
+                args.qcow2.size = size;
+        }
+        l->virtual_size = size;
+        memcpy(id, l->id, sizeof(id));
+
+        r = vm_copy(v, &next);
+        if (r >= 0)
+                r = disk_add(next, disk, id, base && streq(mode, "overlay") ? base->id : NULL);
+        if (r < 0) {
+                vm_free(next);
+                layer_free(l);
+                return op_error(err, r, "out of memory");
+        }
+        next->generation++;
+
+        r = new_layer_op(s, v, l, &args, next, "create-disk", err);
+        if (r < 0)
+                return r;
+        log_op(LOG_INFO, "create-disk", vm, disk, id, "Created disk '%s' of VM '%s'%s%s", disk, vm, base ? " from " : "",
+               base ? image : "");
+        return 0;
+}
+
+int op_delete_disk(Store *s, const char *vm, const char *disk, OpError *err) {
+        Vm *v = store_find_vm(s, vm), *next = NULL;
+        Disk *d;
+        Intent intent = {};
+        int r;
+
+        if (!v)
+                return op_error(err, -ENOENT, "no VM '%s'", vm);
+        d = vm_find_disk(v, disk);
+        if (!d)
+                return op_error(err, -ENOENT, "VM '%s' has no disk '%s'", vm, disk);
+
+        r = vm_copy(v, &next);
+        if (r < 0)
+                return op_error(err, r, "out of memory");
+        for (size_t i = 0; i < next->n_disks; i++)
+                if (streq(next->disks[i].name, disk)) {
+                        disk_done(&next->disks[i]);
+                        memmove(next->disks + i, next->disks + i + 1, (next->n_disks - i - 1) * sizeof(Disk));
+                        next->n_disks--;
+                        break;
+                }
+        next->generation++;
+
+        r = journal_begin(s, &intent, "delete-disk", INTENT_COMMIT_VM, vm, next->generation);
+        if (r >= 0)
+                r = add_private_layers(s, &intent, d);
+        if (r >= 0)
+                r = journal_update(s, &intent);
+        if (r < 0) {
+                (void) journal_end(s, &intent);
+                intent_done(&intent);
+                vm_free(next);
+                return op_error(err, r, "cannot write the journal");
+        }
+        crash_point("delete-disk:after-journal");
+        r = vm_commit(s, next, "delete-disk", err);
+        if (r < 0) {
+                vm_free(next);
+                (void) journal_end(s, &intent);
+                intent_done(&intent);
+                return r;
+        }
+        (void) finish_drop(s, &intent, "delete-disk");
+        intent_done(&intent);
+        log_op(LOG_INFO, "delete-disk", vm, disk, NULL, "Deleted disk '%s' of VM '%s'", disk, vm);
+        return 0;
+}
+
+int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, char ret_layer[static LAYER_ID_LEN + 1],
+                OpError *err) {
+        Vm *v = store_find_vm(s, vm), *next = NULL;
+        Disk *d, *nd;
+        Layer *top, *l = NULL;
+        FillArgs args = { .format = IMAGE_FORMAT_QCOW2, .copy_from = -EBADF, .err = err };
+        char **chain;
+        int r;
+
+        if (!v)
+                return op_error(err, -ENOENT, "no VM '%s'", vm);
+        d = vm_find_disk(v, disk);
+        if (!d)
+                return op_error(err, -ENOENT, "VM '%s' has no disk '%s'", vm, disk);
+        if (d->n_chain + 1 > lim->max_chain_depth)
+                return op_error(err, -ELOOP, "disk '%s' has %zu layers, the limit is %" PRIu32, disk, d->n_chain,
+                                lim->max_chain_depth);
+        top = store_find_layer(s, d->chain[0]);
+        if (!top)
+                return op_error(err, -EBADMSG, "the record of the active layer of disk '%s' is missing", disk);
+
+        /* Metadata only: one new file whose header names the current top; nothing else is read or written. */
+        r = layer_new(IMAGE_FORMAT_QCOW2, NULL, vm, &l);
+        if (r < 0)
+                return op_error(err, r, "cannot allocate a layer");
+        l->backing = strdup(top->id);
+        l->backing_format = top->format;
+        l->virtual_size = top->virtual_size;
+        if (!l->backing) {
+                layer_free(l);
+                return op_error(err, -ENOMEM, "out of memory");
+        }
+        args.qcow2.size = top->virtual_size;
+        args.qcow2.backing_file = top->file;
+        args.qcow2.backing_format = image_format_to_string(top->format);
+        memcpy(ret_layer, l->id, LAYER_ID_LEN + 1);
+
+        r = vm_copy(v, &next);
+        if (r < 0) {
+                layer_free(l);
+                return op_error(err, r, "out of memory");
+        }
+        nd = vm_find_disk(next, disk);
+        chain = reallocarray(nd->chain, nd->n_chain + 1, sizeof(char *));
+        if (!chain) {
+                layer_free(l);
+                vm_free(next);
+                return op_error(err, -ENOMEM, "out of memory");
+        }
+        nd->chain = chain;
+        memmove(chain + 1, chain, nd->n_chain * sizeof(char *));
+        chain[0] = strdup(l->id);
+        nd->n_chain++;
+        next->generation++;
+        if (!chain[0]) {
+                layer_free(l);
+                vm_free(next);
+                return op_error(err, -ENOMEM, "out of memory");
+        }
+
+        r = new_layer_op(s, v, l, &args, next, "snapshot", err);
+        if (r < 0)
+                return r;
+        log_op(LOG_INFO, "snapshot", vm, disk, ret_layer, "Snapshot of disk '%s' of VM '%s'", disk, vm);
+        return 0;
+}
+
+int op_verify(Store *s, const char *vm, VerifyProblemFunc cb, void *userdata, OpError *err) {
+        Vm *v = store_find_vm(s, vm);
+        char text[512];
+        int r;
+
+        if (!v)
+                return op_error(err, -ENOENT, "no VM '%s'", vm);
+
+#define PROBLEM(...)                                                                 \
+        do {                                                                         \
+                snprintf(text, sizeof(text), __VA_ARGS__);                           \
+                r = cb(d->name, id, text, userdata);                                 \
+                if (r < 0)                                                           \
+                        return op_error(err, r, "out of memory");                    \
+        } while (0)
+
+        for (size_t i = 0; i < v->n_disks; i++) {
+                Disk *d = &v->disks[i];
+
+                for (size_t k = 0; k < d->n_chain; k++) {
+                        const char *id = d->chain[k];
+                        Layer *l = store_find_layer(s, id), *below = NULL;
+                        _cleanup_close_ int fd = -EBADF;
+                        FormatError ferr = {};
+                        struct stat st;
+
+                        if (!l) {
+                                PROBLEM("layer record is missing");
+                                continue;
+                        }
+                        if (k + 1 < d->n_chain) {
+                                below = store_find_layer(s, d->chain[k + 1]);
+                                if (!streq_ptr(l->backing, d->chain[k + 1]))
+                                        PROBLEM("record's backing layer differs from the disk's chain");
+                        } else if (l->backing)
+                                PROBLEM("bottom layer's record names a backing layer");
+
+                        fd = store_open_layer(s, l, O_RDONLY);
+                        if (fd == -ENOENT) {
+                                PROBLEM("image file is missing");
+                                continue;
+                        }
+                        if (fd < 0) {
+                                PROBLEM("image file is not the one recorded (type, owner, links or inode differ)");
+                                continue;
+                        }
+                        if (fstat(fd, &st) < 0)
+                                return op_error(err, negative_errno(), "cannot stat a layer");
+
+                        if (l->format == IMAGE_FORMAT_RAW) {
+                                if ((uint64_t) st.st_size != l->virtual_size)
+                                        PROBLEM("raw file size %" PRIu64 " differs from the recorded size %" PRIu64,
+                                                (uint64_t) st.st_size, l->virtual_size);
+                                continue;
+                        }
+
+                        Qcow2Header h;
+                        r = qcow2_header_read(fd, NULL, &h, &ferr);
+                        if (r < 0) {
+                                PROBLEM("qcow2 header is invalid: %s", ferr.reason);
+                                continue;
+                        }
+                        if (h.size != l->virtual_size)
+                                PROBLEM("header size %" PRIu64 " differs from the recorded size %" PRIu64, h.size,
+                                        l->virtual_size);
+                        if (below) {
+                                if (!h.has_backing_file || !streq(h.backing_file, below->file))
+                                        PROBLEM("header's backing file name differs from the record (expected %s)",
+                                                below->file);
+                                if (!h.has_backing_format || !streq(h.backing_format, image_format_to_string(below->format)))
+                                        PROBLEM("header's backing format differs from the record (expected %s)",
+                                                image_format_to_string(below->format));
+                        } else if (h.has_backing_file)
+                                PROBLEM("header names a backing file, the record has none");
+                        if (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
+                                PROBLEM("header uses an external data file that is not recorded");
+                        if (h.incompatible_features & (QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_DIRTY))
+                                PROBLEM("header is marked %s",
+                                        (h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) ? "corrupt" : "dirty");
+                }
+        }
+#undef PROBLEM
+        return 0;
+}
+
+int op_check_caller_fd(int fd, OpError *err) {
+        struct stat st;
+        int flags, copy;
+
+        flags = fcntl(fd, F_GETFL);
+        if (flags < 0)
+                return op_error(err, -EINVAL, "invalid file descriptor");
+        if (flags & O_PATH)
+                return op_error(err, -EINVAL, "an O_PATH file descriptor cannot be read");
+        if ((flags & O_ACCMODE) == O_WRONLY)
+                return op_error(err, -EINVAL, "the file descriptor is not open for reading");
+        if (fstat(fd, &st) < 0)
+                return op_error(err, -EINVAL, "cannot stat the file descriptor");
+        if (!S_ISREG(st.st_mode))
+                return op_error(err, -EINVAL, "the file descriptor is not a regular file");
+        copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (copy < 0)
+                return op_error(err, negative_errno(), "cannot duplicate the file descriptor");
+        return copy;
+}
+
+int op_validate_upload(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_virtual_size, OpError *err) {
+        Qcow2Limits qlim = { .max_virtual_size = lim->max_virtual_size };
+        Qcow2CheckResult res = {};
+        FormatError ferr = {};
+        Qcow2Header h;
+        struct stat st;
+        int r;
+
+        r = probe_fd(fd, f, NULL, &ferr);
+        if (r == -EBADMSG || r == -EMEDIUMTYPE)
+                return op_error(err, -EMEDIUMTYPE, "%s", ferr.reason);
+        if (r < 0)
+                return op_error(err, r, "%s", ferr.reason);
+
+        if (f == IMAGE_FORMAT_RAW) {
+                if (fstat(fd, &st) < 0)
+                        return op_error(err, negative_errno(), "cannot stat the image");
+                if ((uint64_t) st.st_size % FORMAT_SECTOR_SIZE != 0)
+                        return op_error(err, -EBADMSG, "raw image size %" PRIu64 " is not a multiple of 512", (uint64_t) st.st_size);
+                if ((uint64_t) st.st_size == 0)
+                        return op_error(err, -EBADMSG, "raw image is empty");
+                if ((uint64_t) st.st_size > lim->max_virtual_size)
+                        return op_error(err, -E2BIG, "raw image is larger than the limit of %" PRIu64, lim->max_virtual_size);
+                *ret_virtual_size = (uint64_t) st.st_size;
+                return 0;
+        }
+
+        r = qcow2_header_read(fd, &qlim, &h, &ferr);
+        if (r < 0)
+                return op_error(err, r == -EIO ? -EIO : r, "%s", ferr.reason);
+        /* Uploads are self-contained: nothing outside the file, nothing vdisk cannot hand QEMU safely. */
+        if (h.has_backing_file)
+                return op_error(err, -EMEDIUMTYPE, "image has a backing file; uploads must be self-contained");
+        if (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
+                return op_error(err, -EMEDIUMTYPE, "image uses an external data file; uploads must be self-contained");
+        if (h.crypt_method != QCOW2_CRYPT_NONE)
+                return op_error(err, -EOPNOTSUPP, "encrypted images are not supported");
+        if (h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
+                return op_error(err, -EBADMSG, "image is marked dirty (refcounts may be stale)");
+        if (h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
+                return op_error(err, -EBADMSG, "image is marked corrupt");
+        if (h.size == 0)
+                return op_error(err, -EBADMSG, "image has a virtual size of 0");
+
+        r = qcow2_check(fd, &h, &qlim, &res, &ferr);
+        if (r < 0)
+                return op_error(err, r, "%s", ferr.reason);
+        if (res.corruptions > 0 || res.leaks > 0) {
+                r = op_error(err, -EBADMSG, "image metadata is inconsistent (%" PRIu64 " errors, %" PRIu64 " leaks)%s%s",
+                             res.corruptions, res.leaks, res.n_problems > 0 ? ": " : "",
+                             res.n_problems > 0 ? res.problems[0].text : "");
+                qcow2_check_result_done(&res);
+                return r;
+        }
+        qcow2_check_result_done(&res);
+        *ret_virtual_size = h.size;
+        return 0;
+}

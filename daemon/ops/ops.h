@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Operations over the store and the format engine. Each returns 0 or a negative errno with a
+ * one-line reason in `err` (FormatError); the bus layer maps errno classes to D-Bus error names:
+ *   ENOENT NotFound · EEXIST AlreadyExists · EBUSY InUse · EMEDIUMTYPE UnsafeImage · EBADMSG Corrupt ·
+ *   EOPNOTSUPP NotSupported · ELOOP ChainTooDeep · E2BIG LimitExceeded · ECANCELED Cancelled ·
+ *   ENOSPC/EDQUOT NoSpace · EINVAL InvalidArgs
+ */
+
+#include <sys/types.h>
+
+#include "format.h"
+#include "qcow2.h"
+#include "store.h"
+
+typedef struct Limits {
+        uint32_t max_chain_depth;
+        uint64_t max_virtual_size;
+        uint32_t max_jobs;
+        uint32_t max_vms;
+        uint32_t max_disks_per_vm;
+        uint32_t max_images;
+} Limits;
+
+#define LIMITS_DEFAULT_MAX_CHAIN_DEPTH 1024U
+#define LIMITS_DEFAULT_MAX_VIRTUAL_SIZE FORMAT_DEFAULT_MAX_VIRTUAL_SIZE
+#define LIMITS_DEFAULT_MAX_JOBS 8U
+#define LIMITS_DEFAULT_MAX_VMS 100000U
+#define LIMITS_DEFAULT_MAX_DISKS_PER_VM 64U
+#define LIMITS_DEFAULT_MAX_IMAGES 100000U
+
+void limits_init_default(Limits *l);
+
+typedef FormatError OpError;
+#define op_error format_error
+
+int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f, uint64_t size, const char *template_name,
+                    uint32_t cluster_size, char ret_layer[static LAYER_ID_LEN + 1], OpError *err);
+int op_delete_image(Store *s, const char *name, OpError *err);
+int op_create_vm(Store *s, const Limits *lim, const char *name, uid_t owner, OpError *err);
+int op_delete_vm(Store *s, const char *name, OpError *err);
+int op_create_disk(Store *s, const Limits *lim, const char *vm, const char *disk, const char *image, uint64_t size,
+                   const char *mode, ImageFormat blank_format, OpError *err);
+int op_delete_disk(Store *s, const char *vm, const char *disk, OpError *err);
+int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, char ret_layer[static LAYER_ID_LEN + 1],
+                OpError *err);
+
+typedef int (*VerifyProblemFunc)(const char *disk, const char *layer, const char *text, void *userdata);
+int op_verify(Store *s, const char *vm, VerifyProblemFunc cb, void *userdata, OpError *err);
+
+/* Checks an image file about to become a catalog image: exactly the declared format, self-contained,
+ * fully valid. Returns the virtual size. */
+int op_validate_upload(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_virtual_size, OpError *err);
+
+/* Checks a caller-supplied fd: a regular file opened for reading (not O_PATH). Returns a private dup. */
+int op_check_caller_fd(int fd, OpError *err);
+
+/* ---- import: a copy in steps, driven by a job ---- */
+
+typedef struct ImportOp ImportOp;
+
+int import_begin(Store *s, const Limits *lim, const char *name, ImageFormat f, int source_fd, ImportOp **ret,
+                 OpError *err);
+/* Copies the next chunk. > 0: more to do; 0: finished and committed (ret layer in import_layer()). */
+int import_step(ImportOp *op, OpError *err);
+/* Rolls back an import that has not finished (cancel, or failure). */
+void import_abort(ImportOp *op);
+ImportOp *import_free(ImportOp *op);
+uint64_t import_bytes_done(const ImportOp *op);
+uint64_t import_bytes_total(const ImportOp *op);
+const char *import_layer(const ImportOp *op);

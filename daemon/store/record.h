@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * The records: one JSON document per layer (records/layer-<id>.json) and one per VM
+ * (records/vm-<name>.json). Versioned by "schema"; written atomically; read with size and depth
+ * limits and every field type-checked.
+ */
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "format.h"
+#include "util.h"
+
+#define RECORD_SCHEMA 1
+#define RECORD_MAX_SIZE (UINT64_C(1) << 20)
+#define RECORD_MAX_DEPTH 8
+
+typedef enum LayerState {
+        LAYER_CREATING,  /* record written, file being made: never handed out */
+        LAYER_READY,
+        _LAYER_STATE_MAX,
+        _LAYER_STATE_INVALID = -EINVAL,
+} LayerState;
+
+const char *layer_state_to_string(LayerState s) _pure_;
+LayerState layer_state_from_string(const char *s) _pure_;
+
+typedef struct Layer {
+        char id[LAYER_ID_LEN + 1];
+        char *file;                /* name inside the store's images/ directory */
+        ImageFormat format;
+        uint64_t virtual_size;
+        char *backing;             /* layer id, NULL at the bottom */
+        ImageFormat backing_format;
+        char *catalog_name;        /* catalog images only */
+        char *vm;                  /* private layers: the owning VM */
+        LayerState state;
+        uint64_t generation;
+        uint64_t inode;
+} Layer;
+
+typedef struct Disk {
+        char *name;
+        char **chain; /* layer ids, top first */
+        size_t n_chain;
+} Disk;
+
+typedef struct Vm {
+        char *name;
+        uid_t owner_uid;
+        uint64_t generation;
+        Disk *disks;
+        size_t n_disks;
+} Vm;
+
+Layer *layer_free(Layer *l);
+Vm *vm_free(Vm *v);
+void disk_done(Disk *d);
+static inline void layer_freep(Layer **l) {
+        layer_free(*l);
+}
+static inline void vm_freep(Vm **v) {
+        vm_free(*v);
+}
+
+struct json_object *layer_to_json(const Layer *l);
+int layer_from_json(struct json_object *o, Layer **ret);
+struct json_object *vm_to_json(const Vm *v);
+int vm_from_json(struct json_object *o, Vm **ret);
+int vm_copy(const Vm *v, Vm **ret);
+
+/* Atomic: temporary file in the same directory, fsync, rename, fsync the directory. */
+int record_write(int dirfd, const char *name, struct json_object *o);
+/* -ENOENT if absent, -EPROTONOSUPPORT for a newer schema, -EBADMSG if malformed, -E2BIG if too large. */
+int record_read(int dirfd, const char *name, struct json_object **ret);
+int record_remove(int dirfd, const char *name);

@@ -1,0 +1,672 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "store.h"
+
+#define IMAGES_DIR "images"
+#define RECORDS_DIR "records"
+#define JOURNAL_DIR "journal"
+#define TMP_PREFIX ".#"
+
+Store *store_free(Store *s) {
+        if (!s)
+                return NULL;
+        for (size_t i = 0; i < s->n_layers; i++)
+                layer_free(s->layers[i]);
+        free(s->layers);
+        for (size_t i = 0; i < s->n_vms; i++)
+                vm_free(s->vms[i]);
+        free(s->vms);
+        safe_close(s->dir_fd);
+        safe_close(s->images_fd);
+        safe_close(s->records_fd);
+        safe_close(s->journal_fd);
+        free(s->path);
+        free(s);
+        return NULL;
+}
+
+static void store_freep(Store **s) {
+        store_free(*s);
+}
+
+Layer *store_find_layer(Store *s, const char *id) {
+        for (size_t i = 0; i < s->n_layers; i++)
+                if (streq(s->layers[i]->id, id))
+                        return s->layers[i];
+        return NULL;
+}
+
+Layer *store_find_catalog(Store *s, const char *name) {
+        for (size_t i = 0; i < s->n_layers; i++)
+                if (streq_ptr(s->layers[i]->catalog_name, name))
+                        return s->layers[i];
+        return NULL;
+}
+
+Vm *store_find_vm(Store *s, const char *name) {
+        for (size_t i = 0; i < s->n_vms; i++)
+                if (streq(s->vms[i]->name, name))
+                        return s->vms[i];
+        return NULL;
+}
+
+Disk *vm_find_disk(Vm *v, const char *name) {
+        for (size_t i = 0; i < v->n_disks; i++)
+                if (streq(v->disks[i].name, name))
+                        return &v->disks[i];
+        return NULL;
+}
+
+size_t store_count_users(Store *s, const char *layer) {
+        size_t n = 0;
+
+        for (size_t i = 0; i < s->n_vms; i++)
+                for (size_t d = 0; d < s->vms[i]->n_disks; d++)
+                        for (size_t k = 0; k < s->vms[i]->disks[d].n_chain; k++)
+                                if (streq(s->vms[i]->disks[d].chain[k], layer))
+                                        n++;
+        return n;
+}
+
+static void layer_record_name(const char *id, char out[static 64]) {
+        snprintf(out, 64, "layer-%s.json", id);
+}
+
+static void vm_record_name(const char *name, char out[static 96]) {
+        snprintf(out, 96, "vm-%s.json", name);
+}
+
+static int array_append(void ***array, size_t *n, void *item) {
+        void **a = reallocarray(*array, *n + 1, sizeof(void *));
+        if (!a)
+                return -ENOMEM;
+        a[(*n)++] = item;
+        *array = a;
+        return 0;
+}
+
+static void array_remove(void **array, size_t *n, void *item) {
+        for (size_t i = 0; i < *n; i++)
+                if (array[i] == item) {
+                        memmove(array + i, array + i + 1, (*n - i - 1) * sizeof(void *));
+                        (*n)--;
+                        return;
+                }
+}
+
+int store_save_layer(Store *s, Layer *l) {
+        char name[64];
+        struct json_object *o = layer_to_json(l);
+        int r;
+
+        layer_record_name(l->id, name);
+        r = record_write(s->records_fd, name, o);
+        json_object_put(o);
+        return r;
+}
+
+int store_put_layer(Store *s, Layer *l) {
+        int r = store_save_layer(s, l);
+        if (r < 0)
+                return r;
+        if (!store_find_layer(s, l->id))
+                return array_append((void ***) &s->layers, &s->n_layers, l);
+        return 0;
+}
+
+static void unlink_layer_files(Store *s, const char *id) {
+        for (int f = 0; f < _IMAGE_FORMAT_MAX; f++) {
+                char name[64];
+                snprintf(name, sizeof(name), "%s.%s", id, image_format_to_string(f));
+                if (unlinkat(s->images_fd, name, 0) < 0 && errno != ENOENT)
+                        log_warning_errno(errno, "Failed to remove image file %s", name);
+        }
+        (void) fsync_directory(s->images_fd);
+}
+
+int store_delete_layer(Store *s, const char *id) {
+        Layer *l = store_find_layer(s, id);
+        char name[64];
+        int r;
+
+        /* Record first: a crash in between leaves an orphan file, which recovery removes, never a record
+         * pointing at nothing. */
+        layer_record_name(id, name);
+        r = record_remove(s->records_fd, name);
+        if (r < 0)
+                return r;
+        unlink_layer_files(s, id);
+        if (l) {
+                array_remove((void **) s->layers, &s->n_layers, l);
+                layer_free(l);
+        }
+        return 0;
+}
+
+int store_put_vm(Store *s, Vm *v) {
+        char name[96];
+        struct json_object *o = vm_to_json(v);
+        Vm *old;
+        int r;
+
+        vm_record_name(v->name, name);
+        r = record_write(s->records_fd, name, o);
+        json_object_put(o);
+        if (r < 0)
+                return r;
+
+        old = store_find_vm(s, v->name);
+        if (old == v)
+                return 0;
+        if (old) {
+                for (size_t i = 0; i < s->n_vms; i++)
+                        if (s->vms[i] == old)
+                                s->vms[i] = v;
+                vm_free(old);
+                return 0;
+        }
+        return array_append((void ***) &s->vms, &s->n_vms, v);
+}
+
+int store_delete_vm(Store *s, const char *vm_name) {
+        Vm *v = store_find_vm(s, vm_name);
+        char name[96];
+        int r;
+
+        vm_record_name(vm_name, name);
+        r = record_remove(s->records_fd, name);
+        if (r < 0)
+                return r;
+        if (v) {
+                array_remove((void **) s->vms, &s->n_vms, v);
+                vm_free(v);
+        }
+        return 0;
+}
+
+int store_open_layer(Store *s, const Layer *l, int flags) {
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+
+        fd = open_beneath(s->images_fd, l->file, flags, 0);
+        if (fd < 0)
+                return fd;
+        if (fstat(fd, &st) < 0)
+                return negative_errno();
+        if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink != 1 ||
+            (l->inode != 0 && (uint64_t) st.st_ino != l->inode))
+                return -EBADMSG;
+        return TAKE_FD(fd);
+}
+
+uint64_t store_layer_allocated(Store *s, const Layer *l) {
+        struct stat st;
+
+        if (fstatat(s->images_fd, l->file, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                return 0;
+        return (uint64_t) st.st_blocks * 512;
+}
+
+int store_tmp_create(Store *s, const Layer *l) {
+        char tmp[96];
+        int fd;
+
+        /* A named temporary (not O_TMPFILE + linkat, which needs CAP_DAC_READ_SEARCH): recovery removes
+         * leftovers, which no record names. */
+        snprintf(tmp, sizeof(tmp), TMP_PREFIX "%s", l->file);
+        fd = openat(s->images_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        return fd < 0 ? negative_errno() : fd;
+}
+
+void store_tmp_discard(Store *s, const Layer *l) {
+        char tmp[96];
+
+        snprintf(tmp, sizeof(tmp), TMP_PREFIX "%s", l->file);
+        (void) unlinkat(s->images_fd, tmp, 0);
+}
+
+int store_tmp_commit(Store *s, Layer *l, int fd) {
+        char tmp[96];
+        struct stat st;
+
+        snprintf(tmp, sizeof(tmp), TMP_PREFIX "%s", l->file);
+        if (fsync(fd) < 0 || fstat(fd, &st) < 0)
+                return negative_errno();
+        if (renameat2(s->images_fd, tmp, s->images_fd, l->file, RENAME_NOREPLACE) < 0)
+                return negative_errno();
+        l->inode = (uint64_t) st.st_ino;
+        return fsync_directory(s->images_fd);
+}
+
+int store_create_layer_file(Store *s, Layer *l, StoreFillFunc fill, void *userdata) {
+        _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        fd = store_tmp_create(s, l);
+        if (fd < 0)
+                return fd;
+        r = fill(fd, userdata);
+        if (r >= 0)
+                r = store_tmp_commit(s, l, fd);
+        if (r < 0)
+                store_tmp_discard(s, l);
+        return r;
+}
+
+static int open_subdir(int dir_fd, const char *name) {
+        int fd;
+
+        if (mkdirat(dir_fd, name, 0700) < 0 && errno != EEXIST)
+                return negative_errno();
+        fd = open_beneath(dir_fd, name, O_RDONLY | O_DIRECTORY, 0);
+        return fd;
+}
+
+static int load_records(Store *s) {
+        _cleanup_close_ int fd = -EBADF;
+        DIR *d;
+        struct dirent *de;
+        int r = 0;
+
+        fd = fcntl(s->records_fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return negative_errno();
+        d = fdopendir(fd);
+        if (!d)
+                return negative_errno();
+        TAKE_FD(fd);
+
+        while ((de = readdir(d))) {
+                struct json_object *o = NULL;
+                const char *n = de->d_name;
+                size_t len = strlen(n);
+
+                if (n[0] == '.') {
+                        if (strncmp(n, TMP_PREFIX, strlen(TMP_PREFIX)) == 0)
+                                (void) unlinkat(s->records_fd, n, 0); /* an interrupted atomic write */
+                        continue;
+                }
+                if (len < 6 || !streq(n + len - 5, ".json")) {
+                        log_warning("Ignoring unexpected file records/%s", n);
+                        continue;
+                }
+
+                r = record_read(s->records_fd, n, &o);
+                if (r == -EPROTONOSUPPORT) {
+                        log_error("Record %s/records/%s has a newer schema than this vdiskd understands (%d); "
+                                  "refusing to start. Upgrade vdiskd.", s->path, n, RECORD_SCHEMA);
+                        break;
+                }
+                if (r < 0) {
+                        log_error_errno(r, "Record %s/records/%s cannot be read; refusing to start", s->path, n);
+                        break;
+                }
+
+                if (strncmp(n, "layer-", 6) == 0) {
+                        Layer *l = NULL;
+                        char expect[64];
+
+                        r = layer_from_json(o, &l);
+                        if (r >= 0) {
+                                layer_record_name(l->id, expect);
+                                if (!streq(expect, n))
+                                        r = -EBADMSG;
+                        }
+                        if (r >= 0)
+                                r = array_append((void ***) &s->layers, &s->n_layers, l);
+                        if (r < 0)
+                                layer_free(l);
+                } else if (strncmp(n, "vm-", 3) == 0) {
+                        Vm *v = NULL;
+                        char expect[96];
+
+                        r = vm_from_json(o, &v);
+                        if (r >= 0) {
+                                vm_record_name(v->name, expect);
+                                if (!streq(expect, n))
+                                        r = -EBADMSG;
+                        }
+                        if (r >= 0)
+                                r = array_append((void ***) &s->vms, &s->n_vms, v);
+                        if (r < 0)
+                                vm_free(v);
+                } else
+                        log_warning("Ignoring unexpected record %s", n);
+                json_object_put(o);
+                if (r < 0) {
+                        log_error_errno(r, "Record %s/records/%s is malformed; refusing to start", s->path, n);
+                        break;
+                }
+        }
+        closedir(d);
+        return r < 0 ? r : 0;
+}
+
+int store_open(const char *path, Store **ret) {
+        _cleanup_(store_freep) Store *s = NULL;
+        struct stat st;
+        int r;
+
+        s = calloc(1, sizeof(Store));
+        if (!s)
+                return -ENOMEM;
+        s->dir_fd = s->images_fd = s->records_fd = s->journal_fd = -EBADF;
+        s->path = strdup(path);
+        if (!s->path)
+                return -ENOMEM;
+
+        if (mkdir(path, 0700) < 0 && errno != EEXIST)
+                return log_error_errno(errno, "Failed to create store directory %s", path);
+        s->dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (s->dir_fd < 0)
+                return log_error_errno(errno, "Failed to open store directory %s", path);
+        if (fstat(s->dir_fd, &st) < 0)
+                return negative_errno();
+        if (st.st_uid != geteuid())
+                return log_error_errno(EPERM, "Store directory %s is not owned by the daemon's user", path);
+        if ((st.st_mode & 07777) != 0700 && fchmod(s->dir_fd, 0700) < 0)
+                return log_error_errno(errno, "Failed to make store directory %s private", path);
+
+        s->images_fd = open_subdir(s->dir_fd, IMAGES_DIR);
+        s->records_fd = open_subdir(s->dir_fd, RECORDS_DIR);
+        s->journal_fd = open_subdir(s->dir_fd, JOURNAL_DIR);
+        if (s->images_fd < 0 || s->records_fd < 0 || s->journal_fd < 0)
+                return log_error_errno(EIO, "Failed to open the subdirectories of store %s", path);
+
+        r = load_records(s);
+        if (r < 0)
+                return r;
+        r = store_recover(s);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+/* ---- intent journal ---- */
+
+static const char *const intent_commit_table[_INTENT_COMMIT_MAX] = {
+        [INTENT_COMMIT_VM] = "vm",
+        [INTENT_COMMIT_VM_DELETED] = "vm-deleted",
+        [INTENT_COMMIT_LAYER_READY] = "layer-ready",
+        [INTENT_COMMIT_LAYER_DELETED] = "layer-deleted",
+};
+
+void intent_done(Intent *i) {
+        free(i->op);
+        free(i->commit_name);
+        for (size_t k = 0; k < i->n_new; k++)
+                free(i->new_layers[k]);
+        free(i->new_layers);
+        for (size_t k = 0; k < i->n_drop; k++)
+                free(i->drop_layers[k]);
+        free(i->drop_layers);
+        *i = (Intent) {};
+}
+
+static int strv_push(char ***v, size_t *n, const char *s) {
+        char *c;
+
+        if (*n >= INTENT_MAX_LAYERS)
+                return -E2BIG;
+        c = strdup(s);
+        if (!c || array_append((void ***) v, n, c) < 0) {
+                free(c);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+int intent_add_new(Intent *i, const char *layer) {
+        return strv_push(&i->new_layers, &i->n_new, layer);
+}
+
+int intent_add_drop(Intent *i, const char *layer) {
+        return strv_push(&i->drop_layers, &i->n_drop, layer);
+}
+
+static struct json_object *strv_to_json(char **v, size_t n) {
+        struct json_object *a = json_object_new_array();
+        for (size_t k = 0; k < n; k++)
+                json_object_array_add(a, json_object_new_string(v[k]));
+        return a;
+}
+
+static int journal_write(Store *s, Intent *i) {
+        struct json_object *o = json_object_new_object();
+        char name[64];
+        int r;
+
+        json_object_object_add(o, "schema", json_object_new_int(RECORD_SCHEMA));
+        json_object_object_add(o, "op", json_object_new_string(i->op));
+        json_object_object_add(o, "commit", json_object_new_string(intent_commit_table[i->commit]));
+        json_object_object_add(o, "commit_name", json_object_new_string(i->commit_name));
+        json_object_object_add(o, "commit_generation", json_object_new_uint64(i->commit_generation));
+        json_object_object_add(o, "new_layers", strv_to_json(i->new_layers, i->n_new));
+        json_object_object_add(o, "drop_layers", strv_to_json(i->drop_layers, i->n_drop));
+        snprintf(name, sizeof(name), "%s.json", i->id);
+        r = record_write(s->journal_fd, name, o);
+        json_object_put(o);
+        return r;
+}
+
+int journal_begin(Store *s, Intent *i, const char *op, IntentCommit commit, const char *commit_name,
+                  uint64_t commit_generation) {
+        int r = layer_id_new(i->id);
+        if (r < 0)
+                return r;
+        i->op = strdup(op);
+        i->commit_name = strdup(commit_name);
+        if (!i->op || !i->commit_name)
+                return -ENOMEM;
+        i->commit = commit;
+        i->commit_generation = commit_generation;
+        return journal_write(s, i);
+}
+
+int journal_update(Store *s, Intent *i) {
+        return journal_write(s, i);
+}
+
+int journal_end(Store *s, Intent *i) {
+        char name[64];
+        snprintf(name, sizeof(name), "%s.json", i->id);
+        return record_remove(s->journal_fd, name);
+}
+
+int journal_abort(Store *s, Intent *i) {
+        for (size_t k = 0; k < i->n_new; k++)
+                (void) store_delete_layer(s, i->new_layers[k]);
+        return journal_end(s, i);
+}
+
+static int strv_from_json(struct json_object *o, const char *key, char ***v, size_t *n) {
+        struct json_object *a;
+
+        if (!json_object_object_get_ex(o, key, &a) || !json_object_is_type(a, json_type_array) ||
+            json_object_array_length(a) > INTENT_MAX_LAYERS)
+                return -EBADMSG;
+        for (size_t k = 0; k < json_object_array_length(a); k++) {
+                struct json_object *e = json_object_array_get_idx(a, k);
+                int r;
+
+                if (!json_object_is_type(e, json_type_string) || !layer_id_is_valid(json_object_get_string(e)))
+                        return -EBADMSG;
+                r = strv_push(v, n, json_object_get_string(e));
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int intent_from_json(struct json_object *o, Intent *i) {
+        struct json_object *v;
+        const char *commit;
+        int r;
+
+        if (!json_object_object_get_ex(o, "op", &v) || !json_object_is_type(v, json_type_string))
+                return -EBADMSG;
+        i->op = strdup(json_object_get_string(v));
+        if (!json_object_object_get_ex(o, "commit", &v) || !json_object_is_type(v, json_type_string))
+                return -EBADMSG;
+        commit = json_object_get_string(v);
+        i->commit = _INTENT_COMMIT_INVALID;
+        for (int k = 0; k < _INTENT_COMMIT_MAX; k++)
+                if (streq(commit, intent_commit_table[k]))
+                        i->commit = (IntentCommit) k;
+        if (i->commit < 0)
+                return -EBADMSG;
+        if (!json_object_object_get_ex(o, "commit_name", &v) || !json_object_is_type(v, json_type_string))
+                return -EBADMSG;
+        i->commit_name = strdup(json_object_get_string(v));
+        if (!json_object_object_get_ex(o, "commit_generation", &v) || !json_object_is_type(v, json_type_int))
+                return -EBADMSG;
+        i->commit_generation = json_object_get_uint64(v);
+        if (!i->op || !i->commit_name)
+                return -ENOMEM;
+        r = strv_from_json(o, "new_layers", &i->new_layers, &i->n_new);
+        if (r < 0)
+                return r;
+        return strv_from_json(o, "drop_layers", &i->drop_layers, &i->n_drop);
+}
+
+static bool intent_committed(Store *s, const Intent *i) {
+        Vm *v;
+        Layer *l;
+
+        switch (i->commit) {
+        case INTENT_COMMIT_VM:
+                v = store_find_vm(s, i->commit_name);
+                return v && v->generation >= i->commit_generation;
+        case INTENT_COMMIT_VM_DELETED:
+                return !store_find_vm(s, i->commit_name);
+        case INTENT_COMMIT_LAYER_READY:
+                l = store_find_layer(s, i->commit_name);
+                return l && l->state == LAYER_READY;
+        case INTENT_COMMIT_LAYER_DELETED:
+                return !store_find_layer(s, i->commit_name);
+        default:
+                return false;
+        }
+}
+
+static int replay_journal(Store *s) {
+        _cleanup_close_ int fd = -EBADF;
+        DIR *d;
+        struct dirent *de;
+        int r = 0;
+
+        fd = fcntl(s->journal_fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return negative_errno();
+        d = fdopendir(fd);
+        if (!d)
+                return negative_errno();
+        TAKE_FD(fd);
+
+        while ((de = readdir(d))) {
+                struct json_object *o = NULL;
+                Intent i = {};
+                size_t len = strlen(de->d_name);
+
+                if (de->d_name[0] == '.') {
+                        if (strncmp(de->d_name, TMP_PREFIX, strlen(TMP_PREFIX)) == 0)
+                                (void) unlinkat(s->journal_fd, de->d_name, 0);
+                        continue;
+                }
+                if (len != LAYER_ID_LEN + 5 || !streq(de->d_name + LAYER_ID_LEN, ".json")) {
+                        log_warning("Ignoring unexpected file journal/%s", de->d_name);
+                        continue;
+                }
+                memcpy(i.id, de->d_name, LAYER_ID_LEN);
+
+                r = record_read(s->journal_fd, de->d_name, &o);
+                if (r >= 0)
+                        r = intent_from_json(o, &i);
+                json_object_put(o);
+                if (r == -EPROTONOSUPPORT) {
+                        log_error("Journal entry %s has a newer schema than this vdiskd understands; refusing to start.",
+                                  de->d_name);
+                        intent_done(&i);
+                        break;
+                }
+                if (r < 0) {
+                        log_error_errno(r, "Journal entry %s is malformed; refusing to start", de->d_name);
+                        intent_done(&i);
+                        break;
+                }
+
+                if (intent_committed(s, &i)) {
+                        log_op(LOG_NOTICE, i.op, NULL, NULL, NULL, "Completing interrupted operation %s %s", i.op, i.id);
+                        for (size_t k = 0; k < i.n_drop; k++)
+                                (void) store_delete_layer(s, i.drop_layers[k]);
+                } else {
+                        log_op(LOG_NOTICE, i.op, NULL, NULL, NULL, "Rolling back interrupted operation %s %s", i.op, i.id);
+                        for (size_t k = 0; k < i.n_new; k++)
+                                (void) store_delete_layer(s, i.new_layers[k]);
+                }
+                r = journal_end(s, &i);
+                intent_done(&i);
+                if (r < 0)
+                        break;
+        }
+        closedir(d);
+        return r < 0 ? r : 0;
+}
+
+static int sweep_orphans(Store *s) {
+        _cleanup_close_ int fd = -EBADF;
+        DIR *d;
+        struct dirent *de;
+
+        /* Layers that no operation finished, and private layers no disk uses. */
+        for (size_t i = 0; i < s->n_layers;) {
+                Layer *l = s->layers[i];
+                if (l->state != LAYER_READY || (l->vm && store_count_users(s, l->id) == 0)) {
+                        log_warning("Removing orphaned layer %s (%s)", l->id, layer_state_to_string(l->state));
+                        (void) store_delete_layer(s, l->id);
+                        continue;
+                }
+                i++;
+        }
+
+        /* Files no record accounts for, and temporaries of interrupted writes. */
+        fd = fcntl(s->images_fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return negative_errno();
+        d = fdopendir(fd);
+        if (!d)
+                return negative_errno();
+        TAKE_FD(fd);
+        while ((de = readdir(d))) {
+                bool known = false;
+
+                if (streq(de->d_name, ".") || streq(de->d_name, ".."))
+                        continue;
+                for (size_t i = 0; i < s->n_layers && !known; i++)
+                        known = streq(s->layers[i]->file, de->d_name);
+                if (known)
+                        continue;
+                log_warning("Removing orphaned file images/%s", de->d_name);
+                if (unlinkat(s->images_fd, de->d_name, 0) < 0)
+                        log_warning_errno(errno, "Failed to remove images/%s", de->d_name);
+        }
+        closedir(d);
+        return fsync_directory(s->images_fd);
+}
+
+int store_recover(Store *s) {
+        int r = replay_journal(s);
+        if (r < 0)
+                return r;
+        return sweep_orphans(s);
+}

@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * The store: one directory owned by the daemon.
+ *
+ *   STORE/images/<layer-id>.<format>     image files, 0600, named by layer id only
+ *   STORE/records/layer-<layer-id>.json  one record per layer
+ *   STORE/records/vm-<name>.json         one record per VM: owner and each disk's chain
+ *   STORE/journal/<op-id>.json           intent entries of operations in progress
+ *
+ * Every mutating operation writes an intent first, and names its commit point: the one atomic
+ * record write (or removal) after which the operation counts as done. Recovery at start rolls each
+ * interrupted operation forward (commit point reached: finish the clean-up) or back (not reached:
+ * remove what it created), then removes files and records no operation accounts for.
+ */
+
+#include "record.h"
+
+typedef struct Store {
+        char *path;
+        int dir_fd;
+        int images_fd;
+        int records_fd;
+        int journal_fd;
+        Layer **layers;
+        size_t n_layers;
+        Vm **vms;
+        size_t n_vms;
+} Store;
+
+int store_open(const char *path, Store **ret);
+Store *store_free(Store *s);
+
+Layer *store_find_layer(Store *s, const char *id);
+Layer *store_find_catalog(Store *s, const char *name);
+Vm *store_find_vm(Store *s, const char *name);
+Disk *vm_find_disk(Vm *v, const char *name);
+/* Disks (of any VM) whose chain contains `layer`. */
+size_t store_count_users(Store *s, const char *layer);
+
+/* Record I/O; the in-memory list follows. store_put_* take ownership on success. */
+int store_put_layer(Store *s, Layer *l);
+int store_save_layer(Store *s, Layer *l);
+int store_delete_layer(Store *s, const char *id); /* record first (the commit), then the file */
+int store_put_vm(Store *s, Vm *v);                 /* replaces a VM of the same name */
+int store_delete_vm(Store *s, const char *name);
+
+/* Opens a layer's file beneath images/, checked on the fd: regular, ours, inode as recorded, one link. */
+int store_open_layer(Store *s, const Layer *l, int flags);
+uint64_t store_layer_allocated(Store *s, const Layer *l);
+
+/* ---- intent journal ---- */
+
+typedef enum IntentCommit {
+        INTENT_COMMIT_VM,            /* VM record `name` written with generation ≥ `generation` */
+        INTENT_COMMIT_VM_DELETED,    /* VM record `name` removed */
+        INTENT_COMMIT_LAYER_READY,   /* layer record `name` (an id) in state ready */
+        INTENT_COMMIT_LAYER_DELETED, /* layer record `name` removed */
+        _INTENT_COMMIT_MAX,
+        _INTENT_COMMIT_INVALID = -EINVAL,
+} IntentCommit;
+
+#define INTENT_MAX_LAYERS 4096U
+
+typedef struct Intent {
+        char id[LAYER_ID_LEN + 1];
+        char *op;
+        IntentCommit commit;
+        char *commit_name;
+        uint64_t commit_generation;
+        char **new_layers;  /* created by the operation: removed on roll-back */
+        size_t n_new;
+        char **drop_layers; /* removed by the operation after its commit point */
+        size_t n_drop;
+} Intent;
+
+void intent_done(Intent *i);
+int intent_add_new(Intent *i, const char *layer);
+int intent_add_drop(Intent *i, const char *layer);
+
+int journal_begin(Store *s, Intent *i, const char *op, IntentCommit commit, const char *commit_name,
+                  uint64_t commit_generation);
+/* Writes the intent again after its lists changed (before the files concerned are touched). */
+int journal_update(Store *s, Intent *i);
+int journal_end(Store *s, Intent *i);
+/* Rolls back an operation that did not reach its commit point, then ends it. */
+int journal_abort(Store *s, Intent *i);
+
+/* Replays the journal and removes orphans; called by store_open(). */
+int store_recover(Store *s);
+
+/* The temporary file of a layer being made: `.#<file>` in images/, renamed into place when complete. */
+int store_tmp_create(Store *s, const Layer *l);
+int store_tmp_commit(Store *s, Layer *l, int fd); /* fsync, rename (no replace), fsync dir; sets inode */
+void store_tmp_discard(Store *s, const Layer *l);
+
+/* Creates a new, empty image file for `l` (O_TMPFILE, linked under its name only when complete). */
+typedef int (*StoreFillFunc)(int fd, void *userdata);
+int store_create_layer_file(Store *s, Layer *l, StoreFillFunc fill, void *userdata);
