@@ -1,0 +1,256 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Harness for integration tests: a private dbus-daemon (own config, own socket) and the real vdiskd
+on a temporary store. Never touches the host's system bus; stops only the processes it started."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import dbus
+
+BUS_NAME = "org.vdisk1"
+PATH = "/org/vdisk1"
+IFACE = "org.vdisk1.Manager"
+SKIP = 77
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <limit name="max_message_unix_fds">16</limit>
+  <limit name="max_incoming_unix_fds">64</limit>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+    <allow receive_type="*"/>
+  </policy>
+</busconfig>
+"""
+
+# In-signatures of org.vdisk1.Manager (../shared/dbus-api.md).
+SIGNATURES = {
+    "CreateImage": "ssta{sv}", "ImportImage": "ssha{sv}", "DeleteImage": "s", "ListImages": "",
+    "CreateVM": "sua{sv}", "DeleteVM": "s", "ListVMs": "", "CreateDisk": "sssta{sv}", "DeleteDisk": "ss",
+    "GetChain": "ss", "Snapshot": "ssa{sv}", "Rebase": "sssa{sv}", "Commit": "sssa{sv}", "OpenDisk": "ssa{sv}",
+    "Verify": "s", "GetDomainXML": "ss", "AdoptDomainXML": "ssa{sv}", "Inspect": "hs", "ListJobs": "",
+}
+
+failures = []
+
+
+def check(cond, what):
+    if cond:
+        print(f"ok   {what}")
+    else:
+        print(f"FAIL {what}")
+        failures.append(what)
+    return cond
+
+
+def check_eq(got, want, what):
+    ok = got == want
+    check(ok, what if ok else f"{what}: got {got!r}, want {want!r}")
+    return ok
+
+
+def finish():
+    if failures:
+        print(f"{len(failures)} check(s) failed:")
+        for f in failures:
+            print("  " + f)
+        sys.exit(1)
+    print("all checks passed")
+    sys.exit(0)
+
+
+def require(*tools):
+    for t in tools:
+        if not shutil.which(t):
+            print(f"SKIP: {t} not installed")
+            sys.exit(SKIP)
+
+
+class Env:
+    def __init__(self, vdiskd, config_extra=""):
+        require("dbus-daemon", "qemu-img")
+        self.vdiskd = vdiskd
+        self.tmp = tempfile.mkdtemp(prefix="vdisk-test-")
+        os.chmod(self.tmp, 0o755)
+        self.socket = os.path.join(self.tmp, "bus.sock")
+        self.store = os.path.join(self.tmp, "store")
+        self.address = "unix:path=" + self.socket
+        with open(os.path.join(self.tmp, "bus.conf"), "w") as f:
+            f.write(BUS_CONF.format(socket=self.socket))
+        self.config = os.path.join(self.tmp, "vdiskd.conf")
+        with open(self.config, "w") as f:
+            f.write(config_extra)
+        # A canary that crafted images may name: it must never change.
+        self.canary = os.path.join(self.tmp, "canary")
+        with open(self.canary, "wb") as f:
+            f.write(b"canary " * 1000)
+        st = os.stat(self.canary)
+        self.canary_state = (st.st_size, st.st_mtime_ns, open(self.canary, "rb").read())
+        self.bus_proc = subprocess.Popen(
+            ["dbus-daemon", "--config-file", os.path.join(self.tmp, "bus.conf"), "--nofork", "--nopidfile"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.tmp, "bus.log"), "w"))
+        for _ in range(100):
+            if os.path.exists(self.socket):
+                break
+            time.sleep(0.05)
+        os.chmod(self.socket, 0o777)
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = self.address
+        self.bus = dbus.bus.BusConnection(self.address)
+        self.daemon = None
+        self.log = os.path.join(self.tmp, "vdiskd.log")
+
+    # ---- daemon lifecycle ----
+    def start(self, env=None, expect_ready=True):
+        e = dict(os.environ)
+        e.update(env or {})
+        self.daemon = subprocess.Popen([self.vdiskd, "--store", self.store, "--config", self.config],
+                                       env=e, stdout=subprocess.DEVNULL, stderr=open(self.log, "a"))
+        if not expect_ready:
+            return self.daemon
+        for _ in range(200):
+            if self.bus.name_has_owner(BUS_NAME):
+                return self.daemon
+            if self.daemon.poll() is not None:
+                raise RuntimeError(f"vdiskd exited with {self.daemon.returncode}: {self.log_text()[-2000:]}")
+            time.sleep(0.025)
+        raise RuntimeError("vdiskd did not acquire its name")
+
+    def stop(self):
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            self.daemon.wait(timeout=20)
+        self.wait_name_gone()
+
+    def wait_name_gone(self):
+        for _ in range(200):
+            if not self.bus.name_has_owner(BUS_NAME):
+                return
+            time.sleep(0.025)
+
+    def restart(self, env=None):
+        self.stop()
+        return self.start(env)
+
+    def log_text(self):
+        try:
+            return open(self.log).read()
+        except OSError:
+            return ""
+
+    def close(self):
+        try:
+            if self.daemon and self.daemon.poll() is None:
+                self.daemon.kill()
+                self.daemon.wait()
+        finally:
+            self.bus.close()
+            self.bus_proc.terminate()
+            self.bus_proc.wait()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def canary_unchanged(self):
+        st = os.stat(self.canary)
+        return (st.st_size, st.st_mtime_ns, open(self.canary, "rb").read()) == self.canary_state
+
+    # ---- calls ----
+    def manager(self):
+        return dbus.Interface(self.bus.get_object(BUS_NAME, PATH, introspect=False), IFACE)
+
+    def call(self, method, *args, timeout=120):
+        return getattr(self.manager(), method)(*args, timeout=timeout)
+
+    def error(self, method, *args):
+        """Calls and returns (error name, message), or (None, result) on success."""
+        try:
+            return None, self.call(method, *args)
+        except dbus.exceptions.DBusException as e:
+            return e.get_dbus_name(), e.get_dbus_message()
+
+    def call_as(self, user, method, *args, fds=()):
+        """Calls as another user (setpriv) in a child process; returns (error name or None, result)."""
+        sig = SIGNATURES[method]
+        code = f"""
+import dbus, json, os, sys
+bus = dbus.bus.BusConnection({self.address!r})
+m = dbus.Interface(bus.get_object({BUS_NAME!r}, {PATH!r}, introspect=False), {IFACE!r})
+args = json.loads(sys.argv[1])
+args = [dbus.types.UnixFd(int(a[3:])) if isinstance(a, str) and a.startswith("fd:") else a for a in args]
+try:
+    r = getattr(m, {method!r})(*args, signature={sig!r})
+    print(json.dumps([None, r]))
+except dbus.exceptions.DBusException as e:
+    print(json.dumps([e.get_dbus_name(), e.get_dbus_message()]))
+"""
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", sys.executable, "-c", code,
+                json.dumps(list(args))]
+        p = subprocess.run(argv, capture_output=True, text=True, pass_fds=fds, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr)
+        return tuple(json.loads(p.stdout))
+
+    def wait_job(self, path, timeout=120):
+        job = self.bus.get_object(BUS_NAME, path, introspect=False)
+        props = dbus.Interface(job, "org.freedesktop.DBus.Properties")
+        end = time.time() + timeout
+        while time.time() < end:
+            state = props.Get("org.vdisk1.Job", "State")
+            if state != "running":
+                return (str(state), str(props.Get("org.vdisk1.Job", "ErrorName")),
+                        str(props.Get("org.vdisk1.Job", "ErrorMessage")))
+            time.sleep(0.02)
+        raise RuntimeError("job did not finish")
+
+    def import_file(self, name, fmt, path):
+        with open(path, "rb") as f:
+            err, res = self.error("ImportImage", name, fmt, dbus.types.UnixFd(f.fileno()), dbus.Dictionary({}, signature="sv"))
+        if err:
+            return (err, res)
+        state, ename, emsg = self.wait_job(res)
+        return (None if state == "done" else ename, emsg)
+
+    # ---- store inspection ----
+    def store_files(self):
+        out = set()
+        for d in ("images", "records", "journal"):
+            p = os.path.join(self.store, d)
+            if os.path.isdir(p):
+                out |= {f"{d}/{n}" for n in os.listdir(p)}
+        return out
+
+    def snapshot_store(self):
+        """Names and contents of everything in the store (records byte-exact, images by size+hash)."""
+        import hashlib
+        out = {}
+        for rel in sorted(self.store_files()):
+            with open(os.path.join(self.store, rel), "rb") as f:
+                out[rel] = hashlib.sha256(f.read()).hexdigest()
+        return out
+
+
+def opts(**kw):
+    d = dbus.Dictionary({}, signature="sv")
+    for k, v in kw.items():
+        if isinstance(v, bool):
+            d[k] = dbus.Boolean(v)
+        elif isinstance(v, int):
+            d[k] = dbus.UInt32(v)
+        else:
+            d[k] = dbus.String(v)
+    return d
+
+
+def qemu_img(*args, cwd=None):
+    return subprocess.run(["qemu-img", *args], capture_output=True, text=True, cwd=cwd)
