@@ -1,0 +1,203 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Crash consistency: vdiskd SIGKILLs itself at every injected point of every mutating operation
+(VDISKD_CRASH_AT=<op>:<point>); after a restart every disk is exactly in its old or its new state,
+no orphan file or record is left, Verify is clean, qemu-img check is clean, and the guest-visible
+content of a snapshotted disk is unchanged."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import dbus
+
+from vdisktest import Env, check, check_eq, finish, opts, qemu_img, require
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+POINTS = {
+    "create-image": ["after-journal", "after-layer-record", "after-file", "after-commit"],
+    "import": ["after-journal", "after-layer-record", "after-copy", "before-rename", "after-file", "after-commit"],
+    "create-disk": ["after-journal", "after-layer-record", "after-file", "before-commit", "after-commit"],
+    "snapshot": ["after-journal", "after-layer-record", "after-file", "before-commit", "after-commit"],
+    "delete-disk": ["after-journal", "before-commit", "after-commit"],
+    "delete-vm": ["after-journal", "after-commit"],
+    "delete-image": ["after-journal"],
+}
+
+
+def records(env):
+    out = {}
+    d = os.path.join(env.store, "records")
+    for n in os.listdir(d):
+        with open(os.path.join(d, n)) as f:
+            out[n] = json.load(f)
+    return out
+
+
+checked = set()  # qcow2 files already checked, unchanged since
+
+
+def check_store_invariants(env, label):
+    """No orphans: every image file has a ready record and vice versa, the journal is empty, no temporaries."""
+    recs = records(env)
+    images = set(os.listdir(os.path.join(env.store, "images")))
+    layers = {r["file"]: r for n, r in recs.items() if n.startswith("layer-")}
+    check_eq(sorted(images), sorted(layers), f"{label}: image files and layer records match one to one")
+    check(all(r["state"] == "ready" for r in layers.values()), f"{label}: every layer record is ready")
+    check_eq(os.listdir(os.path.join(env.store, "journal")), [], f"{label}: journal is empty")
+    check(not any(n.startswith(".") for n in os.listdir(os.path.join(env.store, "records"))),
+          f"{label}: no temporary records")
+    used = set()
+    for n, r in recs.items():
+        if n.startswith("vm-"):
+            for d in r["disks"]:
+                used |= set(d["chain"])
+                for layer in d["chain"]:
+                    check(f"layer-{layer}.json" in recs, f"{label}: chain layer {layer[:8]} of {r['name']} has a record")
+    private = {r["layer"] for r in layers.values() if r["vm"]}
+    check(private <= used, f"{label}: every private layer belongs to a disk")
+    for n, r in recs.items():
+        if n.startswith("vm-"):
+            problems = env.call("Verify", r["name"])
+            check_eq([tuple(map(str, p)) for p in problems], [], f"{label}: Verify {r['name']} is clean")
+    for f, r in layers.items():
+        st = os.stat(os.path.join(env.store, "images", f))
+        key = (f, st.st_ino, st.st_size, st.st_mtime_ns)
+        if r["format"] == "qcow2" and key not in checked:
+            p = qemu_img("check", "-f", "qcow2", f, cwd=os.path.join(env.store, "images"))
+            check(p.returncode == 0, f"{label}: qemu-img check {f[:8]} clean" + ("" if p.returncode == 0 else p.stdout))
+            checked.add(key)
+
+
+def chain(env, vm, disk):
+    err, res = env.error("GetChain", vm, disk)
+    if err:
+        return err
+    return [str(layer[0]) for layer in res]
+
+
+def guest_hash(env, vm, disk):
+    """sha256 of the guest view of a disk (qemu-img follows the bare sibling names vdisk wrote)."""
+    top = env.call("GetChain", vm, disk)[0]
+    out = os.path.join(env.tmp, "guest.raw")
+    p = qemu_img("convert", "-f", str(top[2]), "-O", "raw", os.path.join(env.store, str(top[1])), out)
+    if p.returncode != 0:
+        return "convert failed: " + p.stderr
+    h = hashlib.sha256(open(out, "rb").read()).hexdigest()
+    os.unlink(out)
+    return h
+
+
+def crash_run(env, point, op):
+    """Restarts vdiskd armed with the crash point, runs op, expects the daemon to die by SIGKILL."""
+    env.stop()
+    daemon = env.start({"VDISKD_CRASH_AT": point})
+    try:
+        op()
+        died = False
+    except dbus.exceptions.DBusException:
+        died = True
+    try:
+        daemon.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    check(died and daemon.returncode == -9, f"{point}: vdiskd killed itself at the crash point (rc {daemon.returncode})")
+    env.wait_name_gone()
+    env.start()
+
+
+def main():
+    require("qemu-io")
+    env = Env(sys.argv[1])
+    try:
+        env.start()
+        env.call("CreateImage", "base", "qcow2", dbus.UInt64(GiB), opts())
+        upload = os.path.join(env.tmp, "upload.qcow2")
+        qemu_img("create", "-q", "-f", "qcow2", upload, "256M")
+        subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 8M", upload], check=True, capture_output=True)
+        n = 0
+
+        for op, points in POINTS.items():
+            for p in points:
+                n += 1
+                point = f"{op}:{p}"
+                vm, img = f"vm{n}", f"img{n}"
+
+                if op == "create-image":
+                    crash_run(env, point, lambda: env.call("CreateImage", img, "qcow2", dbus.UInt64(GiB), opts()))
+                    names = [str(i[0]) for i in env.call("ListImages")]
+                    check(img in names or img not in names, f"{point}: image listed or not")
+                    if img in names:
+                        check(p == "after-commit", f"{point}: image exists only if the commit point was passed")
+                    else:
+                        check(p != "after-commit", f"{point}: image rolled back before its commit point")
+                elif op == "import":
+                    def do_import():
+                        with open(upload, "rb") as f:
+                            job = env.call("ImportImage", img, "qcow2", dbus.types.UnixFd(f.fileno()), opts())
+                        env.wait_job(job)
+                    crash_run(env, point, do_import)
+                    names = [str(i[0]) for i in env.call("ListImages")]
+                    check_eq(img in names, p == "after-commit", f"{point}: import committed iff past the commit point")
+                    if img in names:
+                        layer = [i for i in env.call("ListImages") if str(i[0]) == img][0]
+                        f = os.path.join(env.store, "images", f"{layer[1]}.qcow2")
+                        check_eq(qemu_img("compare", "-f", "qcow2", "-F", "qcow2", upload, f).returncode, 0,
+                                 f"{point}: imported content identical to the upload")
+                elif op in ("create-disk", "snapshot", "delete-disk", "delete-vm"):
+                    env.call("CreateVM", vm, dbus.UInt32(0), opts())
+                    if op != "create-disk":
+                        env.call("CreateDisk", vm, "d", "base", dbus.UInt64(0), opts())
+                        top = env.call("GetChain", vm, "d")[0]
+                        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1M 3M",
+                                        os.path.join(env.store, str(top[1]))], check=True, capture_output=True)
+                        before_chain = chain(env, vm, "d")
+                        before_hash = guest_hash(env, vm, "d")
+                    if op == "create-disk":
+                        crash_run(env, point, lambda: env.call("CreateDisk", vm, "d", "base", dbus.UInt64(0), opts()))
+                        c = chain(env, vm, "d")
+                        if p in ("after-commit",):
+                            check(isinstance(c, list) and len(c) == 2, f"{point}: disk exists with overlay + base")
+                        else:
+                            check_eq(c, "org.vdisk1.Error.NotFound", f"{point}: disk rolled back")
+                    elif op == "snapshot":
+                        crash_run(env, point, lambda: env.call("Snapshot", vm, "d", opts()))
+                        c = chain(env, vm, "d")
+                        if p == "after-commit":
+                            check(len(c) == 3 and c[1:] == before_chain, f"{point}: new top over the old chain")
+                        else:
+                            check_eq(c, before_chain, f"{point}: chain unchanged")
+                        check_eq(guest_hash(env, vm, "d"), before_hash, f"{point}: guest-visible content unchanged")
+                    elif op == "delete-disk":
+                        crash_run(env, point, lambda: env.call("DeleteDisk", vm, "d"))
+                        c = chain(env, vm, "d")
+                        if p == "after-commit":
+                            check_eq(c, "org.vdisk1.Error.NotFound", f"{point}: disk gone")
+                        else:
+                            check_eq(c, before_chain, f"{point}: disk intact")
+                            check_eq(guest_hash(env, vm, "d"), before_hash, f"{point}: guest content intact")
+                    elif op == "delete-vm":
+                        crash_run(env, point, lambda: env.call("DeleteVM", vm))
+                        vms = [str(v[0]) for v in env.call("ListVMs")]
+                        check_eq(vm in vms, p != "after-commit", f"{point}: VM present iff before the commit point")
+                        if vm in vms:
+                            check_eq(chain(env, vm, "d"), before_chain, f"{point}: disk intact")
+                elif op == "delete-image":
+                    env.call("CreateImage", img, "raw", dbus.UInt64(MiB), opts())
+                    crash_run(env, point, lambda: env.call("DeleteImage", img))
+                    names = [str(i[0]) for i in env.call("ListImages")]
+                    check(img in names, f"{point}: image still there (killed before its record was removed)")
+                check_store_invariants(env, point)
+
+        check(env.canary_unchanged(), "canary unchanged")
+        print(f"{n} crash points exercised")
+    finally:
+        env.close()
+    finish()
+
+
+if __name__ == "__main__":
+    main()
