@@ -102,6 +102,10 @@ int config_load(Config *c, const char *path) {
                         r = parse_u32(value, &c->limits.max_disks_per_vm);
                 else if (streq(section, "Limits") && streq(key, "MaxImages"))
                         r = parse_u32(value, &c->limits.max_images);
+                else if (streq(section, "Limits") && streq(key, "MaxLeases"))
+                        r = parse_u32(value, &c->limits.max_leases);
+                else if (streq(section, "Limits") && streq(key, "MaxLeasesPerCaller"))
+                        r = parse_u32(value, &c->limits.max_leases_per_caller);
                 else if (streq(section, "Access") && streq(key, "AdminGroup")) {
                         free(c->admin_group);
                         c->admin_group = value[0] ? strdup(value) : NULL;
@@ -157,6 +161,7 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
         manager_free_jobs(m);
+        manager_free_leases(m);
         sd_bus_flush_close_unref(m->bus);
         store_free(m->store);
         sd_event_unref(m->event);

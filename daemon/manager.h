@@ -8,6 +8,7 @@
 #include "store.h"
 
 typedef struct Job Job;
+typedef struct Lease Lease;
 
 typedef struct Config {
         char *store_directory;
@@ -29,6 +30,8 @@ typedef struct Manager {
         gid_t admin_gid;
         Job **jobs;
         size_t n_jobs;
+        Lease **leases;
+        size_t n_leases;
         uint64_t job_counter;
 } Manager;
 
@@ -63,6 +66,14 @@ const char *job_operation(const Job *j);
 const char *job_vm(const Job *j);
 const char *job_disk(const Job *j);
 bool job_is_running(const Job *j);
+
+/* bus-lease.c */
+int bus_lease_register(Manager *m);
+int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error);
+void manager_free_leases(Manager *m);
+const Lease *manager_find_rw_lease(Manager *m, const char *vm, const char *disk);
+/* InUse, naming the holder, while `disk` of `vm` (any disk if NULL) has a read-write lease; else 0. */
+int lease_busy_error(Manager *m, const char *vm, const char *disk, sd_bus_error *error);
 
 /* auth.c: who is calling, and what they may do. All authorization decisions live here. */
 typedef struct Caller {

@@ -5,6 +5,46 @@
 #include "log.h"
 #include "manager.h"
 
+/* Whether the bus says that `sender` has `gid` among its groups. libsystemd before v254 does not parse
+ * UnixGroupIDs from GetConnectionCredentials (sd_bus_creds_get_supplementary_gids() is -ENODATA on a
+ * dbus-daemon bus), so ask the bus driver ourselves: it took the groups from the socket
+ * (SO_PEERGROUPS) when the caller connected, never from a PID. Any error: not a member. */
+static bool bus_sender_in_group(sd_bus *bus, const char *sender, gid_t gid) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        bool found = false;
+        int r;
+
+        if (!sender)
+                return false;
+        r = sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                               "GetConnectionCredentials", NULL, &reply, "s", sender);
+        if (r < 0)
+                return false;
+        r = sd_bus_message_enter_container(reply, 'a', "{sv}");
+        while (r >= 0 && (r = sd_bus_message_enter_container(reply, 'e', "sv")) > 0) {
+                const char *key;
+
+                r = sd_bus_message_read(reply, "s", &key);
+                if (r >= 0 && streq(key, "UnixGroupIDs")) {
+                        const uint32_t *gids;
+                        size_t size = 0;
+
+                        r = sd_bus_message_enter_container(reply, 'v', "au");
+                        if (r > 0)
+                                r = sd_bus_message_read_array(reply, 'u', (const void **) &gids, &size);
+                        for (size_t i = 0; r >= 0 && i < size / sizeof(uint32_t); i++)
+                                if (gids[i] == (uint32_t) gid)
+                                        found = true;
+                        if (r >= 0)
+                                r = sd_bus_message_exit_container(reply);
+                } else if (r >= 0)
+                        r = sd_bus_message_skip(reply, "v");
+                if (r >= 0)
+                        r = sd_bus_message_exit_container(reply);
+        }
+        return r >= 0 && found;
+}
+
 int auth_caller(Manager *m, sd_bus_message *msg, Caller *ret, sd_bus_error *error) {
         _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
         const gid_t *gids = NULL;
@@ -26,6 +66,9 @@ int auth_caller(Manager *m, sd_bus_message *msg, Caller *ret, sd_bus_error *erro
                 for (int i = 0; i < n; i++)
                         if (gids[i] == m->admin_gid)
                                 ret->admin = true;
+                if (n == -ENODATA)
+                        ret->admin = bus_sender_in_group(sd_bus_message_get_bus(msg), sd_bus_message_get_sender(msg),
+                                                         m->admin_gid);
         }
         return 0;
 }

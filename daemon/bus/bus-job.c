@@ -210,10 +210,31 @@ static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *erro
         return sd_bus_reply_method_return(msg, NULL);
 }
 
+/* Job.* is for administrators and the uid that started the job, reads included (dbus-api.md): a job's
+ * properties name VMs, disks and errors. A read outside any incoming call is the daemon's own
+ * PropertiesChanged. */
+static int job_check_read(Job *j, sd_bus *bus, sd_bus_error *error) {
+        sd_bus_message *msg = sd_bus_get_current_message(bus);
+        Caller c;
+        int r;
+
+        if (!msg)
+                return 0;
+        r = auth_caller(j->manager, msg, &c, error);
+        if (r < 0)
+                return r;
+        if (!c.admin && c.uid != j->owner)
+                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Only the job's starter or an administrator may read it");
+        return 0;
+}
+
 #define JOB_PROPERTY_STRING(fn, field)                                                                         \
         static int fn(sd_bus *bus, const char *path, const char *interface, const char *property,             \
                       sd_bus_message *reply, void *userdata, sd_bus_error *error) {                          \
                 Job *j = userdata;                                                                             \
+                int r = job_check_read(j, bus, error);                                                         \
+                if (r < 0)                                                                                     \
+                        return r;                                                                              \
                 return sd_bus_message_append(reply, "s", (field) ?: "");                                      \
         }
 
@@ -228,12 +249,18 @@ static int property_progress(sd_bus *bus, const char *path, const char *interfac
                              sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Job *j = userdata;
         double p = j->state == JOB_DONE ? 1.0 : j->bytes_total > 0 ? (double) j->bytes_done / (double) j->bytes_total : 0.0;
+        int r = job_check_read(j, bus, error);
+        if (r < 0)
+                return r;
         return sd_bus_message_append(reply, "d", p > 1.0 ? 1.0 : p);
 }
 
 static int property_bytes(sd_bus *bus, const char *path, const char *interface, const char *property,
                           sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Job *j = userdata;
+        int r = job_check_read(j, bus, error);
+        if (r < 0)
+                return r;
         return sd_bus_message_append(reply, "t", streq(property, "BytesDone") ? j->bytes_done : j->bytes_total);
 }
 

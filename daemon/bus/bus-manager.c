@@ -203,6 +203,7 @@ static int method_delete_vm(sd_bus_message *msg, void *userdata, sd_bus_error *e
         CHECK(check_name("VM", name, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_admin(&c, error));
+        CHECK(lease_busy_error(m, name, NULL, error));
 
         r = op_delete_vm(m->store, name, &err);
         if (r < 0)
@@ -272,6 +273,7 @@ static int method_delete_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
         CHECK(check_name("disk", disk, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_admin(&c, error));
+        CHECK(lease_busy_error(m, vm, disk, error));
 
         r = op_delete_disk(m->store, vm, disk, &err);
         if (r < 0)
@@ -332,6 +334,7 @@ static int method_snapshot(sd_bus_message *msg, void *userdata, sd_bus_error *er
         CHECK(check_name("disk", disk, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_vm(m, &c, vm, error));
+        CHECK(lease_busy_error(m, vm, disk, error));
 
         r = op_snapshot(m->store, &m->config.limits, vm, disk, layer, &err);
         if (r < 0)
@@ -358,7 +361,7 @@ static int method_verify(sd_bus_message *msg, void *userdata, sd_bus_error *erro
 
         CHECK(sd_bus_message_new_method_return(msg, &reply));
         CHECK(sd_bus_message_open_container(reply, 'a', "(sss)"));
-        r = op_verify(m->store, vm, verify_add, reply, &err);
+        r = op_verify(m->store, vm, NULL, verify_add, reply, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
         CHECK(sd_bus_message_close_container(reply));
@@ -517,6 +520,10 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("s", vm, "s", disk, "a{sv}", options),
                                 SD_BUS_RESULT("s", layer),
                                 method_snapshot, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("OpenDisk",
+                                SD_BUS_ARGS("s", vm, "s", disk, "a{sv}", options),
+                                SD_BUS_RESULT("o", lease, "s", blockdev, "ah", fds),
+                                method_open_disk, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Verify", SD_BUS_ARGS("s", vm), SD_BUS_RESULT("a(sss)", problems), method_verify, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Inspect", SD_BUS_ARGS("h", image, "s", format), SD_BUS_RESULT("s", json), method_inspect, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("ListJobs", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(osss)", jobs), method_list_jobs, SD_BUS_VTABLE_UNPRIVILEGED),

@@ -19,6 +19,8 @@ void limits_init_default(Limits *l) {
                 .max_vms = LIMITS_DEFAULT_MAX_VMS,
                 .max_disks_per_vm = LIMITS_DEFAULT_MAX_DISKS_PER_VM,
                 .max_images = LIMITS_DEFAULT_MAX_IMAGES,
+                .max_leases = LIMITS_DEFAULT_MAX_LEASES,
+                .max_leases_per_caller = LIMITS_DEFAULT_MAX_LEASES_PER_CALLER,
         };
 }
 
@@ -604,7 +606,7 @@ int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, c
         return 0;
 }
 
-int op_verify(Store *s, const char *vm, VerifyProblemFunc cb, void *userdata, OpError *err) {
+int op_verify(Store *s, const char *vm, const char *only_disk, VerifyProblemFunc cb, void *userdata, OpError *err) {
         Vm *v = store_find_vm(s, vm);
         char text[512];
         int r;
@@ -623,6 +625,12 @@ int op_verify(Store *s, const char *vm, VerifyProblemFunc cb, void *userdata, Op
         for (size_t i = 0; i < v->n_disks; i++) {
                 Disk *d = &v->disks[i];
 
+                if (only_disk && !streq(only_disk, d->name))
+                        continue;
+                if (d->quarantine) {
+                        const char *id = d->chain[0];
+                        PROBLEM("disk is quarantined: %s", d->quarantine);
+                }
                 for (size_t k = 0; k < d->n_chain; k++) {
                         const char *id = d->chain[k];
                         Layer *l = store_find_layer(s, id), *below = NULL;
@@ -766,5 +774,29 @@ int op_validate_upload(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_v
         }
         qcow2_check_result_done(&res);
         *ret_virtual_size = h.size;
+        return 0;
+}
+
+int op_quarantine(Store *s, const char *vm, const char *disk, const char *reason, OpError *err) {
+        Vm *v = store_find_vm(s, vm), *next = NULL;
+        Disk *d;
+        int r;
+
+        if (!v || !vm_find_disk(v, disk))
+                return op_error(err, -ENOENT, "no disk '%s' of VM '%s'", disk, vm);
+        r = vm_copy(v, &next);
+        if (r < 0)
+                return op_error(err, r, "out of memory");
+        d = vm_find_disk(next, disk);
+        free(d->quarantine);
+        d->quarantine = strdup_or_null(reason);
+        next->generation++;
+        r = store_put_vm(s, next);
+        if (r < 0) {
+                vm_free(next);
+                return op_error(err, r, "cannot write the VM record");
+        }
+        log_op(LOG_WARNING, "quarantine", vm, disk, NULL, "Disk '%s' of VM '%s' %s%s", disk, vm,
+               reason ? "quarantined: " : "released from quarantine", reason ?: "");
         return 0;
 }

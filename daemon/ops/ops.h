@@ -22,6 +22,8 @@ typedef struct Limits {
         uint32_t max_vms;
         uint32_t max_disks_per_vm;
         uint32_t max_images;
+        uint32_t max_leases;
+        uint32_t max_leases_per_caller;
 } Limits;
 
 #define LIMITS_DEFAULT_MAX_CHAIN_DEPTH 1024U
@@ -30,6 +32,8 @@ typedef struct Limits {
 #define LIMITS_DEFAULT_MAX_VMS 100000U
 #define LIMITS_DEFAULT_MAX_DISKS_PER_VM 64U
 #define LIMITS_DEFAULT_MAX_IMAGES 100000U
+#define LIMITS_DEFAULT_MAX_LEASES 1024U
+#define LIMITS_DEFAULT_MAX_LEASES_PER_CALLER 64U
 
 void limits_init_default(Limits *l);
 
@@ -48,7 +52,11 @@ int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, c
                 OpError *err);
 
 typedef int (*VerifyProblemFunc)(const char *disk, const char *layer, const char *text, void *userdata);
-int op_verify(Store *s, const char *vm, VerifyProblemFunc cb, void *userdata, OpError *err);
+/* Compares every layer of every disk of `vm` (or of `only_disk`) with its record. */
+int op_verify(Store *s, const char *vm, const char *only_disk, VerifyProblemFunc cb, void *userdata, OpError *err);
+
+/* Marks a disk as not to be handed out (NULL: lifts it); persisted in the VM record. */
+int op_quarantine(Store *s, const char *vm, const char *disk, const char *reason, OpError *err);
 
 /* Checks an image file about to become a catalog image: exactly the declared format, self-contained,
  * fully valid. Returns the virtual size. */

@@ -37,6 +37,7 @@ Layer *layer_free(Layer *l) {
 
 void disk_done(Disk *d) {
         free(d->name);
+        free(d->quarantine);
         for (size_t i = 0; i < d->n_chain; i++)
                 free(d->chain[i]);
         free(d->chain);
@@ -174,6 +175,8 @@ struct json_object *vm_to_json(const Vm *v) {
                 for (size_t k = 0; k < v->disks[i].n_chain; k++)
                         json_object_array_add(chain, json_object_new_string(v->disks[i].chain[k]));
                 json_object_object_add(d, "chain", chain);
+                if (v->disks[i].quarantine)
+                        add_string(d, "quarantine", v->disks[i].quarantine);
                 json_object_array_add(disks, d);
         }
         json_object_object_add(o, "disks", disks);
@@ -220,6 +223,16 @@ int vm_from_json(struct json_object *o, Vm **ret) {
                 if (!disk->name)
                         return -ENOMEM;
                 v->n_disks++;
+                {
+                        struct json_object *q;
+                        if (json_object_object_get_ex(d, "quarantine", &q)) {
+                                if (!json_object_is_type(q, json_type_string))
+                                        return -EBADMSG;
+                                disk->quarantine = strdup(json_object_get_string(q));
+                                if (!disk->quarantine)
+                                        return -ENOMEM;
+                        }
+                }
                 disk->chain = calloc(json_object_array_length(chain), sizeof(char *));
                 if (!disk->chain)
                         return -ENOMEM;

@@ -47,6 +47,7 @@ typedef struct Disk {
         char *name;
         char **chain; /* layer ids, top first */
         size_t n_chain;
+        char *quarantine; /* why the disk may not be handed out, NULL if it may */
 } Disk;
 
 typedef struct Vm {
