@@ -179,8 +179,9 @@ class Env:
         except dbus.exceptions.DBusException as e:
             return e.get_dbus_name(), e.get_dbus_message()
 
-    def call_as(self, user, method, *args, fds=()):
-        """Calls as another user (setpriv) in a child process; returns (error name or None, result)."""
+    def call_as(self, user, method, *args, fds=(), groups=None):
+        """Calls as another user (setpriv) in a child process; returns (error name or None, result).
+        groups: supplementary gids for the child (default: none)."""
         sig = SIGNATURES[method]
         code = f"""
 import dbus, json, os, sys
@@ -190,16 +191,48 @@ args = json.loads(sys.argv[1])
 args = [dbus.types.UnixFd(int(a[3:])) if isinstance(a, str) and a.startswith("fd:") else a for a in args]
 try:
     r = getattr(m, {method!r})(*args, signature={sig!r})
-    print(json.dumps([None, r]))
+    print(json.dumps([None, r], default=str))
 except dbus.exceptions.DBusException as e:
     print(json.dumps([e.get_dbus_name(), e.get_dbus_message()]))
 """
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", sys.executable, "-c", code,
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", *_setpriv_groups(groups), sys.executable, "-c", code,
                 json.dumps(list(args))]
         p = subprocess.run(argv, capture_output=True, text=True, pass_fds=fds, timeout=60)
         if p.returncode != 0:
             raise RuntimeError(p.stderr)
         return tuple(json.loads(p.stdout))
+
+    def call_object_as(self, user, path, interface, method, *args, signature="", groups=None):
+        """Calls any method of any object as another user (e.g. org.freedesktop.DBus.Properties.Get on a
+        job, or Job.Cancel); returns (error name or None, result) like call_as()."""
+        code = f"""
+import dbus, json, sys
+bus = dbus.bus.BusConnection({self.address!r})
+o = dbus.Interface(bus.get_object({BUS_NAME!r}, {path!r}, introspect=False), {interface!r})
+try:
+    r = getattr(o, {method!r})(*json.loads(sys.argv[1]), signature={signature!r})
+    print(json.dumps([None, r], default=str))
+except dbus.exceptions.DBusException as e:
+    print(json.dumps([e.get_dbus_name(), e.get_dbus_message()]))
+"""
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", *_setpriv_groups(groups), sys.executable, "-c", code,
+                json.dumps(list(args))]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr)
+        return tuple(json.loads(p.stdout))
+
+    def get_property_as(self, user, name, path=PATH, interface=IFACE, groups=None):
+        return self.call_object_as(user, path, "org.freedesktop.DBus.Properties", "Get", interface, name,
+                                   signature="ss", groups=groups)
+
+    def try_call(self, method, *args, timeout=120):
+        """Like error(), with the method's exact in-signature (plain Python ints become 't'/'u' as the
+        contract says): returns (error name or None, result or message)."""
+        try:
+            return None, getattr(self.manager(), method)(*args, signature=SIGNATURES[method], timeout=timeout)
+        except dbus.exceptions.DBusException as e:
+            return e.get_dbus_name(), e.get_dbus_message()
 
     def wait_job(self, path, timeout=120):
         job = self.bus.get_object(BUS_NAME, path, introspect=False)
@@ -238,6 +271,14 @@ except dbus.exceptions.DBusException as e:
             with open(os.path.join(self.store, rel), "rb") as f:
                 out[rel] = hashlib.sha256(f.read()).hexdigest()
         return out
+
+
+def _setpriv_groups(groups):
+    if groups is None:
+        return ["--clear-groups"]
+    if isinstance(groups, (int, str)):
+        groups = [groups]
+    return [f"--groups={','.join(str(g) for g in groups)}"]
 
 
 def opts(**kw):

@@ -1,0 +1,255 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""OpenDisk and leases: fds and their modes, the blockdev description, paging past 16 fds through a
+dbus-daemon with the stock system limits (16 fds per message, 64 incoming), lease exclusivity and
+InUse, the end of a lease when its holder leaves the bus, QEMU image locks, quarantine of a disk
+whose header changed under a read-write lease, authorization — and a real QEMU that opens the
+whole chain from the fds alone."""
+
+import fcntl
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+
+import dbus
+
+from vdisktest import BUS_NAME, Env, check, check_eq, finish, opts, qemu_img
+
+GiB = 1 << 30
+O_ACCMODE = 3
+
+
+def lease_iface(env, path, bus=None):
+    return dbus.Interface((bus or env.bus).get_object(BUS_NAME, path, introspect=False), "org.vdisk1.Lease")
+
+
+def fd_flags(fd):
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8)
+    return None
+
+
+def open_all(env, vm, disk, bus=None, **kw):
+    bus = bus or env.bus
+    m = dbus.Interface(bus.get_object(BUS_NAME, "/org/vdisk1", introspect=False), "org.vdisk1.Manager")
+    path, blockdev, fds = m.OpenDisk(vm, disk, opts(**kw))
+    fds = [f.take() for f in fds]
+    lease = lease_iface(env, path, bus)
+    props = dbus.Interface(bus.get_object(BUS_NAME, path, introspect=False), "org.freedesktop.DBus.Properties")
+    count = int(props.Get("org.vdisk1.Lease", "FdCount"))
+    while len(fds) < count:
+        more = lease.GetFds(dbus.UInt32(len(fds)), dbus.UInt32(100))
+        check(len(more) <= 16, f"GetFds returns at most 16 fds (got {len(more)})")
+        fds += [f.take() for f in more]
+    return path, json.loads(str(blockdev)), fds, lease, props
+
+
+def ofd_lock(fd, byte):
+    """Takes a QEMU-style shared lock (F_RDLCK, OFD) on one byte."""
+    F_OFD_SETLK = 37
+    fl = struct.pack("hhqqi", fcntl.F_RDLCK, 0, byte, 1, 0)
+    fcntl.fcntl(fd, F_OFD_SETLK, fl)
+
+
+def check_blockdev(nodes, chain, disk, read_only, label):
+    n = len(chain)
+    check_eq(len(nodes), 2 * n, f"{label}: a file node and a format node per layer")
+    by_name = {nd["node-name"]: nd for nd in nodes}
+    check_eq(nodes[-1]["node-name"], disk, f"{label}: the top format node is named after the disk")
+    files = [nd for nd in nodes if nd["driver"] == "file"]
+    check_eq(sorted(nd["filename"] for nd in files), sorted(f"/dev/fdset/{i + 1}" for i in range(n)),
+             f"{label}: file nodes use /dev/fdset/1..{n}")
+    formats = [nd for nd in nodes if nd["driver"] != "file"]
+    # Deepest first; each format node names its backing explicitly, the deepest null.
+    for i, nd in enumerate(formats):
+        layer = chain[n - 1 - i]
+        check_eq(nd["driver"], str(layer[2]), f"{label}: layer {n - 1 - i} has driver {layer[2]}")
+        if nd["driver"] == "qcow2":
+            want = None if i == 0 else formats[i - 1]["node-name"]
+            check_eq(nd.get("backing", "missing"), want, f"{label}: layer {n - 1 - i} backing is explicit")
+        ro = (n - 1 - i) > 0 or read_only
+        check_eq(nd["read-only"], ro, f"{label}: layer {n - 1 - i} read-only={ro}")
+        check_eq(by_name[nd["file"]]["read-only"], ro, f"{label}: file node of layer {n - 1 - i} read-only={ro}")
+    # The top layer's file is fd 0, i.e. /dev/fdset/1.
+    check_eq(by_name[formats[-1]["file"]]["filename"], "/dev/fdset/1", f"{label}: fd 0 is the top layer")
+
+
+def qemu_opens_chain(env, nodes, fds, label):
+    qemu = shutil.which("qemu-system-x86_64")
+    if not check(qemu is not None, f"{label}: qemu-system-x86_64 installed"):
+        return
+    args = [qemu, "-nodefaults", "-display", "none", "-machine", "none", "-S", "-qmp", "stdio"]
+    for i, fd in enumerate(fds):
+        args += ["-add-fd", f"fd={fd},set={i + 1}"]
+    for nd in nodes:
+        args += ["-blockdev", json.dumps(nd)]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         pass_fds=fds, cwd=env.tmp)
+    cmds = [{"execute": "qmp_capabilities"}, {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
+            {"execute": "quit"}]
+    out, err = p.communicate("\n".join(json.dumps(c) for c in cmds) + "\n", timeout=60)
+    replies = [json.loads(x) for x in out.splitlines() if x.strip().startswith("{")]
+    result = [r for r in replies if isinstance(r.get("return"), list)]
+    if not check(result, f"{label}: QEMU answered query-named-block-nodes ({err.strip()[:300]})"):
+        return
+    named = {n["node-name"]: n for n in result[0]["return"]}
+    check(all(nd["node-name"] in named for nd in nodes), f"{label}: QEMU created every node from the description")
+    files = [n["file"] for n in result[0]["return"] if n["drv"] == "file"]
+    check(all(f.startswith("/dev/fdset/") for f in files), f"{label}: QEMU opened no path, only fdsets")
+    top = named[nodes[-1]["node-name"]]
+    check_eq(top["ro"], False, f"{label}: the top node is writable in QEMU")
+
+
+def main():
+    env = Env(sys.argv[1])
+    try:
+        env.start()
+        env.call("CreateImage", "base", "qcow2", dbus.UInt64(GiB), opts())
+        env.call("CreateImage", "rawbase", "raw", dbus.UInt64(GiB), opts())
+        env.call("CreateVM", "vm", dbus.UInt32(65534), opts())
+        env.call("CreateDisk", "vm", "d", "base", dbus.UInt64(0), opts())
+        env.call("CreateDisk", "vm", "r", "rawbase", dbus.UInt64(0), opts())
+        for _ in range(2):
+            env.call("Snapshot", "vm", "d", opts())
+
+        # ---- a small chain: modes, description, QEMU ----
+        chain = env.call("GetChain", "vm", "d")
+        path, nodes, fds, lease, props = open_all(env, "vm", "d")
+        check_eq(len(fds), len(chain), "one fd per layer")
+        flags = [fd_flags(fd) for fd in fds]
+        check_eq(flags[0] & O_ACCMODE, os.O_RDWR, "top layer fd is read-write")
+        check(all(f & O_ACCMODE == os.O_RDONLY for f in flags[1:]), "backing layer fds are read-only")
+        inos = [os.fstat(fd).st_ino for fd in fds]
+        want = [os.stat(os.path.join(env.store, str(layer[1]))).st_ino for layer in chain]
+        check_eq(inos, want, "fds are the chain's files, top first")
+        check_blockdev(nodes, chain, "d", False, "rw lease")
+        check_eq(str(props.Get("org.vdisk1.Lease", "VM")), "vm", "Lease.VM")
+        check_eq(bool(props.Get("org.vdisk1.Lease", "ReadOnly")), False, "Lease.ReadOnly")
+
+        # While leased read-write: InUse naming the holder, for everything that changes the chain.
+        for method, args in (("Snapshot", ("vm", "d", opts())), ("DeleteDisk", ("vm", "d")), ("DeleteVM", ("vm",)),
+                             ("OpenDisk", ("vm", "d", opts())), ("OpenDisk", ("vm", "d", opts(read_only=True)))):
+            err, msg = env.error(method, *args)
+            check_eq(err, "org.vdisk1.Error.InUse", f"{method} while leased read-write is InUse")
+            check(env.bus.get_unique_name() in str(msg) and "pid" in str(msg), f"{method}: message names the holder")
+        check_eq(env.error("Snapshot", "vm", "r", opts())[0], None, "another disk of the VM is not affected")
+
+        # Only the holder may use the lease.
+        err, _ = env.call_as(0, "ListImages")
+        check_eq(err, None, "a second connection works")
+        other = dbus.bus.BusConnection(env.address)
+        try:
+            lease_iface(env, path, other).Release()
+            check(False, "Release by another connection is refused")
+        except dbus.exceptions.DBusException as e:
+            check_eq(e.get_dbus_name(), "org.freedesktop.DBus.Error.AccessDenied", "Release by a non-holder")
+        other.close()
+
+        qemu_opens_chain(env, nodes, fds, "qemu")
+        for fd in fds:
+            os.close(fd)
+        lease.Release()
+        check_eq(env.error("Snapshot", "vm", "d", opts())[0], None, "Snapshot works again after Release")
+        check_eq(env.error("Verify", "vm")[1], [], "nothing changed: no quarantine")
+
+        # Read-only leases coexist and hand out only read-only fds.
+        p1, n1, f1, l1, _ = open_all(env, "vm", "d", read_only=True)
+        p2, n2, f2, l2, _ = open_all(env, "vm", "d", read_only=True)
+        check(all(fd_flags(fd) & O_ACCMODE == os.O_RDONLY for fd in f1 + f2), "read-only lease: every fd read-only")
+        check_blockdev(n1, env.call("GetChain", "vm", "d"), "d", True, "ro lease")
+        check_eq(env.error("OpenDisk", "vm", "d", opts())[0], "org.vdisk1.Error.InUse", "no writer beside readers")
+        for fd in f1 + f2:
+            os.close(fd)
+        l1.Release()
+        l2.Release()
+
+        # A raw base: raw driver node, no backing key.
+        path, nodes, fds, lease, _ = open_all(env, "vm", "r")
+        raw_nodes = [nd for nd in nodes if nd["driver"] == "raw"]
+        check(len(raw_nodes) == 1 and "backing" not in raw_nodes[0], "raw layer: driver raw, no backing option")
+        for fd in fds:
+            os.close(fd)
+        lease.Release()
+
+        # ---- the holder leaves the bus: the lease ends ----
+        conn = dbus.bus.BusConnection(env.address)
+        path, nodes, fds, lease, _ = open_all(env, "vm", "d", bus=conn)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        for _ in range(100):
+            if env.error("Snapshot", "vm", "d", opts())[0] is None:
+                break
+            time.sleep(0.05)
+        else:
+            check(False, "lease ended when the holder left the bus")
+
+        # ---- a QEMU-style image lock held elsewhere: InUse ----
+        top = env.call("GetChain", "vm", "d")[0]
+        holder = os.open(os.path.join(env.store, str(top[1])), os.O_RDONLY)
+        ofd_lock(holder, 101)
+        check_eq(env.error("OpenDisk", "vm", "d", opts())[0], "org.vdisk1.Error.InUse", "a locked top layer is InUse")
+        os.close(holder)
+        path, nodes, fds, lease, _ = open_all(env, "vm", "d")
+
+        # ---- quarantine: the header was rewritten under the lease ----
+        qemu_img("rebase", "-u", "-f", "qcow2", "-b", "canary", "-F", "raw", os.path.join(env.store, str(top[1])))
+        for fd in fds:
+            os.close(fd)
+        lease.Release()
+        err, msg = env.error("OpenDisk", "vm", "d", opts())
+        check_eq(err, "org.vdisk1.Error.Corrupt", "a quarantined disk is refused")
+        check("quarantined" in str(msg), "the refusal says the disk is quarantined")
+        problems = env.call("Verify", "vm")
+        check(any("backing file name" in str(p[2]) for p in problems), "Verify reports what changed")
+        env.restart()
+        check_eq(env.error("OpenDisk", "vm", "d", opts())[0], "org.vdisk1.Error.Corrupt", "quarantine survives a restart")
+        check(env.canary_unchanged(), "canary unchanged")
+
+        # ---- authorization ----
+        check_eq(env.call_as(1, "OpenDisk", "vm", "r", {})[0], "org.freedesktop.DBus.Error.AccessDenied",
+                 "a non-owner may not open")
+        check_eq(env.call_as(1, "OpenDisk", "nope", "r", {})[0], "org.freedesktop.DBus.Error.AccessDenied",
+                 "nor learn whether a VM exists")
+        err, res = env.call_as(65534, "OpenDisk", "vm", "r", {})
+        check_eq(err, None, "the VM's owner may open")
+        check_eq(env.error("OpenDisk", "vm", "r", opts(bogus=True))[0], "org.freedesktop.DBus.Error.InvalidArgs",
+                 "unknown option refused")
+        check_eq(env.error("OpenDisk", "vm", "missing", opts())[0], "org.vdisk1.Error.NotFound", "unknown disk")
+
+        # ---- 200 layers through a bus with the stock fd limits ----
+        env.call("CreateVM", "deep", dbus.UInt32(0), opts())
+        env.call("CreateDisk", "deep", "d", "base", dbus.UInt64(0), opts())
+        for _ in range(198):
+            env.call("Snapshot", "deep", "d", opts())
+        chain = env.call("GetChain", "deep", "d")
+        check_eq(len(chain), 200, "a 200-layer chain")
+        path, nodes, fds, lease, _ = open_all(env, "deep", "d")
+        check_eq(len(fds), 200, "all 200 fds received through 16-fd pages")
+        check_eq([os.fstat(fd).st_ino for fd in fds],
+                 [os.stat(os.path.join(env.store, str(layer[1]))).st_ino for layer in chain], "in chain order")
+        check_blockdev(nodes, chain, "d", False, "200 layers")
+        check(env.bus.name_has_owner(BUS_NAME), "vdiskd is still on the bus")
+        try:
+            lease.GetFds(dbus.UInt32(0), dbus.UInt32(1))
+            check(False, "fds are handed out once")
+        except dbus.exceptions.DBusException as e:
+            check_eq(e.get_dbus_name(), "org.freedesktop.DBus.Error.InvalidArgs", "a second GetFds of fd 0 is refused")
+        qemu_opens_chain(env, nodes, fds, "qemu 200 layers")
+        for fd in fds:
+            os.close(fd)
+        lease.Release()
+    finally:
+        env.close()
+    finish()
+
+
+if __name__ == "__main__":
+    main()
