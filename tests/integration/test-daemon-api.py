@@ -4,7 +4,8 @@ object; every error name; bad inputs from security.md (exact error name, store u
 authorization table (root, VM owner, anyone else, admin group); records across restarts, refusal to
 start on future-schema or malformed records, and clean-up of orphans and journal leftovers at start.
 
-Not implemented yet, hence not tested: OpenDisk, Rebase, Commit, GetDomainXML, AdoptDomainXML, leases."""
+Not here: OpenDisk and leases (test-daemon-opendisk.py); Rebase, Commit, GetDomainXML, AdoptDomainXML
+(not implemented yet)."""
 
 import grp
 import hashlib
@@ -459,7 +460,8 @@ try:
     # ---------------------------------------------------------------- Verify after tampering (as root)
     expect(env, "CreateVM tamper", None, "CreateVM", "tamper", u(0), opts())
     lct = expect(env, "CreateImage cat-t", None, "CreateImage", "cat-t", "qcow2", t(MiB), opts())
-    for disk, image, size, o in [("rb", "base-q", 0, opts()), ("tr", "", MiB, opts(format="raw")), ("cb", "cat-t", 0, opts()),
+    for disk, image, size, o in [("rb", "base-q", 0, opts()), ("tr", "", MiB, opts(format="raw")),
+                                 ("cb", "cat-t", 0, opts()),
                                  ("rp", "", MiB, opts()), ("hl", "", MiB, opts()), ("gone", "", MiB, opts()),
                                  ("vs", "", MiB, opts()), ("dirty", "", MiB, opts()), ("ok", "base-q", 0, opts())]:
         expect(env, f"CreateDisk tamper/{disk}", None, "CreateDisk", "tamper", disk, image, t(size), o)
@@ -648,9 +650,8 @@ try:
         for vm in ("vm1", "vm2", "ghost"):
             if user == OWNER and vm == "vm1":
                 continue
-            for method, args in [("GetChain", (vm, "r")), ("Verify", (vm,)), ("Snapshot", (vm, "r", {}))]:
-                if vm == "vm1":
-                    args = (vm, "cr") + args[2:] if len(args) > 1 else args
+            disk = "cr" if vm == "vm1" else "r"
+            for method, args in [("GetChain", (vm, disk)), ("Verify", (vm,)), ("Snapshot", (vm, disk, {}))]:
                 msg = expect_as(env, user, f"{method} on {vm}", DENIED, method, *args)
                 deny_msgs.setdefault((user, method), set()).add(str(msg).replace(f"'{vm}'", "'VM'"))
     for (user, method), msgs in deny_msgs.items():

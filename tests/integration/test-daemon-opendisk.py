@@ -79,10 +79,11 @@ def check_blockdev(nodes, chain, disk, read_only, label):
     check_eq(by_name[formats[-1]["file"]]["filename"], "/dev/fdset/1", f"{label}: fd 0 is the top layer")
 
 
-def qemu_opens_chain(env, nodes, fds, label):
+def qemu_opens_chain(env, nodes, fds, label, hmp=()):
+    """Starts QEMU with the fds and the description; runs HMP commands (qemu-io) and returns their outputs."""
     qemu = shutil.which("qemu-system-x86_64")
     if not check(qemu is not None, f"{label}: qemu-system-x86_64 installed"):
-        return
+        return [], ""
     args = [qemu, "-nodefaults", "-display", "none", "-machine", "none", "-S", "-qmp", "stdio"]
     for i, fd in enumerate(fds):
         args += ["-add-fd", f"fd={fd},set={i + 1}"]
@@ -92,19 +93,22 @@ def qemu_opens_chain(env, nodes, fds, label):
         os.set_inheritable(fd, True)
     p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          pass_fds=fds, cwd=env.tmp)
-    cmds = [{"execute": "qmp_capabilities"}, {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
-            {"execute": "quit"}]
+    cmds = [{"execute": "qmp_capabilities"}, {"execute": "query-named-block-nodes", "arguments": {"flat": True}}]
+    cmds += [{"execute": "human-monitor-command", "arguments": {"command-line": c}} for c in hmp]
+    cmds += [{"execute": "quit"}]
     out, err = p.communicate("\n".join(json.dumps(c) for c in cmds) + "\n", timeout=60)
     replies = [json.loads(x) for x in out.splitlines() if x.strip().startswith("{")]
     result = [r for r in replies if isinstance(r.get("return"), list)]
     if not check(result, f"{label}: QEMU answered query-named-block-nodes ({err.strip()[:300]})"):
-        return
+        return [], ""
     named = {n["node-name"]: n for n in result[0]["return"]}
     check(all(nd["node-name"] in named for nd in nodes), f"{label}: QEMU created every node from the description")
     files = [n["file"] for n in result[0]["return"] if n["drv"] == "file"]
     check(all(f.startswith("/dev/fdset/") for f in files), f"{label}: QEMU opened no path, only fdsets")
     top = named[nodes[-1]["node-name"]]
     check_eq(top["ro"], False, f"{label}: the top node is writable in QEMU")
+    # qemu-io prints its results on QEMU's stdout; errors come back as the HMP command's return.
+    return [r["return"] for r in replies if isinstance(r.get("return"), str)], out
 
 
 def main():
@@ -116,6 +120,9 @@ def main():
         env.call("CreateVM", "vm", dbus.UInt32(65534), opts())
         env.call("CreateDisk", "vm", "d", "base", dbus.UInt64(0), opts())
         env.call("CreateDisk", "vm", "r", "rawbase", dbus.UInt64(0), opts())
+        first = env.call("GetChain", "vm", "d")[0]
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1M 64k", os.path.join(env.store, str(first[1]))],
+                       check=True, capture_output=True, cwd=os.path.join(env.store, "images"))
         for _ in range(2):
             env.call("Snapshot", "vm", "d", opts())
 
@@ -152,10 +159,29 @@ def main():
             check_eq(e.get_dbus_name(), "org.freedesktop.DBus.Error.AccessDenied", "Release by a non-holder")
         other.close()
 
-        qemu_opens_chain(env, nodes, fds, "qemu")
+        # Guest-side I/O through QEMU: writes land in the top layer only, reads see the lower layers.
+        base_file = os.path.join(env.store, str(chain[-1][1]))
+        lower = [os.path.join(env.store, str(layer[1])) for layer in chain[1:]]
+        digests = {f: open(f, "rb").read() for f in lower}
+        outputs, text = qemu_opens_chain(env, nodes, fds, "qemu", hmp=(
+            'qemu-io d "read -P 0x33 1M 64k"',
+            'qemu-io d "write -P 0x77 4M 64k"',
+            'qemu-io d "read -P 0x77 4M 64k"',
+            'qemu-io vdisk-layer-1 "write -P 0x66 0 512"',
+        ))
+        check("read 65536/65536 bytes at offset 1048576" in text and "Pattern verification failed" not in text,
+              "QEMU reads the lower layer's data through the chain and its own write back")
+        check("wrote 65536/65536 bytes at offset 4194304" in text, "QEMU writes to the top layer")
+        check(len(outputs) == 4 and "read-only" in outputs[3] and "offset 0\n" not in text,
+              f"QEMU cannot write a backing node ({outputs[3:]})")
+        check(all(open(f, "rb").read() == digests[f] for f in lower), "backing layers' bytes unchanged")
         for fd in fds:
             os.close(fd)
         lease.Release()
+        m = subprocess.run(["qemu-img", "map", "--output=json", "-f", "qcow2", os.path.join(env.store, str(chain[0][1]))],
+                           capture_output=True, text=True, cwd=os.path.join(env.store, "images"))
+        top_data = [e for e in json.loads(m.stdout) if e["depth"] == 0 and e["data"]]
+        check_eq([(e["start"], e["length"]) for e in top_data], [(4 << 20, 64 << 10)], "the write is in the top layer")
         check_eq(env.error("Snapshot", "vm", "d", opts())[0], None, "Snapshot works again after Release")
         check_eq(env.error("Verify", "vm")[1], [], "nothing changed: no quarantine")
 
@@ -223,6 +249,37 @@ def main():
         check_eq(env.error("OpenDisk", "vm", "r", opts(bogus=True))[0], "org.freedesktop.DBus.Error.InvalidArgs",
                  "unknown option refused")
         check_eq(env.error("OpenDisk", "vm", "missing", opts())[0], "org.vdisk1.Error.NotFound", "unknown disk")
+
+        # ---- a holder killed by SIGKILL: its lease ends ----
+        holder = subprocess.Popen([sys.executable, "-c", f"""
+import dbus, sys, time
+bus = dbus.bus.BusConnection({env.address!r})
+m = dbus.Interface(bus.get_object("org.vdisk1", "/org/vdisk1", introspect=False), "org.vdisk1.Manager")
+m.OpenDisk("vm", "r", dbus.Dictionary({{}}, signature="sv"))
+print("open", flush=True)
+time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+        check_eq(holder.stdout.readline().strip(), "open", "a holder process opened the disk")
+        check_eq(env.error("Snapshot", "vm", "r", opts())[0], "org.vdisk1.Error.InUse", "InUse while the holder lives")
+        holder.kill()
+        holder.wait()
+        for _ in range(100):
+            if env.error("Snapshot", "vm", "r", opts())[0] is None:
+                break
+            time.sleep(0.05)
+        else:
+            check(False, "the lease of a killed holder ends")
+
+        # ---- no fd leak over 10,000 OpenDisk/Release cycles ----
+        pid = env.daemon.pid
+        baseline = len(os.listdir(f"/proc/{pid}/fd"))
+        mgr = env.manager()
+        for _ in range(10000):
+            path, _, fds = mgr.OpenDisk("vm", "r", opts(read_only=True))
+            for f in fds:
+                os.close(f.take())
+            lease_iface(env, path).Release()
+        check_eq(len(os.listdir(f"/proc/{pid}/fd")), baseline, "daemon fd count back to baseline after 10,000 cycles")
 
         # ---- 200 layers through a bus with the stock fd limits ----
         env.call("CreateVM", "deep", dbus.UInt32(0), opts())

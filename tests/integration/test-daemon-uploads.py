@@ -351,7 +351,8 @@ try:
         check_eq(p.returncode, 0, f"import {name}: qemu-img compare source vs store file ({' '.join(p.stdout.split())})")
         if fmt == "qcow2":
             p = qemu_img("check", "-f", "qcow2", stored)
-            check_eq(p.returncode, 0, f"import {name}: qemu-img check clean ({p.stdout.splitlines()[0] if p.stdout else p.stderr.strip()})")
+            summary = (p.stdout.splitlines() or [p.stderr.strip()])[0]
+            check_eq(p.returncode, 0, f"import {name}: qemu-img check clean ({summary})")
         else:
             check_eq(open(stored, "rb").read(), open(file, "rb").read(), f"import {name}: byte-for-byte copy")
         check_eq(os.stat(stored).st_mode & 0o777, 0o600, f"import {name}: store file mode 0600")
