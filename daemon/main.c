@@ -136,6 +136,8 @@ static int run(int argc, char *argv[]) {
         if (r >= 0)
                 r = bus_lease_register(m);
         if (r >= 0)
+                r = manager_watch_names(m);
+        if (r >= 0)
                 r = sd_bus_add_object_manager(m->bus, NULL, VDISK_MANAGER_PATH);
         if (r >= 0)
                 r = sd_bus_request_name_async(m->bus, NULL, VDISK_BUS_NAME, 0, name_acquired, m);

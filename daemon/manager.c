@@ -162,6 +162,7 @@ Manager *manager_free(Manager *m) {
                 return NULL;
         manager_free_jobs(m);
         manager_free_leases(m);
+        auth_free_cache(m);
         sd_bus_flush_close_unref(m->bus);
         store_free(m->store);
         sd_event_unref(m->event);

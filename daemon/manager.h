@@ -21,6 +21,8 @@ void config_done(Config *c);
 /* Reads an INI-style file; a missing file is -ENOENT (the caller decides whether that is fine). */
 int config_load(Config *c, const char *path);
 
+typedef struct CallerEntry CallerEntry;
+
 typedef struct Manager {
         sd_event *event;
         sd_bus *bus;
@@ -32,6 +34,8 @@ typedef struct Manager {
         size_t n_jobs;
         Lease **leases;
         size_t n_leases;
+        CallerEntry *callers; /* credentials by unique bus name, dropped when the name leaves */
+        size_t n_callers;
         uint64_t job_counter;
 } Manager;
 
@@ -78,11 +82,17 @@ int lease_busy_error(Manager *m, const char *vm, const char *disk, sd_bus_error 
 /* auth.c: who is calling, and what they may do. All authorization decisions live here. */
 typedef struct Caller {
         uid_t uid;
+        pid_t pid;
         bool root;
         bool admin; /* root or a member of the admin group */
 } Caller;
 
 int auth_caller(Manager *m, sd_bus_message *msg, Caller *ret, sd_bus_error *error);
+/* A unique name left the bus: forget its credentials (unique names are never reused). */
+void auth_forget(Manager *m, const char *name);
+void auth_free_cache(Manager *m);
+void leases_holder_gone(Manager *m, const char *name);
+int manager_watch_names(Manager *m);
 int auth_require_admin(const Caller *c, sd_bus_error *error);
 int auth_require_root(const Caller *c, sd_bus_error *error);
 /* Admin, or the VM's owner; a VM the caller may not see is AccessDenied, never NotFound. */

@@ -2,8 +2,58 @@
 
 /* Every authorization decision of the daemon, from the sender's bus credentials (never from a PID). */
 
+#include <string.h>
+
 #include "log.h"
 #include "manager.h"
+
+/* Credentials of a connection cannot change while it exists, and unique names are never reused on a
+ * bus: so they are asked for once per connection, which saves a round trip to the bus per call. */
+#define CALLER_CACHE_MAX 4096U
+
+struct CallerEntry {
+        char *name;
+        Caller caller;
+};
+
+void auth_forget(Manager *m, const char *name) {
+        for (size_t i = 0; i < m->n_callers; i++)
+                if (streq(m->callers[i].name, name)) {
+                        free(m->callers[i].name);
+                        m->callers[i] = m->callers[--m->n_callers];
+                        return;
+                }
+}
+
+void auth_free_cache(Manager *m) {
+        for (size_t i = 0; i < m->n_callers; i++)
+                free(m->callers[i].name);
+        free(m->callers);
+        m->callers = NULL;
+        m->n_callers = 0;
+}
+
+static void cache_put(Manager *m, const char *name, const Caller *c) {
+        CallerEntry *a;
+        char *copy;
+
+        if (!name || name[0] != ':')
+                return;
+        if (m->n_callers >= CALLER_CACHE_MAX) {
+                /* Full (callers that never left?): start over rather than grow without bound. */
+                auth_free_cache(m);
+        }
+        copy = strdup(name);
+        a = reallocarray(m->callers, m->n_callers + 1, sizeof(CallerEntry));
+        if (!copy || !a) {
+                free(copy);
+                if (a)
+                        m->callers = a;
+                return;
+        }
+        m->callers = a;
+        m->callers[m->n_callers++] = (CallerEntry) { .name = copy, .caller = *c };
+}
 
 /* Whether the bus says that `sender` has `gid` among its groups. libsystemd before v254 does not parse
  * UnixGroupIDs from GetConnectionCredentials (sd_bus_creds_get_supplementary_gids() is -ENODATA on a
@@ -47,11 +97,18 @@ static bool bus_sender_in_group(sd_bus *bus, const char *sender, gid_t gid) {
 
 int auth_caller(Manager *m, sd_bus_message *msg, Caller *ret, sd_bus_error *error) {
         _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        const char *sender = sd_bus_message_get_sender(msg);
         const gid_t *gids = NULL;
         uid_t uid;
         int r, n;
 
-        r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID | SD_BUS_CREDS_SUPPLEMENTARY_GIDS, &creds);
+        for (size_t i = 0; sender && i < m->n_callers; i++)
+                if (streq(m->callers[i].name, sender)) {
+                        *ret = m->callers[i].caller;
+                        return 0;
+                }
+
+        r = sd_bus_query_sender_creds(msg, SD_BUS_CREDS_EUID | SD_BUS_CREDS_PID | SD_BUS_CREDS_SUPPLEMENTARY_GIDS, &creds);
         if (r >= 0)
                 r = sd_bus_creds_get_euid(creds, &uid);
         if (r < 0) {
@@ -70,6 +127,8 @@ int auth_caller(Manager *m, sd_bus_message *msg, Caller *ret, sd_bus_error *erro
                         ret->admin = bus_sender_in_group(sd_bus_message_get_bus(msg), sd_bus_message_get_sender(msg),
                                                          m->admin_gid);
         }
+        (void) sd_bus_creds_get_pid(creds, &ret->pid);
+        cache_put(m, sender, ret);
         return 0;
 }
 

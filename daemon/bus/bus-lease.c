@@ -31,7 +31,6 @@ struct Lease {
         pid_t holder_pid;
         int *fds; /* not yet handed out; -EBADF once sent */
         size_t n_fds;
-        sd_bus_slot *match_slot;
 };
 
 static Lease *lease_free(Lease *l) {
@@ -40,7 +39,6 @@ static Lease *lease_free(Lease *l) {
         for (size_t i = 0; i < l->n_fds; i++)
                 safe_close(l->fds[i]);
         free(l->fds);
-        sd_bus_slot_unref(l->match_slot);
         free(l->vm);
         free(l->disk);
         free(l->holder);
@@ -78,7 +76,8 @@ static void lease_end(Lease *l, const char *why) {
                 _cleanup_free_ char *problem = NULL;
                 OpError err = {};
 
-                if (op_verify(m->store, l->vm, l->disk, quarantine_problem, &problem, &err) >= 0 && problem) {
+                /* Only the top layer was writable: backing layers went out O_RDONLY. */
+                if (op_verify(m->store, l->vm, l->disk, true, quarantine_problem, &problem, &err) >= 0 && problem) {
                         char reason[512];
                         snprintf(reason, sizeof(reason), "headers changed under a read-write lease: %s", problem);
                         (void) op_quarantine(m->store, l->vm, l->disk, reason, &err);
@@ -88,14 +87,35 @@ static void lease_end(Lease *l, const char *why) {
         lease_free(l);
 }
 
-static int holder_gone(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Lease *l = userdata;
+void leases_holder_gone(Manager *m, const char *name) {
+        for (size_t i = 0; i < m->n_leases;) {
+                if (streq(m->leases[i]->holder, name)) {
+                        lease_end(m->leases[i], "holder left the bus"); /* removes it from the array */
+                        continue;
+                }
+                i++;
+        }
+}
+
+static int name_owner_changed(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
         const char *name, *old_owner, *new_owner;
 
         if (sd_bus_message_read(msg, "sss", &name, &old_owner, &new_owner) < 0)
                 return 0;
-        if (streq(name, l->holder) && isempty(new_owner))
-                lease_end(l, "holder left the bus");
+        if (name[0] == ':' && isempty(new_owner)) {
+                leases_holder_gone(m, name);
+                auth_forget(m, name);
+        }
+        return 0;
+}
+
+/* One match for the whole daemon: leases end and cached credentials go when their connection does. */
+int manager_watch_names(Manager *m) {
+        int r = sd_bus_match_signal_async(m->bus, NULL, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                          "org.freedesktop.DBus", "NameOwnerChanged", name_owner_changed, NULL, m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch bus names");
         return 0;
 }
 
@@ -120,19 +140,18 @@ int lease_busy_error(Manager *m, const char *vm, const char *disk, sd_bus_error 
 
 /* Is any QEMU-style image lock (bytes 100-104, 200-204) held on this file by another description? */
 static int image_locked(int fd) {
-        for (int base = 100; base <= 200; base += 100)
-                for (int i = 0; i <= 4; i++) {
-                        struct flock fl = {
-                                .l_type = F_WRLCK,
-                                .l_whence = SEEK_SET,
-                                .l_start = base + i,
-                                .l_len = 1,
-                        };
-                        if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
-                                return negative_errno();
-                        if (fl.l_type != F_UNLCK)
-                                return 1;
-                }
+        for (int base = 100; base <= 200; base += 100) {
+                struct flock fl = {
+                        .l_type = F_WRLCK,
+                        .l_whence = SEEK_SET,
+                        .l_start = base,
+                        .l_len = 5,
+                };
+                if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+                        return negative_errno();
+                if (fl.l_type != F_UNLCK)
+                        return 1;
+        }
         return 0;
 }
 
@@ -220,7 +239,6 @@ static int caller_lease_count(Manager *m, const char *sender) {
 int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error);
 int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
         _cleanup_free_ char *blockdev = NULL, *problem = NULL;
         Manager *m = userdata;
         const char *vm, *disk, *sender, *key;
@@ -298,8 +316,9 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
                                                  o->read_only ? "read-only" : "read-write", o->holder, (int) o->holder_pid);
         }
 
-        /* Hand out only what matches the records. */
-        r = op_verify(m->store, vm, disk, quarantine_problem, &problem, &err);
+        /* Hand out only what matches the records. Backing layers are never writable by anyone (catalog
+         * images and former tops, all handed out O_RDONLY), so the top layer's header is what can differ. */
+        r = op_verify(m->store, vm, disk, true, quarantine_problem, &problem, &err);
         if (r < 0)
                 return bus_error_from_op(error, r, err.reason);
         if (problem)
@@ -320,8 +339,7 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
                 lease_free(l);
                 return -ENOMEM;
         }
-        if (sd_bus_query_sender_creds(msg, SD_BUS_CREDS_PID, &creds) >= 0)
-                (void) sd_bus_creds_get_pid(creds, &l->holder_pid);
+        l->holder_pid = c.pid;
         {
                 char id[LAYER_ID_LEN + 1];
                 r = layer_id_new(id);
@@ -360,15 +378,10 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
                 return r;
         }
 
-        r = sd_bus_match_signal(m->bus, &l->match_slot, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                "org.freedesktop.DBus", "NameOwnerChanged", holder_gone, l);
-        if (r >= 0) {
-                leases = reallocarray(m->leases, m->n_leases + 1, sizeof(Lease *));
-                r = leases ? 0 : -ENOMEM;
-        }
-        if (r < 0) {
+        leases = reallocarray(m->leases, m->n_leases + 1, sizeof(Lease *));
+        if (!leases) {
                 lease_free(l);
-                return r;
+                return -ENOMEM;
         }
         m->leases = leases;
         m->leases[m->n_leases++] = l;

@@ -606,7 +606,8 @@ int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, c
         return 0;
 }
 
-int op_verify(Store *s, const char *vm, const char *only_disk, VerifyProblemFunc cb, void *userdata, OpError *err) {
+int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, VerifyProblemFunc cb, void *userdata,
+              OpError *err) {
         Vm *v = store_find_vm(s, vm);
         char text[512];
         int r;
@@ -631,7 +632,7 @@ int op_verify(Store *s, const char *vm, const char *only_disk, VerifyProblemFunc
                         const char *id = d->chain[0];
                         PROBLEM("disk is quarantined: %s", d->quarantine);
                 }
-                for (size_t k = 0; k < d->n_chain; k++) {
+                for (size_t k = 0; k < (top_only ? MIN(d->n_chain, (size_t) 1) : d->n_chain); k++) {
                         const char *id = d->chain[k];
                         Layer *l = store_find_layer(s, id), *below = NULL;
                         _cleanup_close_ int fd = -EBADF;
