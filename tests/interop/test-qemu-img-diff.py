@@ -19,6 +19,23 @@ For each qcow2 image:
 and both are also compared with what was asked for (size, cluster size, backing name...), so
 that the two tools agreeing on a wrong value still fails.
 
+Matrix:
+  empty images   cluster sizes 512, 4K, 64K, 2M x compat 0.10/1.1 x no backing / backing with -F /
+                 backing without format x virtual sizes 0, 512, 1M, 1G, 16T (16T where the L1 table
+                 fits QEMU's 32 MiB, i.e. clusters >= 8K); 1K..1M (the other powers of two): compat
+                 1.1, no backing, the same sizes
+  data images    qemu-io writes (full, partial, byte-unaligned), write -z, write -z -u, discard, on
+                 the main cluster sizes x compat x the three backing kinds; internal snapshot
+                 (snapshot -c, then writes: shared and COWed clusters); compressed clusters
+                 (convert -c, then partial overwrite, zeroing, discard); lazy_refcounts=on;
+                 extended_l2=on (clusters >= 16K, with subcluster writes); refcount_bits 1..64;
+                 persistent bitmaps; a refcount table grown past one cluster; a dirty image
+                 (lazy refcounts, qemu-io abort) where both must find the same corruptions.
+                 The other cluster sizes: with backing, compat 0.10, compressed + snapshot, ext-L2.
+  raw images     `vdisk-img info/map --format=raw` vs qemu-img: sizes 0..1G, holes and data
+  probe          a qcow2 file declared raw is refused naming qcow2; zeros declared raw match;
+                 `info --format=qcow2` of a raw file is not valid
+
 Known, documented differences (not bugs, compared as described):
   * qemu-img check's "allocated-clusters" counts normal, zero-allocated (preallocated zero) and
     compressed clusters of the active L1; vdisk's counts normal clusters only and reports
@@ -104,9 +121,10 @@ class Case:
             return False
         return True
 
-    def run(self, argv, rc=0):
+    def run(self, argv, rc=0, core=True):
+        # core=False: no core dump (for a deliberate abort)
         p = subprocess.run(argv, cwd=self.suite.tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           env=self.suite.env, timeout=300, preexec_fn=no_core)
+                           env=self.suite.env, timeout=300, preexec_fn=None if core else no_core)
         if rc is not None and p.returncode != rc:
             raise Failure(f'{" ".join(argv)}: exit {p.returncode}, expected {rc}; stderr: {p.stderr.strip()[:500]}')
         return p
@@ -140,6 +158,7 @@ class Suite:
 
     def case(self, name, fn, *args, **kw):
         c = Case(self, name)
+        t0 = time.monotonic()
         try:
             fn(c, *args, **kw)
         except Failure as e:
@@ -148,13 +167,14 @@ class Suite:
             c.fail(f'{type(e).__name__}: {e}')
         if self.canary_read() != self.canary_state:
             c.fail('SAFETY: the canary file changed')
+        took = f'({time.monotonic() - t0:.2f} s)'
         if c.errors:
-            print(f'FAIL {name}')
+            print(f'FAIL {name} {took}')
             for e in c.errors:
                 print(f'       {e}')
             self.failed.append(name)
         else:
-            print(f'ok   {name}')
+            print(f'ok   {name} {took}')
             self.passed += 1
         sys.stdout.flush()
         return not c.errors
@@ -208,8 +228,9 @@ def strip_backing_format(path):
         f.write(hdr[:end])
 
 
-def qemu_create(c, name, size, cs, compat='1.1', backing=None, backing_fmt=True, lazy=False, extl2=False):
-    opts = [f'cluster_size={cs}', f'compat={compat}']
+def qemu_create(c, name, size, cs, compat='1.1', backing=None, backing_fmt=True, lazy=False, extl2=False,
+                refcount_bits=16):
+    opts = [f'cluster_size={cs}', f'compat={compat}', f'refcount_bits={refcount_bits}']
     if lazy:
         opts.append('lazy_refcounts=on')
     if extl2:
@@ -360,11 +381,10 @@ def compare_maps(c, vmap, qmap, size, zero_offsets):
         c.fail(f'map differs ({len(a)} vs {len(b)} extents): ' + '; '.join(diffs[:6]))
 
 
-
 # ---- qcow2 comparison ---------------------------------------------------------------------------
 
 def compare_qcow2(c, img, size, cs, compat='1.1', backing=None, backing_fmt=None, lazy=False, extl2=False,
-                  dirty=False, clean=True):
+                  dirty=False, clean=True, refcount_bits=16):
     v = c.suite.vdisk
 
     # info
@@ -397,7 +417,7 @@ def compare_qcow2(c, img, size, cs, compat='1.1', backing=None, backing_fmt=None
             c.fail(f'qemu-img info lacks format-specific.data.{key}')
     for key in ('data-file', 'data-file-raw'):
         c.eq(f'format-specific.data.{key}', vd.get(key, ABSENT), qd.get(key, ABSENT))
-    want_spec = {'compat': compat, 'lazy-refcounts': lazy, 'extended-l2': extl2, 'refcount-bits': 16,
+    want_spec = {'compat': compat, 'lazy-refcounts': lazy, 'extended-l2': extl2, 'refcount-bits': refcount_bits,
                  'corrupt': False, 'compression-type': 'zlib'}
     for key, want in want_spec.items():
         c.eq(f'vdisk format-specific.data.{key} vs expected', vd.get(key, ABSENT), want, right='expected')
@@ -406,6 +426,7 @@ def compare_qcow2(c, img, size, cs, compat='1.1', backing=None, backing_fmt=None
         c.eq('vdisk info problems', vi.get('problems'), [])
     else:
         c.eq('vdisk info valid', vi.get('valid'), False)
+        c.expect(vi.get('problems'), 'vdisk info: not valid, but no problem listed')
 
     # check
     vcp = c.run([v, 'check', img], rc=None)
@@ -414,13 +435,17 @@ def compare_qcow2(c, img, size, cs, compat='1.1', backing=None, backing_fmt=None
     vc, qc = c.json(vcp), c.json(qcp)
     for key in ('corruptions', 'leaks'):
         c.eq(f'check {key}', vc.get(key, ABSENT), qc.get(key, 0))  # qemu omits zero counts
-        c.eq(f'info --check {key} vs check', vi.get('check', {}).get(key, ABSENT), vc.get(key), left='info')
+        c.eq(f'info --check {key} vs check', vi.get('check', {}).get(key, ABSENT), vc.get(key), left='info',
+             right='check')
     c.eq('qemu check-errors', qc.get('check-errors', 0), 0, left='qemu', right='expected')
     if clean:
         c.eq('check exit code vs expected', vcp.returncode, 0, right='expected')
         c.eq('check corruptions+leaks vs expected', vc.get('corruptions', 0) + vc.get('leaks', 0), 0,
              right='expected')
         c.eq('check problems', vc.get('problems'), [])
+    else:
+        c.expect(qc.get('corruptions', 0) + qc.get('leaks', 0) > 0,
+                 'the image was meant to be inconsistent, but qemu-img check finds nothing')
 
     # map (the top image only: depth > 0 is "unallocated" here)
     vm = c.json(c.run([v, 'map', '--format=qcow2', img]))
@@ -434,7 +459,7 @@ def compare_qcow2(c, img, size, cs, compat='1.1', backing=None, backing_fmt=None
             zero_alloc += -(-(e['start'] + e['length']) // cs) - e['start'] // cs
     compressed = vi.get('check', {}).get('compressed-clusters', 0)
     c.eq('info --check allocated-clusters vs check', vi.get('check', {}).get('allocated-clusters'),
-         vc.get('allocated-clusters'), left='info')
+         vc.get('allocated-clusters'), left='info', right='check')
     c.eq('allocated clusters (vdisk data + compressed + zero-allocated)',
          vc.get('allocated-clusters', 0) + compressed + zero_alloc, qc.get('allocated-clusters', 0))
     c.eq('compressed clusters', compressed, qc.get('compressed-clusters', 0))
@@ -463,24 +488,38 @@ def case_empty(c, cs, size, compat, backing):
     compare_qcow2(c, name, size, cs, compat, backing=base, backing_fmt='qcow2' if backing == 'F' else None)
 
 
-def case_data(c, cs, compat='1.1', backing=None, lazy=False, extl2=False, snapshot=False, tag='d'):
-    size = data_size(cs)
+def case_data(c, cs, compat='1.1', backing=None, lazy=False, extl2=False, snapshot=False, refcount_bits=16,
+              bitmaps=False, extra_ops=(), size=None, min_reftable_clusters=1, tag='d'):
+    size = size or data_size(cs)
     name = f'{tag}-{cs}-{compat}-{backing or "nb"}{"-lazy" if lazy else ""}{"-xl2" if extl2 else ""}' \
-           f'{"-snap" if snapshot else ""}.qcow2'
+           f'{"-snap" if snapshot else ""}-rb{refcount_bits}{"-bitmaps" if bitmaps else ""}.qcow2'
     base = None
     if backing:
         base = f'dbase-{cs}.qcow2'
         make_base(c, base, cs, size)
-    qemu_create(c, name, size, cs, compat, backing=base, backing_fmt=(backing == 'F'), lazy=lazy, extl2=extl2)
-    ops = data_ops(cs, size) + (extl2_ops(cs) if extl2 else [])
+    qemu_create(c, name, size, cs, compat, backing=base, backing_fmt=(backing == 'F'), lazy=lazy, extl2=extl2,
+                refcount_bits=refcount_bits)
+    if bitmaps:
+        # persistent dirty bitmaps: their directory, tables and data clusters are metadata to both
+        c.run(['qemu-img', 'bitmap', '--add', name, 'b0'])
+        c.run(['qemu-img', 'bitmap', '--add', '-g', str(max(cs, 64 * KiB) * 4), name, 'b1'])
+    ops = data_ops(cs, size) + (extl2_ops(cs) if extl2 else []) + list(extra_ops)
     qemu_io(c, name, ops)
     if snapshot:
         c.run(['qemu-img', 'snapshot', '-c', 's1', name])
         qemu_io(c, name, snapshot_ops(cs))
         snaps = c.json(c.run(['qemu-img', 'info', '-U', '-f', 'qcow2', '--output=json', name])).get('snapshots', [])
         c.eq('snapshots', [s.get('name') for s in snaps], ['s1'], left='qemu', right='expected')
+    with open(c.path(name), 'rb') as f:
+        rt_clusters = struct.unpack_from('>I', f.read(72), 56)[0]
+    c.expect(rt_clusters >= min_reftable_clusters,
+             f'refcount table has {rt_clusters} clusters, the case needs at least {min_reftable_clusters}')
+    if bitmaps:
+        qi = c.json(c.run(['qemu-img', 'info', '-U', '-f', 'qcow2', '--output=json', name]))
+        names = [b.get('name') for b in qi.get('format-specific', {}).get('data', {}).get('bitmaps', [])]
+        c.eq('bitmaps', names, ['b0', 'b1'], left='qemu', right='expected')
     vm = compare_qcow2(c, name, size, cs, compat, backing=base, backing_fmt='qcow2' if backing == 'F' else None,
-                       lazy=lazy, extl2=extl2)
+                       lazy=lazy, extl2=extl2, refcount_bits=refcount_bits)
     # The ops must have produced what they are meant to test (else the comparison proves little).
     states = {e['state'] for e in vm}
     c.expect('data' in states, 'no data extent in the map')
@@ -515,7 +554,7 @@ def case_dirty(c, cs):
     name = f'dirty-{cs}.qcow2'
     qemu_create(c, name, 4 * MiB, cs, lazy=True)
     p = c.run(['qemu-io', '-f', 'qcow2', '-c', f'write -P 0x12 0 {max(4 * cs, 256 * KiB)}', '-c', 'abort', name],
-              rc=None)
+              rc=None, core=False)
     c.expect(p.returncode != 0, 'qemu-io abort did not abort')
     compare_qcow2(c, name, 4 * MiB, cs, lazy=True, dirty=True, clean=False)
 
@@ -636,6 +675,15 @@ def main():
             s.case(f'compressed+snapshot cs={human(cs)}', case_compressed, cs, '1.1', snapshot=True)
             if cs >= 16 * KiB:
                 s.case(f'data cs={human(cs)} extended_l2=on', case_data, cs, '1.1', extl2=True)
+        # Refcount widths other than 16 bits (sub-byte ones included); a snapshot where 2 fits.
+        for rb in (1, 2, 4, 8, 32, 64):
+            s.case(f'data cs=4K refcount_bits={rb}{" snapshot" if rb > 1 else ""}', case_data, 4 * KiB, '1.1',
+                   refcount_bits=rb, snapshot=rb > 1)
+        for cs in (512, 64 * KiB):
+            s.case(f'data cs={human(cs)} with persistent bitmaps', case_data, cs, '1.1', bitmaps=True)
+        # 512 B clusters, 10 MiB of data: the refcount table grows past its first cluster.
+        s.case('data cs=512 refcount table growth', case_data, 512, '1.1', extra_ops=['write -P 0x5e 1M 10M'],
+               size=12 * MiB, min_reftable_clusters=2, tag='grow')
         s.case('dirty cs=64K lazy_refcounts=on after abort', case_dirty, 64 * KiB)
         s.case('dirty cs=512 lazy_refcounts=on after abort', case_dirty, 512)
 
