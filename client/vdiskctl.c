@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,8 @@ static const struct {
         { OPTION_FORMAT, "--format" },
         { OPTION_UNSAFE, "--unsafe" },
         { OPTION_MOVE, "--move" },
+        { OPTION_READ_ONLY, "--read-only" },
+        { OPTION_PRINT, "--print" },
 };
 
 static bool arg_help = false;
@@ -56,6 +59,8 @@ const char *arg_mode = NULL;
 const char *arg_format = NULL;
 bool arg_unsafe = false;
 bool arg_move = false;
+bool arg_read_only = false;
+bool arg_print = false;
 
 typedef enum VerbSection {
         SECTION_IMAGES,
@@ -137,6 +142,13 @@ static const VerbOption options_rebase[] = {
 static const VerbOption options_adopt[] = {
         { OPTION_MOVE, "--move", N_("Move the files into the store instead of copying them (same file system only)") },
         VERB_OPTION_JSON,
+        {}
+};
+
+static const VerbOption options_open[] = {
+        { OPTION_READ_ONLY, "--read-only", N_("Open every layer read-only; read-only leases of a disk may coexist") },
+        { OPTION_PRINT, "--print", N_("Print the command line instead of running COMMAND, then end the lease") },
+        { OPTION_JSON, "--json[=MODE]", N_("Print JSON (MODE short: on one line); with --print, the arguments as a JSON array") },
         {}
 };
 
@@ -225,6 +237,25 @@ static const Verb verbs[] = {
           N_("Prints the libvirt <disk> element of disk DISK of VM VM, with the complete chain of backing\n"
              "stores and their formats."),
           options_json, verb_xml },
+        { "open", "VM DISK [-- COMMAND...]", 2, UINT_MAX, SECTION_DISKS,
+          N_("Run a hypervisor on a disk, or hold its lease"),
+          N_("Opens disk DISK of VM VM through vdiskd and takes a lease on it: vdiskd passes the files of the\n"
+             "chain as file descriptors (the active layer read-write unless --read-only, the others read-only)\n"
+             "and describes them as QEMU -blockdev nodes. While a read-write lease is held, the disk cannot be\n"
+             "changed or deleted (InUse).\n"
+             "\n"
+             "With COMMAND, vdiskctl becomes COMMAND (exec) and appends '-add-fd fd=N,set=I' for every file\n"
+             "descriptor and '-blockdev JSON' for every node, e.g.\n"
+             "  vdiskctl open vm1 root -- qemu-system-x86_64 -m 2G -device virtio-blk-pci,drive=root\n"
+             "COMMAND inherits the bus connection that holds the lease, so the lease lives as long as the\n"
+             "launched process: it ends when COMMAND exits. The exit status is then that of COMMAND; 4 if\n"
+             "COMMAND cannot be started. With --print, vdiskctl prints the command line instead, one argument\n"
+             "per line and quoted for the shell, and exits: the lease ends then, and with it the file\n"
+             "descriptors the command line names.\n"
+             "\n"
+             "Without COMMAND, vdiskctl prints the nodes and its file descriptors as JSON and holds the lease\n"
+             "until Ctrl-C (SIGINT) or SIGTERM, then releases it."),
+          options_open, verb_open },
         { "adopt", "VM FILE", 2, 2, SECTION_DISKS,
           N_("Take an existing disk chain into the store"),
           N_("Reads the libvirt <disk> element in FILE (- for standard input) and takes its chain into the\n"
@@ -334,8 +365,14 @@ static void help_main(void) {
 
 static void help_verb(const Verb *v) {
         char synopsis[VERB_SYNOPSIS_MAX];
+        const char *command = strstr(v->args, " [-- ");
 
-        printf(_("Usage: vdiskctl %s [OPTIONS...]\n"), verb_synopsis(v, synopsis, sizeof(synopsis)));
+        /* Options go before "--": what follows it belongs to the command that is run. */
+        if (command)
+                printf(_("Usage: vdiskctl %s %.*s [OPTIONS...] %s\n"), v->name, (int) (command - v->args), v->args,
+                       command + 1);
+        else
+                printf(_("Usage: vdiskctl %s [OPTIONS...]\n"), verb_synopsis(v, synopsis, sizeof(synopsis)));
         putchar('\n');
         printf("%s.\n", _(v->summary));
         if (v->description)
@@ -391,6 +428,8 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 ARG_FORMAT,
                 ARG_UNSAFE,
                 ARG_MOVE,
+                ARG_READ_ONLY,
+                ARG_PRINT,
         };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
@@ -407,6 +446,8 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 { "format", required_argument, NULL, ARG_FORMAT },
                 { "unsafe", no_argument, NULL, ARG_UNSAFE },
                 { "move", no_argument, NULL, ARG_MOVE },
+                { "read-only", no_argument, NULL, ARG_READ_ONLY },
+                { "print", no_argument, NULL, ARG_PRINT },
                 {}
         };
         const Verb *verb;
@@ -513,6 +554,16 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 case ARG_MOVE:
                         arg_seen |= OPTION_MOVE;
                         arg_move = true;
+                        break;
+
+                case ARG_READ_ONLY:
+                        arg_seen |= OPTION_READ_ONLY;
+                        arg_read_only = true;
+                        break;
+
+                case ARG_PRINT:
+                        arg_seen |= OPTION_PRINT;
+                        arg_print = true;
                         break;
 
                 case ':':

@@ -26,6 +26,8 @@ typedef enum OptionFlag {
         OPTION_FORMAT = 1 << 9,
         OPTION_UNSAFE = 1 << 10,
         OPTION_MOVE = 1 << 11,
+        OPTION_READ_ONLY = 1 << 12,
+        OPTION_PRINT = 1 << 13,
 } OptionFlag;
 
 /* Accepted by every command; commands that print nothing ignore them. */
@@ -44,6 +46,8 @@ extern const char *arg_mode;
 extern const char *arg_format;
 extern bool arg_unsafe;
 extern bool arg_move;
+extern bool arg_read_only;
+extern bool arg_print;
 
 /* vdiskctl-util.c */
 void log_usage(const char *verb, const char *format, ...) _printf_(2, 3);
@@ -83,6 +87,9 @@ int verb_commit(int argc, char *argv[]);
 int verb_verify(int argc, char *argv[]);
 int verb_xml(int argc, char *argv[]);
 int verb_adopt(int argc, char *argv[]);
+
+/* vdiskctl-open.c */
+int verb_open(int argc, char *argv[]);
 
 /* vdiskctl-service.c */
 int verb_inspect(int argc, char *argv[]);

@@ -32,6 +32,7 @@ COMMANDS = {
     "verify": ["--json"],
     "xml": [],
     "adopt": ["--move"],
+    "open": ["--read-only", "--print", "--json", "-- COMMAND"],
     "jobs": ["--json"],
     "cancel": [],
     "inspect": ["--format="],
@@ -98,6 +99,11 @@ for cmd, options in COMMANDS.items():
     q = run("--help", cmd)
     check(q.returncode == 0 and q.stdout == p.stdout, f"'--help {cmd}' is '{cmd} --help'", q)
 
+p = run("open", "--help")
+check(p.stdout.startswith("Usage: vdiskctl open VM DISK [OPTIONS...] [-- COMMAND...]\n"),
+      "open --help puts the options before '-- COMMAND'", p)
+check("lease" in p.stdout and "exits" in p.stdout, "open --help says how long the lease lives", p)
+
 p = run("verify", "--help")
 check("1" in p.stdout and "problems" in p.stdout, "verify --help explains exit status 1", p)
 
@@ -136,6 +142,12 @@ USAGE_ERRORS = [
     (["inspect", "/dev/null", "--format=vdi"], "Invalid value 'vdi' for --format"),
     (["cancel", "a/b"], "neither a job id"),
     (["--json=fancy", "status"], "Invalid value 'fancy' for --json"),
+    (["open", "vm1"], "Wrong number of arguments for 'open'"),
+    (["open", "vm1", "d1", "--print"], "--print needs a COMMAND"),
+    (["open", "vm1", "d1", "--print", "--"], "--print needs a COMMAND"),
+    (["open", "vm1", "d1", "--unsafe"], "Option --unsafe cannot be used with 'open'"),
+    (["snapshot", "vm1", "d1", "--read-only"], "Option --read-only cannot be used with 'snapshot'"),
+    (["chain", "vm1", "d1", "--print"], "Option --print cannot be used with 'chain'"),
 ]
 
 for args, message in USAGE_ERRORS:
@@ -148,7 +160,8 @@ for args, message in USAGE_ERRORS:
 
 # --- failures: exit 4 ------------------------------------------------------------------------------
 
-for args in (["status"], ["list-images", "--json"], ["delete-vm", "vm1"], ["cancel", "5"]):
+for args in (["status"], ["list-images", "--json"], ["delete-vm", "vm1"], ["cancel", "5"], ["open", "vm1", "d1"],
+             ["open", "vm1", "d1", "--print", "--", "qemu-system-x86_64", "-S"]):
     p = run(*args)
     name = "vdiskctl " + " ".join(args)
     check(p.returncode == 4, f"'{name}' without a bus exits 4", p)

@@ -132,7 +132,22 @@ class Env:
         if self.daemon and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
             self.daemon.wait(timeout=20)
+            check_eq(self.daemon.returncode, 0, "vdiskd exits cleanly on SIGTERM")
+        self.check_sanitizers()
         self.wait_name_gone()
+
+    def check_sanitizers(self):
+        """Under ASan/UBSan builds the daemon reports leaks and undefined behaviour in its log."""
+        text = self.log_text()
+        for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            if marker in text:
+                i = text.index(marker)
+                check(False, f"vdiskd log is free of sanitizer reports: {text[max(0, i - 200):i + 1500]}")
+                # Report once per log.
+                with open(self.log, "a") as f:
+                    f.write("\n[sanitizer report above was counted]\n")
+                os.rename(self.log, self.log + ".reported")
+                return
 
     def wait_name_gone(self):
         for _ in range(200):
@@ -153,8 +168,13 @@ class Env:
     def close(self):
         try:
             if self.daemon and self.daemon.poll() is None:
-                self.daemon.kill()
-                self.daemon.wait()
+                self.daemon.send_signal(signal.SIGTERM)
+                try:
+                    self.daemon.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.daemon.kill()
+                    self.daemon.wait()
+            self.check_sanitizers()
         finally:
             self.bus.close()
             self.bus_proc.terminate()
