@@ -229,6 +229,14 @@ static void close_sent(Lease *l, size_t first, size_t count) {
                 l->fds[i] = safe_close(l->fds[i]);
 }
 
+static size_t held_fds(Manager *m) {
+        size_t n = 0;
+        for (size_t i = 0; i < m->n_leases; i++)
+                for (size_t k = 0; k < m->leases[i]->n_fds; k++)
+                        n += m->leases[i]->fds[k] >= 0;
+        return n;
+}
+
 static int caller_lease_count(Manager *m, const char *sender) {
         int n = 0;
         for (size_t i = 0; i < m->n_leases; i++)
@@ -306,6 +314,13 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
                 return sd_bus_error_setf(error, "org.vdisk1.Error.LimitExceeded",
                                          "You hold the maximum number of leases (%" PRIu32 ")",
                                          m->config.limits.max_leases_per_caller);
+
+        /* Fds beyond the first message stay open here until fetched: bounded in total. */
+        if (d->n_chain > LEASE_MAX_FDS_PER_MESSAGE &&
+            held_fds(m) + d->n_chain - LEASE_MAX_FDS_PER_MESSAGE > m->config.limits.max_lease_fds)
+                return sd_bus_error_setf(error, "org.vdisk1.Error.LimitExceeded",
+                                         "Too many file descriptors are held for leases (limit %" PRIu32 ")",
+                                         m->config.limits.max_lease_fds);
 
         /* One writer, or any number of readers. */
         for (size_t i = 0; i < m->n_leases; i++) {

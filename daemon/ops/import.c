@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -77,6 +78,14 @@ int import_begin(Store *s, const Limits *lim, const char *name, ImageFormat f, i
                 return op_error(err, negative_errno(), "cannot stat the source");
         if ((uint64_t) st.st_size > lim->max_virtual_size + (UINT64_C(1) << 30))
                 return op_error(err, -E2BIG, "source is larger than the size limit");
+        {
+                /* The copy is sparse: it needs what the source allocates, which must fit now. */
+                struct statvfs vfs;
+                if (fstatvfs(s->images_fd, &vfs) >= 0 &&
+                    (uint64_t) st.st_blocks * 512 > (uint64_t) vfs.f_bavail * vfs.f_frsize)
+                        return op_error(err, -ENOSPC, "the store has %" PRIu64 " bytes free, the image needs %" PRIu64,
+                                        (uint64_t) vfs.f_bavail * vfs.f_frsize, (uint64_t) st.st_blocks * 512);
+        }
 
         op = calloc(1, sizeof(ImportOp));
         l = calloc(1, sizeof(Layer));

@@ -24,6 +24,7 @@ typedef struct Limits {
         uint32_t max_images;
         uint32_t max_leases;
         uint32_t max_leases_per_caller;
+        uint32_t max_lease_fds; /* fds opened for leases and not yet handed out, in total */
 } Limits;
 
 #define LIMITS_DEFAULT_MAX_CHAIN_DEPTH 1024U
@@ -34,6 +35,7 @@ typedef struct Limits {
 #define LIMITS_DEFAULT_MAX_IMAGES 100000U
 #define LIMITS_DEFAULT_MAX_LEASES 1024U
 #define LIMITS_DEFAULT_MAX_LEASES_PER_CALLER 64U
+#define LIMITS_DEFAULT_MAX_LEASE_FDS 16384U
 
 void limits_init_default(Limits *l);
 

@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Limits on what a caller can make the daemon hold (leases per caller and in total, fds held for
+leases), and a store that is full: ImportImage refused with NoSpace before copying, CreateImage
+failing with NoSpace mid-way, nothing left behind, and the daemon still serving."""
+
+import os
+import subprocess
+import sys
+
+import dbus
+
+from vdisktest import BUS_NAME, Env, check, check_eq, finish, opts
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def lease_release(env, path):
+    dbus.Interface(env.bus.get_object(BUS_NAME, path, introspect=False), "org.vdisk1.Lease").Release()
+
+
+def test_lease_limits():
+    env = Env(sys.argv[1], "[Limits]\nMaxLeasesPerCaller=2\nMaxLeases=3\nMaxLeaseFds=5\n")
+    try:
+        env.start()
+        env.call("CreateImage", "base", "qcow2", dbus.UInt64(GiB), opts())
+        env.call("CreateVM", "vm", dbus.UInt32(0), opts())
+        for d in ("a", "b", "c", "deep"):
+            env.call("CreateDisk", "vm", d, "base", dbus.UInt64(0), opts())
+        for _ in range(20):
+            env.call("Snapshot", "vm", "deep", opts())
+
+        leases = []
+        for d in ("a", "b"):
+            path, _, fds = env.call("OpenDisk", "vm", d, opts(read_only=True))
+            leases.append(path)
+            for f in fds:
+                os.close(f.take())
+        err, msg = env.error("OpenDisk", "vm", "c", opts(read_only=True))
+        check_eq(err, "org.vdisk1.Error.LimitExceeded", "third lease of one caller refused")
+        check("maximum number of leases" in str(msg), f"message says which limit ({msg})")
+
+        # Another connection may still take one: the global limit is 3.
+        other = dbus.bus.BusConnection(env.address)
+        m2 = dbus.Interface(other.get_object(BUS_NAME, "/org/vdisk1", introspect=False), "org.vdisk1.Manager")
+        path, _, fds = m2.OpenDisk("vm", "c", opts(read_only=True))
+        for f in fds:
+            os.close(f.take())
+        try:
+            m2.OpenDisk("vm", "a", opts(read_only=True))
+            check(False, "fourth lease in total refused")
+        except dbus.exceptions.DBusException as e:
+            check_eq(e.get_dbus_name(), "org.vdisk1.Error.LimitExceeded", "fourth lease in total refused")
+        other.close()
+        for p in leases:
+            lease_release(env, p)
+
+        # 22 layers: 16 go in the reply, 6 would stay held; the limit is 5.
+        err, msg = env.error("OpenDisk", "vm", "deep", opts(read_only=True))
+        check_eq(err, "org.vdisk1.Error.LimitExceeded", "a lease needing more held fds than allowed is refused")
+        check_eq(env.error("OpenDisk", "vm", "a", opts(read_only=True))[0], None, "the daemon keeps serving")
+    finally:
+        env.close()
+
+
+def test_no_space():
+    env = Env(sys.argv[1])
+    mnt = os.path.join(env.tmp, "small")
+    os.mkdir(mnt)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16M,mode=0700", "tmpfs", mnt]).returncode != 0:
+        print("SKIP part: cannot mount a tmpfs (not root?)")
+        env.close()
+        return False
+    try:
+        env.store = os.path.join(mnt, "store")
+        env.start()
+        env.call("CreateImage", "small", "raw", dbus.UInt64(MiB), opts())
+        before = env.snapshot_store()
+
+        big = os.path.join(env.tmp, "big.raw")
+        with open(big, "wb") as f:
+            f.write(os.urandom(1 << 20) * 32)  # 32 MiB of data: more than the store can hold
+        err, msg = env.import_file("big", "raw", big)
+        check_eq(err, "org.vdisk1.Error.NoSpace", "ImportImage larger than the free space is NoSpace")
+        check_eq(env.snapshot_store(), before, "nothing left behind by the refused import")
+
+        # A swap image whose one data page does not fit once the store is filled to the brim.
+        filler = os.path.join(mnt, "filler")
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64K"], capture_output=True)
+        err, msg = env.error("CreateImage", "s", "qcow2", dbus.UInt64(GiB), opts(template="swap"))
+        check_eq(err, "org.vdisk1.Error.NoSpace", f"CreateImage on a full store is NoSpace ({msg})")
+        os.unlink(filler)
+        check_eq(env.snapshot_store(), before, "nothing left behind by the failed CreateImage")
+        check_eq([str(i[0]) for i in env.call("ListImages")], ["small"], "the daemon keeps serving")
+        check_eq(env.error("CreateImage", "s", "qcow2", dbus.UInt64(GiB), opts(template="swap"))[0], None,
+                 "CreateImage works again once there is space")
+    finally:
+        env.stop()
+        subprocess.run(["umount", mnt])
+        env.close()
+    return True
+
+
+def main():
+    test_lease_limits()
+    test_no_space()
+    finish()
+
+
+if __name__ == "__main__":
+    main()
