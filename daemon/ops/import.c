@@ -114,13 +114,12 @@ int import_begin(Store *s, const Limits *lim, const char *name, ImageFormat f, i
                 return op_error(err, r < 0 ? r : -ENOMEM, "cannot allocate a layer");
         }
 
-        r = journal_begin(s, &op->intent, "import", INTENT_COMMIT_LAYER_READY, l->id, 0);
+        r = intent_init(&op->intent, "import", INTENT_COMMIT_LAYER_READY, l->id, 0);
         if (r >= 0)
                 r = intent_add_new(&op->intent, l->id);
         if (r >= 0)
-                r = journal_update(s, &op->intent);
+                r = journal_begin(s, &op->intent);
         if (r < 0) {
-                (void) journal_end(s, &op->intent);
                 layer_free(l);
                 op->source_fd = -EBADF;
                 import_free(op);

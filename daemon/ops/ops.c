@@ -113,6 +113,23 @@ static int fill_image(int fd, void *userdata) {
         return raw_create(fd, a->qcow2.size, a->initial, a->initial_size, a->err);
 }
 
+/* Writes an intent that creates `new_layer` and/or drops `drop_layer` (either may be NULL). */
+static int intent_start(Store *s, Intent *intent, const char *op, IntentCommit commit, const char *name, uint64_t gen,
+                        const char *new_layer, const char *drop_layer, OpError *err) {
+        int r = intent_init(intent, op, commit, name, gen);
+        if (r >= 0 && new_layer)
+                r = intent_add_new(intent, new_layer);
+        if (r >= 0 && drop_layer)
+                r = intent_add_drop(intent, drop_layer);
+        if (r >= 0)
+                r = journal_begin(s, intent);
+        if (r < 0) {
+                intent_done(intent);
+                return op_error(err, r, "cannot write the journal");
+        }
+        return 0;
+}
+
 /* Record before disk: the record (creating), then the file, then the record (ready). */
 static int layer_materialize(Store *s, Layer *l, FillArgs *args, const char *op, OpError *err) {
         char point[64];
@@ -178,16 +195,9 @@ int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f
                 return op_error(err, r, "cannot allocate a layer");
         l->virtual_size = size;
 
-        r = journal_begin(s, &intent, "create-image", INTENT_COMMIT_LAYER_READY, l->id, 0);
-        if (r >= 0)
-                r = intent_add_new(&intent, l->id);
-        if (r >= 0)
-                r = journal_update(s, &intent);
-        if (r < 0) {
-                (void) journal_end(s, &intent);
-                intent_done(&intent);
-                return op_error(err, r, "cannot write the journal");
-        }
+        r = intent_start(s, &intent, "create-image", INTENT_COMMIT_LAYER_READY, l->id, 0, l->id, NULL, err);
+        if (r < 0)
+                return r;
         crash_point("create-image:after-journal");
 
         owned = l;
@@ -223,16 +233,9 @@ int op_delete_image(Store *s, const char *name, OpError *err) {
                 return op_error(err, -EBUSY, "image '%s' is used by %zu disk(s)", name, users);
         memcpy(id, l->id, sizeof(id));
 
-        r = journal_begin(s, &intent, "delete-image", INTENT_COMMIT_LAYER_DELETED, id, 0);
-        if (r >= 0)
-                r = intent_add_drop(&intent, id);
-        if (r >= 0)
-                r = journal_update(s, &intent);
-        if (r < 0) {
-                (void) journal_end(s, &intent);
-                intent_done(&intent);
-                return op_error(err, r, "cannot write the journal");
-        }
+        r = intent_start(s, &intent, "delete-image", INTENT_COMMIT_LAYER_DELETED, id, 0, NULL, id, err);
+        if (r < 0)
+                return r;
         crash_point("delete-image:after-journal");
         r = store_delete_layer(s, id);
         if (r < 0) {
@@ -300,13 +303,12 @@ int op_delete_vm(Store *s, const char *name, OpError *err) {
         if (!v)
                 return op_error(err, -ENOENT, "no VM '%s'", name);
 
-        r = journal_begin(s, &intent, "delete-vm", INTENT_COMMIT_VM_DELETED, name, 0);
+        r = intent_init(&intent, "delete-vm", INTENT_COMMIT_VM_DELETED, name, 0);
         for (size_t i = 0; r >= 0 && i < v->n_disks; i++)
                 r = add_private_layers(s, &intent, &v->disks[i]);
         if (r >= 0)
-                r = journal_update(s, &intent);
+                r = journal_begin(s, &intent);
         if (r < 0) {
-                (void) journal_end(s, &intent);
                 intent_done(&intent);
                 return op_error(err, r, "cannot write the journal");
         }
@@ -369,17 +371,11 @@ static int new_layer_op(Store *s, Vm *v, Layer *l, FillArgs *args, Vm *next, con
         Layer *owned = l;
         int r;
 
-        r = journal_begin(s, &intent, op, INTENT_COMMIT_VM, v->name, next->generation);
-        if (r >= 0)
-                r = intent_add_new(&intent, l->id);
-        if (r >= 0)
-                r = journal_update(s, &intent);
+        r = intent_start(s, &intent, op, INTENT_COMMIT_VM, v->name, next->generation, l->id, NULL, err);
         if (r < 0) {
-                (void) journal_end(s, &intent);
-                intent_done(&intent);
                 layer_free(l);
                 vm_free(next);
-                return op_error(err, r, "cannot write the journal");
+                return r;
         }
         snprintf(point, sizeof(point), "%s:after-journal", op);
         crash_point(point);
@@ -515,13 +511,12 @@ int op_delete_disk(Store *s, const char *vm, const char *disk, OpError *err) {
                 }
         next->generation++;
 
-        r = journal_begin(s, &intent, "delete-disk", INTENT_COMMIT_VM, vm, next->generation);
+        r = intent_init(&intent, "delete-disk", INTENT_COMMIT_VM, vm, next->generation);
         if (r >= 0)
                 r = add_private_layers(s, &intent, d);
         if (r >= 0)
-                r = journal_update(s, &intent);
+                r = journal_begin(s, &intent);
         if (r < 0) {
-                (void) journal_end(s, &intent);
                 intent_done(&intent);
                 vm_free(next);
                 return op_error(err, r, "cannot write the journal");

@@ -270,19 +270,30 @@ static int open_subdir(int dir_fd, const char *name) {
         return fd;
 }
 
+/* A DIR stream over a duplicate of `fd`, which stays ours. */
+static int opendir_fd(int fd, DIR **ret) {
+        int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        DIR *d;
+
+        if (copy < 0)
+                return negative_errno();
+        d = fdopendir(copy);
+        if (!d) {
+                safe_close(copy);
+                return negative_errno();
+        }
+        *ret = d;
+        return 0;
+}
+
 static int load_records(Store *s) {
-        _cleanup_close_ int fd = -EBADF;
         DIR *d;
         struct dirent *de;
         int r = 0;
 
-        fd = fcntl(s->records_fd, F_DUPFD_CLOEXEC, 3);
-        if (fd < 0)
-                return negative_errno();
-        d = fdopendir(fd);
-        if (!d)
-                return negative_errno();
-        TAKE_FD(fd);
+        r = opendir_fd(s->records_fd, &d);
+        if (r < 0)
+                return r;
 
         while ((de = readdir(d))) {
                 struct json_object *o = NULL;
@@ -459,8 +470,7 @@ static int journal_write(Store *s, Intent *i) {
         return r;
 }
 
-int journal_begin(Store *s, Intent *i, const char *op, IntentCommit commit, const char *commit_name,
-                  uint64_t commit_generation) {
+int intent_init(Intent *i, const char *op, IntentCommit commit, const char *commit_name, uint64_t commit_generation) {
         int r = layer_id_new(i->id);
         if (r < 0)
                 return r;
@@ -470,10 +480,10 @@ int journal_begin(Store *s, Intent *i, const char *op, IntentCommit commit, cons
                 return -ENOMEM;
         i->commit = commit;
         i->commit_generation = commit_generation;
-        return journal_write(s, i);
+        return 0;
 }
 
-int journal_update(Store *s, Intent *i) {
+int journal_begin(Store *s, Intent *i) {
         return journal_write(s, i);
 }
 
@@ -560,18 +570,13 @@ static bool intent_committed(Store *s, const Intent *i) {
 }
 
 static int replay_journal(Store *s) {
-        _cleanup_close_ int fd = -EBADF;
         DIR *d;
         struct dirent *de;
         int r = 0;
 
-        fd = fcntl(s->journal_fd, F_DUPFD_CLOEXEC, 3);
-        if (fd < 0)
-                return negative_errno();
-        d = fdopendir(fd);
-        if (!d)
-                return negative_errno();
-        TAKE_FD(fd);
+        r = opendir_fd(s->journal_fd, &d);
+        if (r < 0)
+                return r;
 
         while ((de = readdir(d))) {
                 struct json_object *o = NULL;
@@ -624,9 +629,9 @@ static int replay_journal(Store *s) {
 }
 
 static int sweep_orphans(Store *s) {
-        _cleanup_close_ int fd = -EBADF;
         DIR *d;
         struct dirent *de;
+        int r;
 
         /* Layers that no operation finished, and private layers no disk uses. */
         for (size_t i = 0; i < s->n_layers;) {
@@ -640,13 +645,9 @@ static int sweep_orphans(Store *s) {
         }
 
         /* Files no record accounts for, and temporaries of interrupted writes. */
-        fd = fcntl(s->images_fd, F_DUPFD_CLOEXEC, 3);
-        if (fd < 0)
-                return negative_errno();
-        d = fdopendir(fd);
-        if (!d)
-                return negative_errno();
-        TAKE_FD(fd);
+        r = opendir_fd(s->images_fd, &d);
+        if (r < 0)
+                return r;
         while ((de = readdir(d))) {
                 bool known = false;
 

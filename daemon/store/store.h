@@ -79,10 +79,10 @@ void intent_done(Intent *i);
 int intent_add_new(Intent *i, const char *layer);
 int intent_add_drop(Intent *i, const char *layer);
 
-int journal_begin(Store *s, Intent *i, const char *op, IntentCommit commit, const char *commit_name,
-                  uint64_t commit_generation);
-/* Writes the intent again after its lists changed (before the files concerned are touched). */
-int journal_update(Store *s, Intent *i);
+/* Fills an intent in memory; add its layers with intent_add_*(), then write it with journal_begin()
+ * before the first file or record of the operation is touched. */
+int intent_init(Intent *i, const char *op, IntentCommit commit, const char *commit_name, uint64_t commit_generation);
+int journal_begin(Store *s, Intent *i);
 int journal_end(Store *s, Intent *i);
 /* Rolls back an operation that did not reach its commit point, then ends it. */
 int journal_abort(Store *s, Intent *i);
