@@ -396,13 +396,25 @@ int qcow2_header_read(int fd, const Qcow2Limits *limits, Qcow2Header *ret, Forma
         if (st.st_size < 0)
                 return format_error(err, -EIO, "negative file size");
 
+        /* Cluster 0 only: first enough to learn the cluster size, then the rest of that cluster. */
         n = (size_t) MIN((uint64_t) st.st_size, QCOW2_HEADER_READ_SIZE);
         buf = malloc(MAX(n, (size_t) 1));
         if (!buf)
                 return format_error(err, -ENOMEM, "out of memory");
-        r = format_pread_full(fd, buf, n, 0);
-        if (r < 0)
-                return format_error(err, r, "cannot read the image header");
+        {
+                size_t first = MIN(n, (size_t) 4096);
+                r = format_pread_full(fd, buf, first, 0);
+                if (r >= 0 && first >= 24 && first < n) {
+                        uint32_t bits = be32_read(buf + 20);
+                        if (bits >= QCOW2_MIN_CLUSTER_BITS && bits <= QCOW2_MAX_CLUSTER_BITS)
+                                n = (size_t) MIN((uint64_t) n, UINT64_C(1) << bits);
+                        if (n > first)
+                                r = format_pread_full(fd, buf + first, n - first, first);
+                } else
+                        n = first;
+                if (r < 0)
+                        return format_error(err, r, "cannot read the image header");
+        }
 
         return qcow2_header_parse(buf, n, (uint64_t) st.st_size, limits, ret, err);
 }
