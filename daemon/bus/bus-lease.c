@@ -77,7 +77,7 @@ static void lease_end(Lease *l, const char *why) {
                 OpError err = {};
 
                 /* Only the top layer was writable: backing layers went out O_RDONLY. */
-                if (op_verify(m->store, l->vm, l->disk, true, quarantine_problem, &problem, &err) >= 0 && problem) {
+                if (op_verify(m->store, l->vm, l->disk, true, -EBADF, quarantine_problem, &problem, &err) >= 0 && problem) {
                         char reason[512];
                         snprintf(reason, sizeof(reason), "headers changed under a read-write lease: %s", problem);
                         (void) op_quarantine(m->store, l->vm, l->disk, reason, &err);
@@ -331,14 +331,6 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
                                                  o->read_only ? "read-only" : "read-write", o->holder, (int) o->holder_pid);
         }
 
-        /* Hand out only what matches the records. Backing layers are never writable by anyone (catalog
-         * images and former tops, all handed out O_RDONLY), so the top layer's header is what can differ. */
-        r = op_verify(m->store, vm, disk, true, quarantine_problem, &problem, &err);
-        if (r < 0)
-                return bus_error_from_op(error, r, err.reason);
-        if (problem)
-                return sd_bus_error_setf(error, "org.vdisk1.Error.Corrupt", "Disk '%s' of VM '%s' differs from its records: %s",
-                                         disk, vm, problem);
 
         l = calloc(1, sizeof(Lease));
         if (!l)
@@ -385,6 +377,18 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
                                                          disk, vm);
                         }
                 }
+        }
+
+        /* Hand out only what matches the records. Backing layers are never writable by anyone (catalog
+         * images and former tops, all handed out O_RDONLY), so the top layer's header is what can differ;
+         * it is read through the very description that is handed out. */
+        r = op_verify(m->store, vm, disk, true, l->fds[0], quarantine_problem, &problem, &err);
+        if (r < 0 || problem) {
+                lease_free(l);
+                if (r < 0)
+                        return bus_error_from_op(error, r, err.reason);
+                return sd_bus_error_setf(error, "org.vdisk1.Error.Corrupt", "Disk '%s' of VM '%s' differs from its records: %s",
+                                         disk, vm, problem);
         }
 
         r = build_blockdev(m, d, read_only, &blockdev);

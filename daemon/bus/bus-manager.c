@@ -361,7 +361,7 @@ static int method_verify(sd_bus_message *msg, void *userdata, sd_bus_error *erro
 
         CHECK(sd_bus_message_new_method_return(msg, &reply));
         CHECK(sd_bus_message_open_container(reply, 'a', "(sss)"));
-        r = op_verify(m->store, vm, NULL, false, verify_add, reply, &err);
+        r = op_verify(m->store, vm, NULL, false, -EBADF, verify_add, reply, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
         CHECK(sd_bus_message_close_container(reply));

@@ -602,8 +602,8 @@ int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, c
         return 0;
 }
 
-int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, VerifyProblemFunc cb, void *userdata,
-              OpError *err) {
+int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, int top_fd, VerifyProblemFunc cb,
+              void *userdata, OpError *err) {
         Vm *v = store_find_vm(s, vm);
         char text[512];
         int r;
@@ -646,7 +646,13 @@ int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, Ve
                         } else if (l->backing)
                                 PROBLEM("bottom layer's record names a backing layer");
 
-                        fd = store_open_layer(s, l, O_RDONLY);
+                        /* The caller may already hold the top layer open (and checked) as `top_fd`. */
+                        if (k == 0 && top_fd >= 0) {
+                                fd = fcntl(top_fd, F_DUPFD_CLOEXEC, 3);
+                                if (fd < 0)
+                                        return op_error(err, negative_errno(), "cannot duplicate a file descriptor");
+                        } else
+                                fd = store_open_layer(s, l, O_RDONLY);
                         if (fd == -ENOENT) {
                                 PROBLEM("image file is missing");
                                 continue;

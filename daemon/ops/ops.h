@@ -54,9 +54,10 @@ int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, c
                 OpError *err);
 
 typedef int (*VerifyProblemFunc)(const char *disk, const char *layer, const char *text, void *userdata);
-/* Compares every layer (or only the top layer) of every disk of `vm` (or of `only_disk`) with its record. */
-int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, VerifyProblemFunc cb, void *userdata,
-              OpError *err);
+/* Compares every layer (or only the top layer) of every disk of `vm` (or of `only_disk`) with its record.
+ * `top_fd`: the top layer already opened through store_open_layer(), or -EBADF. */
+int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, int top_fd, VerifyProblemFunc cb,
+              void *userdata, OpError *err);
 
 /* Marks a disk as not to be handed out (NULL: lifts it); persisted in the VM record. */
 int op_quarantine(Store *s, const char *vm, const char *disk, const char *reason, OpError *err);
