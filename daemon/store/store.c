@@ -201,7 +201,7 @@ int store_open_layer(Store *s, const Layer *l, int flags) {
                 return fd;
         if (fstat(fd, &st) < 0)
                 return negative_errno();
-        if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink != 1 ||
+        if (!S_ISREG(st.st_mode) || st.st_uid != s->uid || st.st_nlink != 1 ||
             (l->inode != 0 && (uint64_t) st.st_ino != l->inode))
                 return -EBADMSG;
         return TAKE_FD(fd);
@@ -381,7 +381,8 @@ int store_open(const char *path, Store **ret) {
                 return log_error_errno(errno, "Failed to open store directory %s", path);
         if (fstat(s->dir_fd, &st) < 0)
                 return negative_errno();
-        if (st.st_uid != geteuid())
+        s->uid = geteuid();
+        if (st.st_uid != s->uid)
                 return log_error_errno(EPERM, "Store directory %s is not owned by the daemon's user", path);
         if ((st.st_mode & 07777) != 0700 && fchmod(s->dir_fd, 0700) < 0)
                 return log_error_errno(errno, "Failed to make store directory %s private", path);

@@ -19,6 +19,7 @@
 
 typedef struct Store {
         char *path;
+        uid_t uid; /* ours: every file of the store must be owned by it */
         int dir_fd;
         int images_fd;
         int records_fd;
