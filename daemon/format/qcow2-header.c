@@ -64,7 +64,10 @@ static int check_table(const Qcow2Header *h, uint64_t offset, uint64_t bytes, co
         return 0;
 }
 
-static int parse_extensions(const uint8_t *buf, uint64_t start, uint64_t end, Qcow2Header *h,
+/* -ENODATA, with no error recorded: the bytes given end before what must be read (partial parse). */
+#define NEED_MORE (-ENODATA)
+
+static int parse_extensions(const uint8_t *buf, uint64_t avail, uint64_t start, uint64_t end, Qcow2Header *h,
                             FormatError *err) {
         uint32_t seen[QCOW2_MAX_EXTENSIONS];
         uint64_t off = start;
@@ -78,6 +81,8 @@ static int parse_extensions(const uint8_t *buf, uint64_t start, uint64_t end, Qc
                 if (off > end || end - off < 8)
                         return format_error(err, -EBADMSG,
                                             "header extensions are not terminated by an end marker inside the header area");
+                if (off > avail || avail - off < 8)
+                        return NEED_MORE;
                 magic = be32_read(buf + off);
                 len = be32_read(buf + off + 4);
                 off += 8;
@@ -97,6 +102,8 @@ static int parse_extensions(const uint8_t *buf, uint64_t start, uint64_t end, Qc
                 if (padded > end - off)
                         return format_error(err, -EBADMSG, "padding of header extension 0x%08" PRIx32 " extends past the header area",
                                             magic);
+                if (padded > avail - off)
+                        return NEED_MORE;
 
                 if (h->n_extensions >= QCOW2_MAX_EXTENSIONS)
                         return format_error(err, -E2BIG, "more than %u header extensions", QCOW2_MAX_EXTENSIONS);
@@ -175,8 +182,12 @@ static int parse_extensions(const uint8_t *buf, uint64_t start, uint64_t end, Qc
         }
 }
 
-int qcow2_header_parse(const uint8_t *buf, size_t size, uint64_t file_size, const Qcow2Limits *limits,
-                       Qcow2Header *ret, FormatError *err) {
+/*
+ * With `partial`, `buf` may hold less than cluster 0: parsing then needs only the bytes up to the end
+ * of the extensions and the backing name, and returns NEED_MORE if those are not all there.
+ */
+static int header_parse(const uint8_t *buf, size_t size, uint64_t file_size, const Qcow2Limits *limits, bool partial,
+                        Qcow2Header *ret, FormatError *err) {
         Qcow2Header h = {};
         uint64_t max_size, l1_needed, area, ext_end;
         int r;
@@ -233,9 +244,12 @@ int qcow2_header_parse(const uint8_t *buf, size_t size, uint64_t file_size, cons
                         return format_error(err, -EBADMSG, "header_length %" PRIu32 " is not a multiple of 8", h.header_length);
                 if (h.header_length > h.cluster_size)
                         return format_error(err, -EBADMSG, "header_length %" PRIu32 " exceeds the cluster size", h.header_length);
-                if (h.header_length > size)
+                if (h.header_length > size) {
+                        if (partial && h.header_length <= file_size)
+                                return NEED_MORE;
                         return format_error(err, -EBADMSG, "header_length %" PRIu32 " extends past the end of the file",
                                             h.header_length);
+                }
                 h.incompatible_features = be64_read(buf + 72);
                 h.compatible_features = be64_read(buf + 80);
                 h.autoclear_features = be64_read(buf + 88);
@@ -250,7 +264,7 @@ int qcow2_header_parse(const uint8_t *buf, size_t size, uint64_t file_size, cons
 
         /* The header area is cluster 0; the bytes we were given must cover what the file has of it. */
         area = MIN(h.cluster_size, file_size);
-        if (size < area)
+        if (size < area && !partial)
                 return format_error(err, -EINVAL, "caller passed %zu bytes, cluster 0 has %" PRIu64, size, area);
 
         if (h.incompatible_features & ~QCOW2_INCOMPAT_MASK)
@@ -333,13 +347,15 @@ int qcow2_header_parse(const uint8_t *buf, size_t size, uint64_t file_size, cons
         ext_end = h.has_backing_file ? h.backing_file_offset : area;
         if (h.header_length > ext_end)
                 return format_error(err, -EBADMSG, "header extensions start after their area ends");
-        r = parse_extensions(buf, h.header_length, ext_end, &h, err);
+        r = parse_extensions(buf, size, h.header_length, ext_end, &h, err);
         if (r < 0)
                 return r;
 
         if (h.has_backing_file) {
                 if (h.backing_file_offset < h.extensions_end)
                         return format_error(err, -EBADMSG, "backing file name overlaps the header extensions");
+                if (h.backing_file_offset > size || h.backing_file_size > size - h.backing_file_offset)
+                        return NEED_MORE;
                 r = copy_name(buf + h.backing_file_offset, h.backing_file_size, h.backing_file, sizeof(h.backing_file),
                               "backing file name", err);
                 if (r < 0)
@@ -383,10 +399,15 @@ int qcow2_header_parse(const uint8_t *buf, size_t size, uint64_t file_size, cons
         return 0;
 }
 
+int qcow2_header_parse(const uint8_t *buf, size_t size, uint64_t file_size, const Qcow2Limits *limits,
+                       Qcow2Header *ret, FormatError *err) {
+        return header_parse(buf, size, file_size, limits, false, ret, err);
+}
+
 int qcow2_header_read(int fd, const Qcow2Limits *limits, Qcow2Header *ret, FormatError *err) {
         _cleanup_free_ uint8_t *buf = NULL;
         struct stat st;
-        size_t n;
+        size_t n, first;
         int r;
 
         if (fstat(fd, &st) < 0)
@@ -396,25 +417,22 @@ int qcow2_header_read(int fd, const Qcow2Limits *limits, Qcow2Header *ret, Forma
         if (st.st_size < 0)
                 return format_error(err, -EIO, "negative file size");
 
-        /* Cluster 0 only: first enough to learn the cluster size, then the rest of that cluster. */
+        /* Usually the first 4 KiB hold everything the header uses; else read the rest of cluster 0. */
         n = (size_t) MIN((uint64_t) st.st_size, QCOW2_HEADER_READ_SIZE);
         buf = malloc(MAX(n, (size_t) 1));
         if (!buf)
                 return format_error(err, -ENOMEM, "out of memory");
-        {
-                size_t first = MIN(n, (size_t) 4096);
-                r = format_pread_full(fd, buf, first, 0);
-                if (r >= 0 && first >= 24 && first < n) {
-                        uint32_t bits = be32_read(buf + 20);
-                        if (bits >= QCOW2_MIN_CLUSTER_BITS && bits <= QCOW2_MAX_CLUSTER_BITS)
-                                n = (size_t) MIN((uint64_t) n, UINT64_C(1) << bits);
-                        if (n > first)
-                                r = format_pread_full(fd, buf + first, n - first, first);
-                } else
-                        n = first;
-                if (r < 0)
-                        return format_error(err, r, "cannot read the image header");
-        }
+        first = MIN(n, (size_t) 4096);
+        r = format_pread_full(fd, buf, first, 0);
+        if (r < 0)
+                return format_error(err, r, "cannot read the image header");
+        r = header_parse(buf, first, (uint64_t) st.st_size, limits, true, ret, err);
+        if (r != NEED_MORE)
+                return r;
 
+        n = (size_t) MIN((uint64_t) n, UINT64_C(1) << be32_read(buf + 20)); /* cluster_bits was checked */
+        r = format_pread_full(fd, buf + first, n - first, first);
+        if (r < 0)
+                return format_error(err, r, "cannot read the image header");
         return qcow2_header_parse(buf, n, (uint64_t) st.st_size, limits, ret, err);
 }

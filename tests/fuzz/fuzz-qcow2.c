@@ -7,6 +7,7 @@
  */
 
 #include <stdio.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -27,9 +28,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (void) probe_conflicts(IMAGE_FORMAT_RAW, data, size, data, size, &mask, NULL);
         (void) probe_conflicts(IMAGE_FORMAT_QCOW2, data, size, data, size, &mask, NULL);
 
-        if (qcow2_header_parse(data, size, size, &limits, &h, &err) < 0)
-                return 0;
-
         if (memfd < 0) {
                 memfd = memfd_create("fuzz-qcow2", MFD_CLOEXEC);
                 if (memfd < 0)
@@ -37,6 +35,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         if (ftruncate(memfd, 0) < 0 || format_pwrite_full(memfd, data, size, 0) < 0)
                 abort();
+
+        /* Reading from a file (first 4 KiB, then the rest of cluster 0 if needed) must agree exactly with
+         * parsing the whole buffer. */
+        {
+                Qcow2Header hr;
+                FormatError err2 = {};
+                int a = qcow2_header_parse(data, size, size, &limits, &h, &err);
+                int b = qcow2_header_read(memfd, &limits, &hr, &err2);
+
+                if (a != b)
+                        abort();
+                if (a < 0)
+                        return 0;
+                if (memcmp(&h, &hr, sizeof(h)) != 0)
+                        abort();
+        }
 
         Qcow2CheckResult res = {};
         if (qcow2_check(memfd, &h, &limits, &res, &err) >= 0)
