@@ -98,5 +98,17 @@ int auth_require_root(const Caller *c, sd_bus_error *error);
 /* Admin, or the VM's owner; a VM the caller may not see is AccessDenied, never NotFound. */
 int auth_require_vm(Manager *m, const Caller *c, const char *vm, sd_bus_error *error);
 
+/* bus-manager.c: argument helpers shared by the bus objects */
+typedef struct OptionSpec {
+        const char *key;
+        char type; /* 's', 'u', 'b' (into a bool), 't' */
+        void *ret;
+} OptionSpec;
+
+/* Reads an a{sv}; unknown keys, wrong types, duplicates and too many entries are InvalidArgs. */
+int bus_read_options(sd_bus_message *m, const OptionSpec *specs, sd_bus_error *error);
+/* InvalidArgs unless `name` is a valid VM, disk or image name; never echoes the name. */
+int bus_check_name(const char *what, const char *name, sd_bus_error *error);
+
 /* bus-error.c */
 int bus_error_from_op(sd_bus_error *error, int r, const char *reason);

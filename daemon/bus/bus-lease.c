@@ -249,12 +249,11 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_free_ char *blockdev = NULL, *problem = NULL;
         Manager *m = userdata;
-        const char *vm, *disk, *sender, *key;
-        int read_only = false;
+        const char *vm, *disk, *sender;
+        bool read_only = false;
         Lease *l, **leases;
         OpError err = {};
         Caller c;
-        Vm *v;
         Disk *d;
         size_t first_count;
         int r;
@@ -262,44 +261,24 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         r = sd_bus_message_read(msg, "ss", &vm, &disk);
         if (r < 0)
                 return r;
-        /* Options: read_only b, nothing else. */
-        r = sd_bus_message_enter_container(msg, 'a', "{sv}");
+        r = bus_read_options(msg, (const OptionSpec[]) { { "read_only", 'b', &read_only }, {} }, error);
         if (r < 0)
                 return r;
-        while ((r = sd_bus_message_enter_container(msg, 'e', "sv")) > 0) {
-                r = sd_bus_message_read(msg, "s", &key);
-                if (r < 0)
-                        return r;
-                if (!streq(key, "read_only"))
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Unknown option '%.64s'", key);
-                r = sd_bus_message_read(msg, "v", "b", &read_only);
-                if (r < 0)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "Option 'read_only' must be of type 'b'");
-                r = sd_bus_message_exit_container(msg);
-                if (r < 0)
-                        return r;
-        }
+        r = bus_check_name("VM", vm, error);
         if (r < 0)
                 return r;
-        r = sd_bus_message_exit_container(msg);
+        r = bus_check_name("disk", disk, error);
         if (r < 0)
                 return r;
-
-        if (!name_is_valid(vm) || !name_is_valid(disk))
-                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
-                                        "Invalid VM or disk name: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$");
         r = auth_caller(m, msg, &c, error);
         if (r < 0)
                 return r;
         r = auth_require_vm(m, &c, vm, error);
         if (r < 0)
                 return r;
-        v = store_find_vm(m->store, vm);
-        if (!v)
-                return sd_bus_error_setf(error, "org.vdisk1.Error.NotFound", "No VM '%s'", vm);
-        d = vm_find_disk(v, disk);
-        if (!d)
-                return sd_bus_error_setf(error, "org.vdisk1.Error.NotFound", "VM '%s' has no disk '%s'", vm, disk);
+        r = op_find_disk(m->store, vm, disk, NULL, &d, &err);
+        if (r < 0)
+                return bus_error_from_op(error, r, err.reason);
         if (d->quarantine)
                 return sd_bus_error_setf(error, "org.vdisk1.Error.Corrupt", "Disk '%s' of VM '%s' is quarantined: %s", disk, vm,
                                          d->quarantine);

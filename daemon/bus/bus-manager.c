@@ -17,14 +17,7 @@
 /* Limits on what a caller can make us parse. */
 #define OPTIONS_MAX 16U
 
-typedef struct OptionSpec {
-        const char *key;
-        char type; /* 's', 'u', 'b', 't' */
-        void *ret;
-} OptionSpec;
-
-/* Reads an a{sv}; unknown keys, wrong types, duplicates and too many entries are InvalidArgs. */
-static int read_options(sd_bus_message *m, const OptionSpec *specs, sd_bus_error *error) {
+int bus_read_options(sd_bus_message *m, const OptionSpec *specs, sd_bus_error *error) {
         unsigned seen = 0, count = 0;
         int r;
 
@@ -83,7 +76,7 @@ static int read_options(sd_bus_message *m, const OptionSpec *specs, sd_bus_error
         return sd_bus_message_exit_container(m);
 }
 
-static int check_name(const char *what, const char *name, sd_bus_error *error) {
+int bus_check_name(const char *what, const char *name, sd_bus_error *error) {
         if (name_is_valid(name))
                 return 0;
         /* Never echo what might be binary junk or a path: say what was wrong with it. */
@@ -122,11 +115,11 @@ static int method_create_image(sd_bus_message *msg, void *userdata, sd_bus_error
         int r;
 
         CHECK(sd_bus_message_read(msg, "sst", &name, &format, &size));
-        CHECK(read_options(msg, (const OptionSpec[]) { { "template", 's', &template_name },
+        CHECK(bus_read_options(msg, (const OptionSpec[]) { { "template", 's', &template_name },
                                                       { "cluster_size", 'u', &cluster_size },
                                                       {} },
                            error));
-        CHECK(check_name("image", name, error));
+        CHECK(bus_check_name("image", name, error));
         CHECK(check_format(format, &f, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_admin(&c, error));
@@ -145,7 +138,7 @@ static int method_delete_image(sd_bus_message *msg, void *userdata, sd_bus_error
         int r;
 
         CHECK(sd_bus_message_read(msg, "s", &name));
-        CHECK(check_name("image", name, error));
+        CHECK(bus_check_name("image", name, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_admin(&c, error));
 
@@ -181,8 +174,8 @@ static int method_create_vm(sd_bus_message *msg, void *userdata, sd_bus_error *e
         int r;
 
         CHECK(sd_bus_message_read(msg, "su", &name, &owner));
-        CHECK(read_options(msg, NULL, error));
-        CHECK(check_name("VM", name, error));
+        CHECK(bus_read_options(msg, NULL, error));
+        CHECK(bus_check_name("VM", name, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_admin(&c, error));
 
@@ -200,7 +193,7 @@ static int method_delete_vm(sd_bus_message *msg, void *userdata, sd_bus_error *e
         int r;
 
         CHECK(sd_bus_message_read(msg, "s", &name));
-        CHECK(check_name("VM", name, error));
+        CHECK(bus_check_name("VM", name, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_admin(&c, error));
         CHECK(lease_busy_error(m, name, NULL, error));
@@ -244,11 +237,11 @@ static int method_create_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
         int r;
 
         CHECK(sd_bus_message_read(msg, "ssst", &vm, &disk, &image, &size));
-        CHECK(read_options(msg, (const OptionSpec[]) { { "mode", 's', &mode }, { "format", 's', &format }, {} }, error));
-        CHECK(check_name("VM", vm, error));
-        CHECK(check_name("disk", disk, error));
+        CHECK(bus_read_options(msg, (const OptionSpec[]) { { "mode", 's', &mode }, { "format", 's', &format }, {} }, error));
+        CHECK(bus_check_name("VM", vm, error));
+        CHECK(bus_check_name("disk", disk, error));
         if (!isempty(image))
-                CHECK(check_name("image", image, error));
+                CHECK(bus_check_name("image", image, error));
         CHECK(check_format(format, &f, error));
         if (!streq(mode, "overlay") && !streq(mode, "copy"))
                 return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "Option 'mode' must be \"overlay\" or \"copy\"");
@@ -269,8 +262,8 @@ static int method_delete_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
         int r;
 
         CHECK(sd_bus_message_read(msg, "ss", &vm, &disk));
-        CHECK(check_name("VM", vm, error));
-        CHECK(check_name("disk", disk, error));
+        CHECK(bus_check_name("VM", vm, error));
+        CHECK(bus_check_name("disk", disk, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_admin(&c, error));
         CHECK(lease_busy_error(m, vm, disk, error));
@@ -285,22 +278,20 @@ static int method_get_chain(sd_bus_message *msg, void *userdata, sd_bus_error *e
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         Manager *m = userdata;
         const char *vm, *disk;
+        OpError err = {};
         Disk *d;
-        Vm *v;
         Caller c;
+        int r;
 
         CHECK(sd_bus_message_read(msg, "ss", &vm, &disk));
-        CHECK(check_name("VM", vm, error));
-        CHECK(check_name("disk", disk, error));
+        CHECK(bus_check_name("VM", vm, error));
+        CHECK(bus_check_name("disk", disk, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_vm(m, &c, vm, error));
 
-        v = store_find_vm(m->store, vm);
-        if (!v)
-                return sd_bus_error_setf(error, "org.vdisk1.Error.NotFound", "No VM '%s'", vm);
-        d = vm_find_disk(v, disk);
-        if (!d)
-                return sd_bus_error_setf(error, "org.vdisk1.Error.NotFound", "VM '%s' has no disk '%s'", vm, disk);
+        r = op_find_disk(m->store, vm, disk, NULL, &d, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
 
         CHECK(sd_bus_message_new_method_return(msg, &reply));
         CHECK(sd_bus_message_open_container(reply, 'a', "(ssssttb)"));
@@ -329,9 +320,9 @@ static int method_snapshot(sd_bus_message *msg, void *userdata, sd_bus_error *er
         int r;
 
         CHECK(sd_bus_message_read(msg, "ss", &vm, &disk));
-        CHECK(read_options(msg, NULL, error));
-        CHECK(check_name("VM", vm, error));
-        CHECK(check_name("disk", disk, error));
+        CHECK(bus_read_options(msg, NULL, error));
+        CHECK(bus_check_name("VM", vm, error));
+        CHECK(bus_check_name("disk", disk, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_vm(m, &c, vm, error));
         CHECK(lease_busy_error(m, vm, disk, error));
@@ -355,7 +346,7 @@ static int method_verify(sd_bus_message *msg, void *userdata, sd_bus_error *erro
         int r;
 
         CHECK(sd_bus_message_read(msg, "s", &vm));
-        CHECK(check_name("VM", vm, error));
+        CHECK(bus_check_name("VM", vm, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_vm(m, &c, vm, error));
 
@@ -427,8 +418,8 @@ static int method_import_image(sd_bus_message *msg, void *userdata, sd_bus_error
         int source, fd, r;
 
         CHECK(sd_bus_message_read(msg, "ssh", &name, &format, &source));
-        CHECK(read_options(msg, NULL, error));
-        CHECK(check_name("image", name, error));
+        CHECK(bus_read_options(msg, NULL, error));
+        CHECK(bus_check_name("image", name, error));
         CHECK(check_format(format, &f, error));
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_admin(&c, error));

@@ -25,6 +25,21 @@ void limits_init_default(Limits *l) {
         };
 }
 
+int op_find_disk(Store *s, const char *vm, const char *disk, Vm **ret_vm, Disk **ret_disk, OpError *err) {
+        Vm *v = store_find_vm(s, vm);
+        Disk *d;
+
+        if (!v)
+                return op_error(err, -ENOENT, "no VM '%s'", vm);
+        d = vm_find_disk(v, disk);
+        if (!d)
+                return op_error(err, -ENOENT, "VM '%s' has no disk '%s'", vm, disk);
+        if (ret_vm)
+                *ret_vm = v;
+        *ret_disk = d;
+        return 0;
+}
+
 static int check_size(const Limits *lim, uint64_t size, OpError *err) {
         if (size == 0)
                 return op_error(err, -EINVAL, "size must not be 0");
@@ -488,16 +503,14 @@ int op_create_disk(Store *s, const Limits *lim, const char *vm, const char *disk
 }
 
 int op_delete_disk(Store *s, const char *vm, const char *disk, OpError *err) {
-        Vm *v = store_find_vm(s, vm), *next = NULL;
+        Vm *v, *next = NULL;
         Disk *d;
         Intent intent = {};
         int r;
 
-        if (!v)
-                return op_error(err, -ENOENT, "no VM '%s'", vm);
-        d = vm_find_disk(v, disk);
-        if (!d)
-                return op_error(err, -ENOENT, "VM '%s' has no disk '%s'", vm, disk);
+        r = op_find_disk(s, vm, disk, &v, &d, err);
+        if (r < 0)
+                return r;
 
         r = vm_copy(v, &next);
         if (r < 0)
@@ -537,18 +550,16 @@ int op_delete_disk(Store *s, const char *vm, const char *disk, OpError *err) {
 
 int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, char ret_layer[static LAYER_ID_LEN + 1],
                 OpError *err) {
-        Vm *v = store_find_vm(s, vm), *next = NULL;
+        Vm *v, *next = NULL;
         Disk *d, *nd;
         Layer *top, *l = NULL;
         FillArgs args = { .format = IMAGE_FORMAT_QCOW2, .copy_from = -EBADF, .err = err };
         char **chain;
         int r;
 
-        if (!v)
-                return op_error(err, -ENOENT, "no VM '%s'", vm);
-        d = vm_find_disk(v, disk);
-        if (!d)
-                return op_error(err, -ENOENT, "VM '%s' has no disk '%s'", vm, disk);
+        r = op_find_disk(s, vm, disk, &v, &d, err);
+        if (r < 0)
+                return r;
         if (d->n_chain + 1 > lim->max_chain_depth)
                 return op_error(err, -ELOOP, "disk '%s' has %zu layers, the limit is %" PRIu32, disk, d->n_chain,
                                 lim->max_chain_depth);

@@ -53,6 +53,9 @@ int op_delete_disk(Store *s, const char *vm, const char *disk, OpError *err);
 int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, char ret_layer[static LAYER_ID_LEN + 1],
                 OpError *err);
 
+/* The disk `disk` of VM `vm`, or -ENOENT naming which is missing. */
+int op_find_disk(Store *s, const char *vm, const char *disk, Vm **ret_vm, Disk **ret_disk, OpError *err);
+
 typedef int (*VerifyProblemFunc)(const char *disk, const char *layer, const char *text, void *userdata);
 /* Compares every layer (or only the top layer) of every disk of `vm` (or of `only_disk`) with its record.
  * `top_fd`: the top layer already opened through store_open_layer(), or -EBADF. */
