@@ -43,8 +43,28 @@ struct Job {
         sd_bus_slot *slot;
         sd_event_source *step_source;
         sd_event_source *linger_source;
+        sd_event_source *delay_source;
         uint64_t last_emit;
 };
+
+/* Tests only: a pause between steps (VDISKD_TEST_STEP_DELAY_MS), so that a job can be watched,
+ * cancelled or killed midway on small images. */
+static uint64_t step_delay_usec(void) {
+        static int64_t cached = -1;
+        if (cached < 0) {
+                const char *e = getenv("VDISKD_TEST_STEP_DELAY_MS");
+                cached = e ? (int64_t) strtoull(e, NULL, 10) * 1000 : 0;
+        }
+        return (uint64_t) cached;
+}
+
+static int job_delay_cb(sd_event_source *s, uint64_t usec, void *userdata) {
+        Job *j = userdata;
+        j->delay_source = sd_event_source_disable_unref(j->delay_source);
+        if (j->step_source)
+                (void) sd_event_source_set_enabled(j->step_source, SD_EVENT_ON);
+        return 0;
+}
 
 const char *job_path(const Job *j) {
         return j->path;
@@ -76,6 +96,7 @@ static Job *job_free(Job *j) {
                 j->ops->free(j->op);
         sd_event_source_disable_unref(j->step_source);
         sd_event_source_disable_unref(j->linger_source);
+        sd_event_source_disable_unref(j->delay_source);
         sd_bus_slot_unref(j->slot);
         free(j->operation);
         free(j->vm);
@@ -130,6 +151,7 @@ static void job_finish(Job *j, JobState state, int r, const OpError *err) {
                 sd_bus_error_free(&e);
         }
         j->step_source = sd_event_source_disable_unref(j->step_source);
+        j->delay_source = sd_event_source_disable_unref(j->delay_source);
         if (j->op && j->ops->free)
                 j->op = j->ops->free(j->op);
 
@@ -153,6 +175,10 @@ static int job_step_cb(sd_event_source *s, void *userdata) {
         j->bytes_total = j->ops->bytes_total(j->op);
         if (r > 0) {
                 job_emit_progress(j, false);
+                if (step_delay_usec() > 0 && !j->delay_source &&
+                    sd_event_add_time_relative(j->manager->event, &j->delay_source, CLOCK_MONOTONIC, step_delay_usec(), 0,
+                                               job_delay_cb, j) >= 0)
+                        (void) sd_event_source_set_enabled(j->step_source, SD_EVENT_OFF);
                 return 0;
         }
         if (r < 0 && j->ops->abort)

@@ -131,6 +131,12 @@ const Lease *manager_find_rw_lease(Manager *m, const char *vm, const char *disk)
 int lease_busy_error(Manager *m, const char *vm, const char *disk, sd_bus_error *error) {
         const Lease *l = manager_find_rw_lease(m, vm, disk);
 
+        for (size_t i = 0; !l && i < m->n_jobs; i++) {
+                Job *j = m->jobs[i];
+                if (job_is_running(j) && streq(job_vm(j), vm) && (!disk || streq(job_disk(j), disk)))
+                        return sd_bus_error_setf(error, "org.vdisk1.Error.InUse", "Disk '%s' of VM '%s' is busy with a %s job (%s)",
+                                                 job_disk(j), vm, job_operation(j), job_path(j));
+        }
         if (!l)
                 return 0;
         return sd_bus_error_setf(error, "org.vdisk1.Error.InUse",
@@ -282,6 +288,10 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         if (d->quarantine)
                 return sd_bus_error_setf(error, "org.vdisk1.Error.Corrupt", "Disk '%s' of VM '%s' is quarantined: %s", disk, vm,
                                          d->quarantine);
+        for (size_t i = 0; i < m->n_jobs; i++)
+                if (job_is_running(m->jobs[i]) && streq(job_vm(m->jobs[i]), vm) && streq(job_disk(m->jobs[i]), disk))
+                        return sd_bus_error_setf(error, "org.vdisk1.Error.InUse", "Disk '%s' of VM '%s' is busy with a %s job (%s)",
+                                                 disk, vm, job_operation(m->jobs[i]), job_path(m->jobs[i]));
 
         sender = sd_bus_message_get_sender(msg);
         if (!sender)

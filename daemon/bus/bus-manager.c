@@ -13,6 +13,7 @@
 #include "describe.h"
 #include "log.h"
 #include "manager.h"
+#include "reshape.h"
 
 /* Limits on what a caller can make us parse. */
 #define OPTIONS_MAX 16U
@@ -444,6 +445,88 @@ static int method_import_image(sd_bus_message *msg, void *userdata, sd_bus_error
         return sd_bus_reply_method_return(msg, "o", path);
 }
 
+static int reshape_step_cb(void *op, OpError *err) {
+        return reshape_step(op, err);
+}
+static void reshape_abort_cb(void *op) {
+        reshape_abort(op);
+}
+static void *reshape_free_cb(void *op) {
+        return reshape_free(op);
+}
+static uint64_t reshape_done_cb(const void *op) {
+        return reshape_bytes_done(op);
+}
+static uint64_t reshape_total_cb(const void *op) {
+        return reshape_bytes_total(op);
+}
+
+static const JobOps reshape_job_ops = {
+        .step = reshape_step_cb,
+        .abort = reshape_abort_cb,
+        .free = reshape_free_cb,
+        .bytes_done = reshape_done_cb,
+        .bytes_total = reshape_total_cb,
+};
+
+static int start_reshape(Manager *m, sd_bus_message *msg, const Caller *c, ReshapeKind kind, const char *vm, const char *disk,
+                         const char *layer, sd_bus_error *error) {
+        ReshapeOp *op = NULL;
+        OpError err = {};
+        const char *path;
+        int r;
+
+        CHECK(lease_busy_error(m, vm, disk, error));
+        if (manager_running_jobs(m) >= m->config.limits.max_jobs)
+                return sd_bus_error_setf(error, "org.vdisk1.Error.LimitExceeded", "Too many jobs are running (limit %" PRIu32 ")",
+                                         m->config.limits.max_jobs);
+        r = reshape_begin(m->store, &m->config.limits, kind, vm, disk, layer, &op, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
+        r = job_start(m, reshape_operation(op), vm, disk, c->uid, &reshape_job_ops, op, &path);
+        if (r < 0) {
+                reshape_abort(op);
+                reshape_free(op);
+                return bus_error_from_op(error, r, "Cannot start the job");
+        }
+        return sd_bus_reply_method_return(msg, "o", path);
+}
+
+static int method_rebase(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *vm, *disk, *backing;
+        bool unsafe = false;
+        Caller c;
+
+        CHECK(sd_bus_message_read(msg, "sss", &vm, &disk, &backing));
+        CHECK(bus_read_options(msg, (const OptionSpec[]) { { "unsafe", 'b', &unsafe }, {} }, error));
+        CHECK(bus_check_name("VM", vm, error));
+        CHECK(bus_check_name("disk", disk, error));
+        if (!isempty(backing) && !layer_id_is_valid(backing))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Invalid layer id");
+        CHECK(auth_caller(m, msg, &c, error));
+        CHECK(auth_require_admin(&c, error));
+        if (unsafe && c.uid != 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED, "Only root may rebase unsafely");
+        return start_reshape(m, msg, &c, unsafe ? RESHAPE_UNSAFE_REBASE : RESHAPE_REBASE, vm, disk, backing, error);
+}
+
+static int method_commit(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *vm, *disk, *layer;
+        Caller c;
+
+        CHECK(sd_bus_message_read(msg, "sss", &vm, &disk, &layer));
+        CHECK(bus_read_options(msg, NULL, error));
+        CHECK(bus_check_name("VM", vm, error));
+        CHECK(bus_check_name("disk", disk, error));
+        if (!layer_id_is_valid(layer))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Invalid layer id");
+        CHECK(auth_caller(m, msg, &c, error));
+        CHECK(auth_require_admin(&c, error));
+        return start_reshape(m, msg, &c, RESHAPE_COMMIT, vm, disk, layer, error);
+}
+
 static int method_list_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         Manager *m = userdata;
@@ -511,6 +594,14 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("s", vm, "s", disk, "a{sv}", options),
                                 SD_BUS_RESULT("s", layer),
                                 method_snapshot, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Rebase",
+                                SD_BUS_ARGS("s", vm, "s", disk, "s", backing, "a{sv}", options),
+                                SD_BUS_RESULT("o", job),
+                                method_rebase, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Commit",
+                                SD_BUS_ARGS("s", vm, "s", disk, "s", layer, "a{sv}", options),
+                                SD_BUS_RESULT("o", job),
+                                method_commit, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("OpenDisk",
                                 SD_BUS_ARGS("s", vm, "s", disk, "a{sv}", options),
                                 SD_BUS_RESULT("o", lease, "s", blockdev, "ah", fds),

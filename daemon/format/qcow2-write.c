@@ -230,7 +230,8 @@ int qcow2_create(int fd, const Qcow2CreateParams *p, FormatError *err) {
         return 0;
 }
 
-int qcow2_set_backing(int fd, const char *backing_file, const char *backing_format, FormatError *err) {
+int qcow2_build_backing_header(int fd, const char *backing_file, const char *backing_format, uint8_t **ret,
+                               size_t *ret_len, FormatError *err) {
         _cleanup_free_ uint8_t *old = NULL, *new = NULL;
         Qcow2Header h, check;
         uint64_t area, old_end, pos, off;
@@ -311,8 +312,21 @@ int qcow2_set_backing(int fd, const char *backing_file, const char *backing_form
                         return r;
         }
 
-        /* One write covering the old and the new extent of the header area (stale bytes become zero). */
-        r = format_pwrite_full(fd, new, MAX(pos, old_end), 0);
+        /* The old and the new extent of the header area (stale bytes become zero). */
+        *ret_len = MAX(pos, old_end);
+        *ret = TAKE_PTR(new);
+        return 0;
+}
+
+int qcow2_set_backing(int fd, const char *backing_file, const char *backing_format, FormatError *err) {
+        _cleanup_free_ uint8_t *buf = NULL;
+        size_t len;
+        int r;
+
+        r = qcow2_build_backing_header(fd, backing_file, backing_format, &buf, &len, err);
+        if (r < 0)
+                return r;
+        r = format_pwrite_full(fd, buf, len, 0);
         if (r < 0)
                 return format_error(err, r, "cannot write the image header");
         if (fdatasync(fd) < 0)

@@ -267,6 +267,10 @@ int qcow2_create(int fd, const Qcow2CreateParams *p, FormatError *err);
  */
 int qcow2_set_backing(int fd, const char *backing_file, const char *backing_format, FormatError *err);
 
+/* The same, built in memory only: the new bytes of the header area, to be written at offset 0. */
+int qcow2_build_backing_header(int fd, const char *backing_file, const char *backing_format, uint8_t **ret,
+                               size_t *ret_len, FormatError *err);
+
 /* Validates a name that will be written into a header (backing or data file). */
 bool qcow2_name_is_valid(const char *name, size_t max);
 

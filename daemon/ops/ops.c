@@ -246,6 +246,8 @@ int op_delete_image(Store *s, const char *name, OpError *err) {
         users = store_count_users(s, l->id);
         if (users > 0)
                 return op_error(err, -EBUSY, "image '%s' is used by %zu disk(s)", name, users);
+        if (l->pins > 0)
+                return op_error(err, -EBUSY, "image '%s' is the new backing of a running rebase", name);
         memcpy(id, l->id, sizeof(id));
 
         r = intent_start(s, &intent, "delete-image", INTENT_COMMIT_LAYER_DELETED, id, 0, NULL, id, err);

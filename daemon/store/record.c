@@ -11,6 +11,7 @@
 static const char *const layer_state_table[_LAYER_STATE_MAX] = {
         [LAYER_CREATING] = "creating",
         [LAYER_READY] = "ready",
+        [LAYER_MODIFYING] = "modifying",
 };
 
 const char *layer_state_to_string(LayerState s) {

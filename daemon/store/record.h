@@ -22,6 +22,7 @@
 typedef enum LayerState {
         LAYER_CREATING,  /* record written, file being made: never handed out */
         LAYER_READY,
+        LAYER_MODIFYING, /* being changed in place by an operation in the journal (rebase, commit) */
         _LAYER_STATE_MAX,
         _LAYER_STATE_INVALID = -EINVAL,
 } LayerState;
@@ -41,6 +42,7 @@ typedef struct Layer {
         LayerState state;
         uint64_t generation;
         uint64_t inode;
+        unsigned pins; /* in memory only: running operations that read this layer outside its disks */
 } Layer;
 
 typedef struct Disk {

@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "store.h"
+#include "undo.h"
 
 #define IMAGES_DIR "images"
 #define RECORDS_DIR "records"
@@ -411,7 +412,10 @@ static const char *const intent_commit_table[_INTENT_COMMIT_MAX] = {
         [INTENT_COMMIT_VM_DELETED] = "vm-deleted",
         [INTENT_COMMIT_LAYER_READY] = "layer-ready",
         [INTENT_COMMIT_LAYER_DELETED] = "layer-deleted",
+        [INTENT_COMMIT_CHAIN] = "chain",
 };
+
+static int strv_push(char ***v, size_t *n, const char *s);
 
 void intent_done(Intent *i) {
         free(i->op);
@@ -422,7 +426,161 @@ void intent_done(Intent *i) {
         for (size_t k = 0; k < i->n_drop; k++)
                 free(i->drop_layers[k]);
         free(i->drop_layers);
+        for (size_t k = 0; k < i->n_modify; k++) {
+                layer_free(i->modify[k].before);
+                layer_free(i->modify[k].after);
+        }
+        free(i->commit_disk);
+        for (size_t k = 0; k < i->n_commit_chain; k++)
+                free(i->commit_chain[k]);
+        free(i->commit_chain);
         *i = (Intent) {};
+}
+
+static int layer_copy(const Layer *l, Layer **ret) {
+        struct json_object *o = layer_to_json(l);
+        int r;
+
+        if (!o)
+                return -ENOMEM;
+        r = layer_from_json(o, ret);
+        json_object_put(o);
+        return r;
+}
+
+int intent_set_commit_chain(Intent *i, const char *disk, char **chain, size_t n) {
+        i->commit_disk = strdup(disk);
+        if (!i->commit_disk)
+                return -ENOMEM;
+        for (size_t k = 0; k < n; k++) {
+                int r = strv_push(&i->commit_chain, &i->n_commit_chain, chain[k]);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int intent_add_modify(Intent *i, const Layer *before, const Layer *after) {
+        IntentModify *m;
+        int r;
+
+        if (i->n_modify >= INTENT_MAX_MODIFY || !streq(before->id, after->id))
+                return -EINVAL;
+        m = &i->modify[i->n_modify];
+        *m = (IntentModify) {};
+        memcpy(m->layer, before->id, sizeof(m->layer));
+        r = layer_copy(before, &m->before);
+        if (r >= 0)
+                r = layer_copy(after, &m->after);
+        if (r < 0) {
+                layer_free(m->before);
+                layer_free(m->after);
+                *m = (IntentModify) {};
+                return r;
+        }
+        i->n_modify++;
+        return 0;
+}
+
+static void undo_log_name(const Intent *i, const char *layer, char name[static 2 * LAYER_ID_LEN + 8]) {
+        snprintf(name, 2 * LAYER_ID_LEN + 8, "%s-%s.undo", i->id, layer);
+}
+
+int journal_undo_create(Store *s, const Intent *i, const char *layer) {
+        char name[2 * LAYER_ID_LEN + 8];
+        int fd, r;
+
+        undo_log_name(i, layer, name);
+        fd = openat(s->journal_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return negative_errno();
+        r = fsync_directory(s->journal_fd);
+        if (r < 0) {
+                safe_close(fd);
+                return r;
+        }
+        return fd;
+}
+
+int store_replace_layer(Store *s, const Layer *l) {
+        Layer *copy = NULL, *old;
+        int r;
+
+        r = layer_copy(l, &copy);
+        if (r < 0)
+                return r;
+        r = store_save_layer(s, copy);
+        if (r < 0) {
+                layer_free(copy);
+                return r;
+        }
+        old = store_find_layer(s, l->id);
+        if (old) {
+                for (size_t k = 0; k < s->n_layers; k++)
+                        if (s->layers[k] == old)
+                                s->layers[k] = copy;
+                layer_free(old);
+                return 0;
+        }
+        return array_append((void ***) &s->layers, &s->n_layers, copy);
+}
+
+static void remove_undo_logs(Store *s, const Intent *i) {
+        for (size_t k = 0; k < i->n_modify; k++) {
+                char name[2 * LAYER_ID_LEN + 8];
+                undo_log_name(i, i->modify[k].layer, name);
+                if (unlinkat(s->journal_fd, name, 0) < 0 && errno != ENOENT)
+                        log_warning_errno(errno, "Failed to remove journal/%s", name);
+        }
+}
+
+int journal_undo_modified(Store *s, Intent *i) {
+        int ret = 0;
+
+        for (size_t k = 0; k < i->n_modify; k++) {
+                IntentModify *m = &i->modify[k];
+                char name[2 * LAYER_ID_LEN + 8];
+                _cleanup_close_ int log_fd = -EBADF, fd = -EBADF;
+                FormatError err = {};
+                int r;
+
+                undo_log_name(i, m->layer, name);
+                log_fd = openat(s->journal_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                if (log_fd >= 0) {
+                        fd = store_open_layer(s, m->before, O_RDWR);
+                        r = fd < 0 ? fd : undo_apply(log_fd, fd, &err);
+                        if (r < 0) {
+                                log_error_errno(r, "Failed to restore layer %s from journal/%s: %s", m->layer, name,
+                                                err.reason[0] ? err.reason : "cannot open the image");
+                                ret = r;
+                                continue; /* keep the log: the next start tries again */
+                        }
+                } else if (errno != ENOENT) {
+                        ret = negative_errno();
+                        continue;
+                }
+                m->before->state = LAYER_READY;
+                r = store_replace_layer(s, m->before);
+                if (r < 0) {
+                        ret = r;
+                        continue;
+                }
+                if (unlinkat(s->journal_fd, name, 0) < 0 && errno != ENOENT)
+                        log_warning_errno(errno, "Failed to remove journal/%s", name);
+        }
+        return ret;
+}
+
+int journal_finish_modified(Store *s, Intent *i) {
+        for (size_t k = 0; k < i->n_modify; k++) {
+                int r;
+                i->modify[k].after->state = LAYER_READY;
+                r = store_replace_layer(s, i->modify[k].after);
+                if (r < 0)
+                        return r;
+        }
+        remove_undo_logs(s, i);
+        return 0;
 }
 
 static int strv_push(char ***v, size_t *n, const char *s) {
@@ -465,6 +623,21 @@ static int journal_write(Store *s, Intent *i) {
         json_object_object_add(o, "commit_generation", json_object_new_uint64(i->commit_generation));
         json_object_object_add(o, "new_layers", strv_to_json(i->new_layers, i->n_new));
         json_object_object_add(o, "drop_layers", strv_to_json(i->drop_layers, i->n_drop));
+        if (i->commit_disk) {
+                json_object_object_add(o, "commit_disk", json_object_new_string(i->commit_disk));
+                json_object_object_add(o, "commit_chain", strv_to_json(i->commit_chain, i->n_commit_chain));
+        }
+        if (i->n_modify > 0) {
+                struct json_object *a = json_object_new_array();
+                for (size_t k = 0; k < i->n_modify; k++) {
+                        struct json_object *e = json_object_new_object();
+                        json_object_object_add(e, "layer", json_object_new_string(i->modify[k].layer));
+                        json_object_object_add(e, "before", layer_to_json(i->modify[k].before));
+                        json_object_object_add(e, "after", layer_to_json(i->modify[k].after));
+                        json_object_array_add(a, e);
+                }
+                json_object_object_add(o, "modify", a);
+        }
         snprintf(name, sizeof(name), "%s.json", i->id);
         r = record_write(s->journal_fd, name, o);
         json_object_put(o);
@@ -495,6 +668,9 @@ int journal_end(Store *s, Intent *i) {
 }
 
 int journal_abort(Store *s, Intent *i) {
+        int r = journal_undo_modified(s, i);
+        if (r < 0)
+                return r; /* the entry stays: the next start rolls back again */
         for (size_t k = 0; k < i->n_new; k++)
                 (void) store_delete_layer(s, i->new_layers[k]);
         return journal_end(s, i);
@@ -547,7 +723,44 @@ static int intent_from_json(struct json_object *o, Intent *i) {
         r = strv_from_json(o, "new_layers", &i->new_layers, &i->n_new);
         if (r < 0)
                 return r;
-        return strv_from_json(o, "drop_layers", &i->drop_layers, &i->n_drop);
+        r = strv_from_json(o, "drop_layers", &i->drop_layers, &i->n_drop);
+        if (r < 0)
+                return r;
+        if (json_object_object_get_ex(o, "commit_disk", &v)) {
+                if (!json_object_is_type(v, json_type_string) || !name_is_valid(json_object_get_string(v)))
+                        return -EBADMSG;
+                i->commit_disk = strdup(json_object_get_string(v));
+                if (!i->commit_disk)
+                        return -ENOMEM;
+                r = strv_from_json(o, "commit_chain", &i->commit_chain, &i->n_commit_chain);
+                if (r < 0)
+                        return r;
+        }
+        if (i->commit == INTENT_COMMIT_CHAIN && !i->commit_disk)
+                return -EBADMSG;
+        if (json_object_object_get_ex(o, "modify", &v)) {
+                if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) > INTENT_MAX_MODIFY)
+                        return -EBADMSG;
+                for (size_t k = 0; k < json_object_array_length(v); k++) {
+                        struct json_object *e = json_object_array_get_idx(v, k), *x, *b, *a;
+                        IntentModify *m = &i->modify[i->n_modify];
+
+                        if (!json_object_is_type(e, json_type_object) || !json_object_object_get_ex(e, "layer", &x) ||
+                            !json_object_is_type(x, json_type_string) || !layer_id_is_valid(json_object_get_string(x)) ||
+                            !json_object_object_get_ex(e, "before", &b) || !json_object_object_get_ex(e, "after", &a))
+                                return -EBADMSG;
+                        memcpy(m->layer, json_object_get_string(x), LAYER_ID_LEN + 1);
+                        r = layer_from_json(b, &m->before);
+                        if (r >= 0)
+                                r = layer_from_json(a, &m->after);
+                        i->n_modify++; /* freed by intent_done() either way */
+                        if (r < 0)
+                                return r;
+                        if (!streq(m->before->id, m->layer) || !streq(m->after->id, m->layer))
+                                return -EBADMSG;
+                }
+        }
+        return 0;
 }
 
 static bool intent_committed(Store *s, const Intent *i) {
@@ -565,6 +778,17 @@ static bool intent_committed(Store *s, const Intent *i) {
                 return l && l->state == LAYER_READY;
         case INTENT_COMMIT_LAYER_DELETED:
                 return !store_find_layer(s, i->commit_name);
+        case INTENT_COMMIT_CHAIN: {
+                Disk *d;
+                v = store_find_vm(s, i->commit_name);
+                d = v ? vm_find_disk(v, i->commit_disk) : NULL;
+                if (!d || d->n_chain != i->n_commit_chain)
+                        return false;
+                for (size_t k = 0; k < d->n_chain; k++)
+                        if (!streq(d->chain[k], i->commit_chain[k]))
+                                return false;
+                return true;
+        }
         default:
                 return false;
         }
@@ -589,6 +813,8 @@ static int replay_journal(Store *s) {
                                 (void) unlinkat(s->journal_fd, de->d_name, 0);
                         continue;
                 }
+                if (len > 5 && streq(de->d_name + len - 5, ".undo"))
+                        continue; /* belongs to an entry; leftovers are removed after the replay */
                 if (len != LAYER_ID_LEN + 5 || !streq(de->d_name + LAYER_ID_LEN, ".json")) {
                         log_warning("Ignoring unexpected file journal/%s", de->d_name);
                         continue;
@@ -613,12 +839,19 @@ static int replay_journal(Store *s) {
 
                 if (intent_committed(s, &i)) {
                         log_op(LOG_NOTICE, i.op, NULL, NULL, NULL, "Completing interrupted operation %s %s", i.op, i.id);
-                        for (size_t k = 0; k < i.n_drop; k++)
+                        r = journal_finish_modified(s, &i);
+                        for (size_t k = 0; r >= 0 && k < i.n_drop; k++)
                                 (void) store_delete_layer(s, i.drop_layers[k]);
                 } else {
                         log_op(LOG_NOTICE, i.op, NULL, NULL, NULL, "Rolling back interrupted operation %s %s", i.op, i.id);
-                        for (size_t k = 0; k < i.n_new; k++)
+                        r = journal_undo_modified(s, &i);
+                        for (size_t k = 0; r >= 0 && k < i.n_new; k++)
                                 (void) store_delete_layer(s, i.new_layers[k]);
+                }
+                if (r < 0) {
+                        log_error_errno(r, "Cannot replay journal entry %s; refusing to start", de->d_name);
+                        intent_done(&i);
+                        break;
                 }
                 r = journal_end(s, &i);
                 intent_done(&i);
@@ -637,6 +870,13 @@ static int sweep_orphans(Store *s) {
         /* Layers that no operation finished, and private layers no disk uses. */
         for (size_t i = 0; i < s->n_layers;) {
                 Layer *l = s->layers[i];
+                if (l->state == LAYER_MODIFYING) {
+                        /* No journal entry explains it (they are replayed first): the operation never began
+                         * to change the file, or its entry was removed by hand. Verify judges the file. */
+                        log_warning("Layer %s is marked as being modified but no operation is pending; marking it ready", l->id);
+                        l->state = LAYER_READY;
+                        (void) store_save_layer(s, l);
+                }
                 if (l->state != LAYER_READY || (l->vm && store_count_users(s, l->id) == 0)) {
                         log_warning("Removing orphaned layer %s (%s)", l->id, layer_state_to_string(l->state));
                         (void) store_delete_layer(s, l->id);
@@ -666,9 +906,26 @@ static int sweep_orphans(Store *s) {
         return fsync_directory(s->images_fd);
 }
 
+static void sweep_undo_logs(Store *s) {
+        DIR *d;
+        struct dirent *de;
+
+        if (opendir_fd(s->journal_fd, &d) < 0)
+                return;
+        while ((de = readdir(d))) {
+                size_t len = strlen(de->d_name);
+                if (len > 5 && streq(de->d_name + len - 5, ".undo")) {
+                        log_warning("Removing undo log journal/%s of no pending operation", de->d_name);
+                        (void) unlinkat(s->journal_fd, de->d_name, 0);
+                }
+        }
+        closedir(d);
+}
+
 int store_recover(Store *s) {
         int r = replay_journal(s);
         if (r < 0)
                 return r;
+        sweep_undo_logs(s);
         return sweep_orphans(s);
 }

@@ -58,11 +58,22 @@ typedef enum IntentCommit {
         INTENT_COMMIT_VM_DELETED,    /* VM record `name` removed */
         INTENT_COMMIT_LAYER_READY,   /* layer record `name` (an id) in state ready */
         INTENT_COMMIT_LAYER_DELETED, /* layer record `name` removed */
+        INTENT_COMMIT_CHAIN,         /* VM `name`'s disk `commit_disk` has exactly `commit_chain` */
         _INTENT_COMMIT_MAX,
         _INTENT_COMMIT_INVALID = -EINVAL,
 } IntentCommit;
 
 #define INTENT_MAX_LAYERS 4096U
+#define INTENT_MAX_MODIFY 4U
+
+/* A layer changed in place: its records before and after, and an undo log of its file in the journal
+ * directory (journal/<op-id>-<layer-id>.undo). Rolling back restores the file from the log and the
+ * record "before"; rolling forward writes the record "after". Both end in state ready. */
+typedef struct IntentModify {
+        char layer[LAYER_ID_LEN + 1];
+        Layer *before;
+        Layer *after;
+} IntentModify;
 
 typedef struct Intent {
         char id[LAYER_ID_LEN + 1];
@@ -74,11 +85,20 @@ typedef struct Intent {
         size_t n_new;
         char **drop_layers; /* removed by the operation after its commit point */
         size_t n_drop;
+        IntentModify modify[INTENT_MAX_MODIFY];
+        size_t n_modify;
+        char *commit_disk;   /* INTENT_COMMIT_CHAIN */
+        char **commit_chain;
+        size_t n_commit_chain;
 } Intent;
 
 void intent_done(Intent *i);
 int intent_add_new(Intent *i, const char *layer);
 int intent_add_drop(Intent *i, const char *layer);
+/* For INTENT_COMMIT_CHAIN: the disk and its chain once the operation is done. */
+int intent_set_commit_chain(Intent *i, const char *disk, char **chain, size_t n);
+/* Takes copies of both records. */
+int intent_add_modify(Intent *i, const Layer *before, const Layer *after);
 
 /* Fills an intent in memory; add its layers with intent_add_*(), then write it with journal_begin()
  * before the first file or record of the operation is touched. */
@@ -87,6 +107,16 @@ int journal_begin(Store *s, Intent *i);
 int journal_end(Store *s, Intent *i);
 /* Rolls back an operation that did not reach its commit point, then ends it. */
 int journal_abort(Store *s, Intent *i);
+
+/* The undo log of a layer an intent modifies: created empty (for undo_begin()), or opened. */
+int journal_undo_create(Store *s, const Intent *i, const char *layer);
+/* Rolls back each modified layer (file from its undo log, record "before") and removes the logs. */
+int journal_undo_modified(Store *s, Intent *i);
+/* Writes each modified layer's record "after" and removes the undo logs. */
+int journal_finish_modified(Store *s, Intent *i);
+
+/* Replaces the in-memory layer of the same id by a copy of `l` and writes its record. */
+int store_replace_layer(Store *s, const Layer *l);
 
 /* Replays the journal and removes orphans; called by store_open(). */
 int store_recover(Store *s);
