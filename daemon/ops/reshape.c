@@ -516,6 +516,69 @@ static int materialize_qcow2(ReshapeOp *op, const size_t *view, size_t n, uint64
         return 0;
 }
 
+/* The content of view[] over [a, b) into `buf`. */
+static int read_view(ReshapeOp *op, const size_t *view, size_t n, uint64_t a, uint64_t b, uint8_t *buf, OpError *err) {
+        _cleanup_free_ Piece *pp = NULL;
+        Pieces ps = {};
+        int r;
+
+        memset(buf, 0, b - a);
+        r = view_resolve(op, view, n, 0, SIZE_MAX, a, b, &ps, err);
+        pp = ps.p;
+        if (r < 0)
+                return r;
+        for (size_t j = 0; j < ps.n; j++) {
+                const Piece *p = &ps.p[j];
+                ssize_t got;
+                if (p->kind != PIECE_DATA)
+                        continue;
+                got = pread(op->layers[p->layer].fd, buf + (p->start - a), p->length, (off_t) p->host);
+                if (got < 0)
+                        return op_error(err, negative_errno(), "cannot read layer %s", op->layers[p->layer].layer->id);
+        }
+        return 0;
+}
+
+/* Rebase onto an image outside the chain: like qemu-img, clusters whose old and new content are
+ * equal byte for byte are left alone (an updated base image shares most of its content). */
+static int materialize_compare(ReshapeOp *op, uint64_t a, uint64_t b, OpError *err) {
+        uint64_t cs = op->target.cluster_size, size = op->layers[0].size;
+        _cleanup_free_ uint8_t *old = malloc(cs), *new = malloc(cs);
+        int r;
+
+        if (!old || !new)
+                return op_error(err, -ENOMEM, "out of memory");
+        for (uint64_t c = a / cs; c * cs < b; c++) {
+                uint64_t s = c * cs, e = MIN(s + cs, size), host;
+                bool zero = true;
+
+                r = read_view(op, op->old_view, op->n_old_view, s, e, old, err);
+                if (r >= 0)
+                        r = read_view(op, op->new_view, op->n_new_view, s, e, new, err);
+                if (r < 0)
+                        return r;
+                if (memcmp(old, new, e - s) == 0)
+                        continue;
+                for (uint64_t k = 0; k < e - s && zero; k++)
+                        zero = old[k] == 0;
+                if (zero && qcow2_edit_header(op->target.edit)->version >= 3) {
+                        r = qcow2_edit_map(op->target.edit, c, 0, err);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                r = qcow2_edit_alloc(op->target.edit, 1, &host, err);
+                if (r < 0)
+                        return r;
+                if (format_pwrite_full(op->target.fd, old, e - s, host) < 0)
+                        return op_error(err, negative_errno(), "cannot write layer %s", op->target.layer->id);
+                r = qcow2_edit_map(op->target.edit, c, host, err);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 /* Commit into a raw layer: L's data over the old bytes, which go to the undo log first. */
 static int materialize_raw(ReshapeOp *op, uint64_t a, uint64_t b, OpError *err) {
         _cleanup_free_ Piece *pp = NULL;
@@ -1030,7 +1093,9 @@ int reshape_step(ReshapeOp *op, OpError *err) {
                 Range *w = &op->work[op->work_pos];
                 uint64_t a = w->start + op->work_off, b = MIN(w->end, a + budget);
 
-                if (op->target.edit)
+                if (op->kind == RESHAPE_REBASE && op->n_new_view > 0)
+                        r = materialize_compare(op, a, b, err);
+                else if (op->target.edit)
                         r = materialize_qcow2(op, op->old_view, op->n_old_view, a, b, err);
                 else
                         r = materialize_raw(op, a, b, err);
