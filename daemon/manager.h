@@ -71,6 +71,10 @@ const char *job_vm(const Job *j);
 const char *job_disk(const Job *j);
 bool job_is_running(const Job *j);
 
+/* bus-xml.c */
+int method_get_domain_xml(sd_bus_message *msg, void *userdata, sd_bus_error *error);
+int method_adopt_domain_xml(sd_bus_message *msg, void *userdata, sd_bus_error *error);
+
 /* bus-lease.c */
 int bus_lease_register(Manager *m);
 int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error);

@@ -30,6 +30,7 @@ Layer *layer_free(Layer *l) {
                 return NULL;
         free(l->file);
         free(l->backing);
+        free(l->data_file);
         free(l->catalog_name);
         free(l->vm);
         free(l);
@@ -70,7 +71,11 @@ struct json_object *layer_to_json(const Layer *l) {
         json_object_object_add(o, "virtual_size", json_object_new_uint64(l->virtual_size));
         add_string(o, "backing_layer", l->backing);
         add_string(o, "backing_format", l->backing ? image_format_to_string(l->backing_format) : NULL);
-        add_string(o, "data_file", NULL);
+        add_string(o, "data_file", l->data_file);
+        if (l->data_file) {
+                json_object_object_add(o, "data_file_raw", json_object_new_boolean(l->data_file_raw));
+                json_object_object_add(o, "data_file_inode", json_object_new_uint64(l->data_inode));
+        }
         add_string(o, "catalog_name", l->catalog_name);
         add_string(o, "vm", l->vm);
         add_string(o, "state", layer_state_to_string(l->state));
@@ -135,8 +140,25 @@ int layer_from_json(struct json_object *o, Layer **ret) {
                 return r;
 
         if (!layer_id_is_valid(id) || (backing && !layer_id_is_valid(backing)) || !!backing != !!bformat ||
-            (catalog && !name_is_valid(catalog)) || (vm && !name_is_valid(vm)) || !!catalog == !!vm || data_file)
+            (catalog && !name_is_valid(catalog)) || (vm && !name_is_valid(vm)) || !!catalog == !!vm)
                 return -EBADMSG;
+        if (data_file) {
+                /* Only vdisk's own, next to the layer: <id>.data; only private qcow2 layers have one. */
+                char expected[LAYER_ID_LEN + 8];
+                struct json_object *v;
+
+                snprintf(expected, sizeof(expected), "%s.data", id);
+                if (!streq(data_file, expected) || catalog || !streq(format, "qcow2"))
+                        return -EBADMSG;
+                if (!json_object_object_get_ex(o, "data_file_raw", &v) || !json_object_is_type(v, json_type_boolean))
+                        return -EBADMSG;
+                l->data_file_raw = json_object_get_boolean(v);
+                if ((r = get_uint(o, "data_file_inode", UINT64_MAX, &l->data_inode)) < 0)
+                        return r;
+                l->data_file = strdup(data_file);
+                if (!l->data_file)
+                        return -ENOMEM;
+        }
         memcpy(l->id, id, sizeof(l->id));
         l->format = image_format_from_string(format);
         l->backing_format = bformat ? image_format_from_string(bformat) : IMAGE_FORMAT_RAW;

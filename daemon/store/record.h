@@ -37,6 +37,9 @@ typedef struct Layer {
         uint64_t virtual_size;
         char *backing;             /* layer id, NULL at the bottom */
         ImageFormat backing_format;
+        char *data_file;           /* qcow2 external data file inside images/ (<id>.data), NULL if none */
+        bool data_file_raw;        /* ... with raw data (autoclear bit 1) */
+        uint64_t data_inode;
         char *catalog_name;        /* catalog images only */
         char *vm;                  /* private layers: the owning VM */
         LayerState state;
