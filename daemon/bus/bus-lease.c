@@ -176,9 +176,20 @@ static void json_node(FILE *f, bool *first, const char *fmt, ...) {
  * validated disk names ([A-Za-z0-9_.-]), so they need no JSON escaping. */
 static int build_blockdev(Manager *m, const Disk *d, bool read_only, char **ret) {
         _cleanup_free_ char *buf = NULL;
-        size_t size = 0;
+        _cleanup_free_ size_t *fd_index = NULL;
+        size_t size = 0, n = 0;
         bool first = true;
         FILE *f;
+
+        /* fds are top first, each layer's data file right after it. */
+        fd_index = calloc(d->n_chain, sizeof(size_t));
+        if (!fd_index)
+                return -ENOMEM;
+        for (size_t k = 0; k < d->n_chain; k++) {
+                Layer *l = store_find_layer(m->store, d->chain[k]);
+                fd_index[k] = n;
+                n += l->data_file ? 2 : 1;
+        }
 
         f = open_memstream(&buf, &size);
         if (!f)
@@ -186,7 +197,7 @@ static int build_blockdev(Manager *m, const Disk *d, bool read_only, char **ret)
         for (size_t k = d->n_chain; k-- > 0;) {
                 Layer *l = store_find_layer(m->store, d->chain[k]);
                 bool ro = k > 0 || read_only;
-                char node[96], below[96];
+                char node[96], below[96], data[96] = "";
 
                 if (k == 0)
                         snprintf(node, sizeof(node), "%s", d->name);
@@ -195,16 +206,24 @@ static int build_blockdev(Manager *m, const Disk *d, bool read_only, char **ret)
                 json_node(f, &first,
                           "{\"node-name\":\"vdisk-file-%zu\",\"driver\":\"file\",\"filename\":\"/dev/fdset/%zu\","
                           "\"read-only\":%s}",
-                          k, k + 1, ro ? "true" : "false");
+                          k, fd_index[k] + 1, ro ? "true" : "false");
+                if (l->data_file) {
+                        /* The data file in its parent's mode; QEMU never opens the name in the header. */
+                        json_node(f, &first,
+                                  "{\"node-name\":\"vdisk-data-%zu\",\"driver\":\"file\",\"filename\":\"/dev/fdset/%zu\","
+                                  "\"read-only\":%s}",
+                                  k, fd_index[k] + 2, ro ? "true" : "false");
+                        snprintf(data, sizeof(data), ",\"data-file\":\"vdisk-data-%zu\"", k);
+                }
                 if (l->format == IMAGE_FORMAT_QCOW2) {
                         if (k + 1 < d->n_chain)
                                 snprintf(below, sizeof(below), "\"vdisk-layer-%zu\"", k + 1);
                         else
                                 snprintf(below, sizeof(below), "null");
                         json_node(f, &first,
-                                  "{\"node-name\":\"%s\",\"driver\":\"qcow2\",\"file\":\"vdisk-file-%zu\",\"backing\":%s,"
+                                  "{\"node-name\":\"%s\",\"driver\":\"qcow2\",\"file\":\"vdisk-file-%zu\"%s,\"backing\":%s,"
                                   "\"read-only\":%s}",
-                                  node, k, below, ro ? "true" : "false");
+                                  node, k, data, below, ro ? "true" : "false");
                 } else
                         json_node(f, &first, "{\"node-name\":\"%s\",\"driver\":\"raw\",\"file\":\"vdisk-file-%zu\",\"read-only\":%s}",
                                   node, k, ro ? "true" : "false");
@@ -330,7 +349,14 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         l->disk = strdup(disk);
         l->holder = strdup(sender);
         l->holder_uid = c.uid;
-        l->fds = calloc(d->n_chain, sizeof(int));
+        {
+                size_t n = 0;
+                for (size_t k = 0; k < d->n_chain; k++) {
+                        Layer *layer = store_find_layer(m->store, d->chain[k]);
+                        n += layer && layer->data_file ? 2 : 1;
+                }
+                l->fds = calloc(n, sizeof(int));
+        }
         if (!l->vm || !l->disk || !l->holder || !l->fds) {
                 lease_free(l);
                 return -ENOMEM;
@@ -354,6 +380,15 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
                 if (fd < 0) {
                         lease_free(l);
                         return bus_error_from_op(error, fd == -ENOENT ? -EBADMSG : fd, "Cannot open a layer of the disk");
+                }
+                if (layer->data_file) {
+                        int dfd = store_open_data_file(m->store, layer, k == 0 && !read_only ? O_RDWR : O_RDONLY);
+                        l->fds[l->n_fds++] = dfd;
+                        if (dfd < 0) {
+                                lease_free(l);
+                                return bus_error_from_op(error, dfd == -ENOENT ? -EBADMSG : dfd,
+                                                         "Cannot open the data file of a layer of the disk");
+                        }
                 }
                 if (k == 0 && !read_only) {
                         r = image_locked(fd);

@@ -231,6 +231,7 @@ static int method_list_vms(sd_bus_message *msg, void *userdata, sd_bus_error *er
 static int method_create_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
         const char *vm, *disk, *image, *mode = "overlay", *format = "qcow2";
+        bool data_file = false, data_file_raw = false;
         uint64_t size;
         ImageFormat f = _IMAGE_FORMAT_INVALID;
         OpError err = {};
@@ -238,7 +239,13 @@ static int method_create_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
         int r;
 
         CHECK(sd_bus_message_read(msg, "ssst", &vm, &disk, &image, &size));
-        CHECK(bus_read_options(msg, (const OptionSpec[]) { { "mode", 's', &mode }, { "format", 's', &format }, {} }, error));
+        CHECK(bus_read_options(msg,
+                               (const OptionSpec[]) { { "mode", 's', &mode },
+                                                      { "format", 's', &format },
+                                                      { "data_file", 'b', &data_file },
+                                                      { "data_file_raw", 'b', &data_file_raw },
+                                                      {} },
+                               error));
         CHECK(bus_check_name("VM", vm, error));
         CHECK(bus_check_name("disk", disk, error));
         if (!isempty(image))
@@ -249,7 +256,7 @@ static int method_create_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
         CHECK(auth_caller(m, msg, &c, error));
         CHECK(auth_require_admin(&c, error));
 
-        r = op_create_disk(m->store, &m->config.limits, vm, disk, image, size, mode, f, &err);
+        r = op_create_disk(m->store, &m->config.limits, vm, disk, image, size, mode, f, data_file, data_file_raw, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
         return sd_bus_reply_method_return(msg, NULL);

@@ -347,10 +347,14 @@ int qcow2_edit_map(Qcow2Edit *e, uint64_t index, uint64_t host, FormatError *err
         char text[160];
         int r;
 
-        if (host == 0 && e->h.version < 3)
+        bool zero = host == QCOW2_EDIT_ZERO;
+
+        if (zero && e->h.version < 3)
                 return format_error(err, -EOPNOTSUPP, "a version 2 image has no zero clusters");
-        if (host & (e->cs - 1))
+        if (!zero && (host & (e->cs - 1)))
                 return format_error(err, -EINVAL, "data cluster offset is not aligned");
+        if (!zero && qcow2_has_data_file(&e->h) && host != guest)
+                return format_error(err, -EINVAL, "with an external data file, data lies at its guest offset");
 
         r = l2_for_write(e, index / per_l2, &t, err);
         if (r < 0)
@@ -358,7 +362,7 @@ int qcow2_edit_map(Qcow2Edit *e, uint64_t index, uint64_t host, FormatError *err
         r = qcow2_entry_decode(&e->h, t->buf, index % per_l2, guest, &old, text, sizeof(text));
         if (r < 0)
                 return format_error(err, -EBADMSG, "%s", text);
-        switch (old.type) {
+        switch (qcow2_has_data_file(&e->h) ? QCOW2_CLUSTER_UNALLOCATED : old.type) { /* a data file has no refcounts */
         case QCOW2_CLUSTER_NORMAL:
         case QCOW2_CLUSTER_ZERO_ALLOC:
                 r = rc_release(e, old.host_offset, e->cs, err);
@@ -371,7 +375,7 @@ int qcow2_edit_map(Qcow2Edit *e, uint64_t index, uint64_t host, FormatError *err
         }
         if (r < 0)
                 return r;
-        be64_write(t->buf + (index % per_l2) * 8, host ? host | QCOW2_OFLAG_COPIED : QCOW2_OFLAG_ZERO);
+        be64_write(t->buf + (index % per_l2) * 8, zero ? QCOW2_OFLAG_ZERO : host | QCOW2_OFLAG_COPIED);
         return 0;
 }
 
@@ -649,10 +653,6 @@ int qcow2_edit_open(int fd, UndoLog *undo, Qcow2Edit **ret, FormatError *err) {
         }
         if (qcow2_has_extl2(&e->h)) {
                 format_error(err, r, "the image uses extended L2 entries");
-                goto fail;
-        }
-        if (qcow2_has_data_file(&e->h)) {
-                format_error(err, r, "the image has an external data file");
                 goto fail;
         }
         if (e->h.incompatible_features & (QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT)) {

@@ -17,7 +17,7 @@
  * are placed at the end like everything else.
  *
  * Supported: versions 2 and 3, any refcount width, any cluster size, without internal snapshots,
- * bitmaps, encryption, extended L2 entries or an external data file (-EOPNOTSUPP otherwise).
+ * bitmaps, encryption or extended L2 entries (-EOPNOTSUPP otherwise).
  */
 
 #include <stdint.h>
@@ -38,8 +38,10 @@ const Qcow2Header *qcow2_edit_header(const Qcow2Edit *e);
 int qcow2_edit_alloc(Qcow2Edit *e, uint64_t n, uint64_t *ret_offset, FormatError *err);
 
 /* Points guest cluster `index` at the data cluster `host` (taken with qcow2_edit_alloc()), or, with
- * host == 0, makes it read as zeros (a zero flag; version 3 only). What it pointed to before loses
- * one reference. */
+ * host == QCOW2_EDIT_ZERO, makes it read as zeros (a zero flag; version 3 only). What it pointed to before loses
+ * one reference. With an external data file, `host` is the guest offset (data lies there in the data
+ * file, which has no refcounts); the caller writes the data file. */
+#define QCOW2_EDIT_ZERO UINT64_MAX
 int qcow2_edit_map(Qcow2Edit *e, uint64_t index, uint64_t host, FormatError *err);
 
 /* Grows the virtual size (never shrinks); the new area reads as unallocated. */

@@ -156,6 +156,12 @@ static int layer_materialize(Store *s, Layer *l, FillArgs *args, const char *op,
         snprintf(point, sizeof(point), "%s:after-layer-record", op);
         crash_point(point);
 
+        if (l->data_file) {
+                r = store_create_data_file(s, l, l->virtual_size);
+                if (r < 0)
+                        return op_error(err, r, "cannot create the data file");
+        }
+
         r = store_create_layer_file(s, l, fill_image, args);
         if (r < 0)
                 return op_error(err, r, "cannot create the image file");
@@ -415,8 +421,22 @@ static int new_layer_op(Store *s, Vm *v, Layer *l, FillArgs *args, Vm *next, con
         return 0;
 }
 
+/* Gives a new private qcow2 layer an external data file <id>.data (created with the layer). */
+static int layer_add_data_file(Layer *l, FillArgs *args, bool raw, OpError *err) {
+        char name[LAYER_ID_LEN + 8];
+
+        snprintf(name, sizeof(name), "%s.data", l->id);
+        l->data_file = strdup(name);
+        if (!l->data_file)
+                return op_error(err, -ENOMEM, "out of memory");
+        l->data_file_raw = raw;
+        args->qcow2.data_file = l->data_file;
+        args->qcow2.data_file_raw = raw;
+        return 0;
+}
+
 int op_create_disk(Store *s, const Limits *lim, const char *vm, const char *disk, const char *image, uint64_t size,
-                   const char *mode, ImageFormat blank_format, OpError *err) {
+                   const char *mode, ImageFormat blank_format, bool data_file, bool data_file_raw, OpError *err) {
         Vm *v = store_find_vm(s, vm), *next = NULL;
         Layer *base = NULL, *l = NULL;
         FillArgs args = { .copy_from = -EBADF, .err = err };
@@ -444,6 +464,12 @@ int op_create_disk(Store *s, const Limits *lim, const char *vm, const char *disk
         r = check_size(lim, size, err);
         if (r < 0)
                 return r;
+        if (data_file_raw && !data_file)
+                return op_error(err, -EINVAL, "option 'data_file_raw' needs 'data_file'");
+        if (data_file && ((base && !streq(mode, "overlay")) || (!base && blank_format != IMAGE_FORMAT_QCOW2)))
+                return op_error(err, -EINVAL, "an external data file is for new qcow2 layers: blank qcow2 disks and overlays");
+        if (data_file_raw && base)
+                return op_error(err, -EINVAL, "a raw external data file excludes a backing file; use it for blank disks");
 
         if (base && streq(mode, "overlay")) {
                 if (lim->max_chain_depth < 2)
@@ -485,6 +511,13 @@ int op_create_disk(Store *s, const Limits *lim, const char *vm, const char *disk
         }
         l->virtual_size = size;
         memcpy(id, l->id, sizeof(id));
+        if (data_file) {
+                r = layer_add_data_file(l, &args, data_file_raw, err);
+                if (r < 0) {
+                        layer_free(l);
+                        return r;
+                }
+        }
 
         r = vm_copy(v, &next);
         if (r >= 0)
@@ -702,7 +735,18 @@ int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, in
                                                 image_format_to_string(below->format));
                         } else if (h.has_backing_file)
                                 PROBLEM("header names a backing file, the record has none");
-                        if (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
+                        if (l->data_file) {
+                                _cleanup_close_ int dfd = store_open_data_file(s, l, O_RDONLY);
+                                if (!(h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) || !h.has_data_file_name ||
+                                    !streq(h.data_file, l->data_file))
+                                        PROBLEM("header's external data file differs from the record (expected %s)", l->data_file);
+                                if (!!(h.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW) != l->data_file_raw)
+                                        PROBLEM("header's raw-data-file flag differs from the record");
+                                if (dfd == -ENOENT)
+                                        PROBLEM("data file is missing");
+                                else if (dfd < 0)
+                                        PROBLEM("data file is not the one recorded (type, owner, links or inode differ)");
+                        } else if (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
                                 PROBLEM("header uses an external data file that is not recorded");
                         if (h.incompatible_features & (QCOW2_INCOMPAT_CORRUPT | QCOW2_INCOMPAT_DIRTY))
                                 PROBLEM("header is marked %s",

@@ -48,7 +48,7 @@ int op_delete_image(Store *s, const char *name, OpError *err);
 int op_create_vm(Store *s, const Limits *lim, const char *name, uid_t owner, OpError *err);
 int op_delete_vm(Store *s, const char *name, OpError *err);
 int op_create_disk(Store *s, const Limits *lim, const char *vm, const char *disk, const char *image, uint64_t size,
-                   const char *mode, ImageFormat blank_format, OpError *err);
+                   const char *mode, ImageFormat blank_format, bool data_file, bool data_file_raw, OpError *err);
 int op_delete_disk(Store *s, const char *vm, const char *disk, OpError *err);
 int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, char ret_layer[static LAYER_ID_LEN + 1],
                 OpError *err);

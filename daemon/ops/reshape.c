@@ -46,6 +46,7 @@
 typedef struct ViewLayer {
         Layer *layer; /* the store's record; stable while the disk is busy with this job */
         int fd;
+        int data_fd; /* the external data file, where data clusters are, or -EBADF */
         bool loaded;
         uint64_t size;
         ExtentMap map;
@@ -78,6 +79,9 @@ typedef struct Target {
         int fd; /* read-write, QEMU-locked for the whole operation */
         int undo_fd;
         UndoLog undo;
+        int data_fd; /* its external data file: written in place, through its own undo log */
+        int data_undo_fd;
+        UndoLog data_undo;
         Qcow2Edit *edit; /* qcow2 targets */
         uint64_t cluster_size;
 } Target;
@@ -115,7 +119,7 @@ struct ReshapeOp {
         bool stepped;
 
         /* Pending copy, extended while source and target stay contiguous. */
-        int cp_src;
+        int cp_src, cp_dst;
         uint64_t cp_src_off, cp_dst_off, cp_len;
 };
 
@@ -135,6 +139,8 @@ static void target_done(Target *t) {
         t->edit = qcow2_edit_free(t->edit);
         t->fd = safe_close(t->fd);
         t->undo_fd = safe_close(t->undo_fd);
+        t->data_fd = safe_close(t->data_fd);
+        t->data_undo_fd = safe_close(t->data_undo_fd);
 }
 
 ReshapeOp *reshape_free(ReshapeOp *op) {
@@ -142,6 +148,7 @@ ReshapeOp *reshape_free(ReshapeOp *op) {
                 return NULL;
         for (size_t i = 0; i < op->n_layers; i++) {
                 safe_close(op->layers[i].fd);
+                safe_close(op->layers[i].data_fd);
                 extent_map_done(&op->layers[i].map);
         }
         free(op->layers);
@@ -182,8 +189,14 @@ static int view_load(ReshapeOp *op, size_t i, OpError *err) {
                 r = qcow2_header_read(v->fd, &lim, &h, err);
                 if (r < 0)
                         return r;
-                if (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
-                        return op_error(err, -EOPNOTSUPP, "layer %s keeps its data in an external file", v->layer->id);
+                if (!!(h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) != !!v->layer->data_file)
+                        return op_error(err, -EBADMSG, "the data file of layer %s differs from its record; run Verify",
+                                        v->layer->id);
+                if (v->layer->data_file && v->data_fd < 0) {
+                        v->data_fd = store_open_data_file(op->store, v->layer, O_RDONLY);
+                        if (v->data_fd < 0)
+                                return op_error(err, v->data_fd, "cannot open the data file of layer %s", v->layer->id);
+                }
                 r = qcow2_map(v->fd, &h, &v->map, err);
                 if (r < 0)
                         return r;
@@ -299,6 +312,12 @@ static int view_resolve(ReshapeOp *op, const size_t *view, size_t n, size_t from
         if (end < b && pieces_add(out, MAX(a, end), b - MAX(a, end), PIECE_ZERO, 0, 0) < 0)
                 return op_error(err, -ENOMEM, "out of memory");
         return 0;
+}
+
+/* Where a piece's data is: the layer's data file, if it has one, else the layer's file. */
+static int piece_fd(const ReshapeOp *op, const Piece *p) {
+        const ViewLayer *v = &op->layers[p->layer];
+        return v->data_fd >= 0 ? v->data_fd : v->fd;
 }
 
 static bool pieces_equal(const Piece *p, const Piece *q, uint64_t x) {
@@ -422,7 +441,7 @@ static int copy_flush(ReshapeOp *op, OpError *err) {
         op->cp_len = 0;
         while (len > 0) {
                 loff_t in = (loff_t) so, out = (loff_t) dof;
-                ssize_t n = copy_file_range(src, &in, op->target.fd, &out, MIN(len, UINT64_C(1) << 30), 0);
+                ssize_t n = copy_file_range(src, &in, op->cp_dst, &out, MIN(len, UINT64_C(1) << 30), 0);
                 if (n < 0 && (errno == EXDEV || errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS))
                         break;
                 if (n < 0)
@@ -441,7 +460,7 @@ static int copy_flush(ReshapeOp *op, OpError *err) {
                         return op_error(err, negative_errno(), "cannot read data");
                 if (n == 0)
                         return 0;
-                if (format_pwrite_full(op->target.fd, buf, (size_t) n, dof) < 0)
+                if (format_pwrite_full(op->cp_dst, buf, (size_t) n, dof) < 0)
                         return op_error(err, negative_errno(), "cannot write data");
                 so += (uint64_t) n;
                 dof += (uint64_t) n;
@@ -450,8 +469,8 @@ static int copy_flush(ReshapeOp *op, OpError *err) {
         return 0;
 }
 
-static int copy_add(ReshapeOp *op, int src, uint64_t src_off, uint64_t dst_off, uint64_t len, OpError *err) {
-        if (op->cp_len > 0 && op->cp_src == src && op->cp_src_off + op->cp_len == src_off &&
+static int copy_add(ReshapeOp *op, int src, uint64_t src_off, int dst, uint64_t dst_off, uint64_t len, OpError *err) {
+        if (op->cp_len > 0 && op->cp_src == src && op->cp_dst == dst && op->cp_src_off + op->cp_len == src_off &&
             op->cp_dst_off + op->cp_len == dst_off) {
                 op->cp_len += len;
                 return 0;
@@ -462,13 +481,41 @@ static int copy_add(ReshapeOp *op, int src, uint64_t src_off, uint64_t dst_off, 
                         return r;
         }
         op->cp_src = src;
+        op->cp_dst = dst;
         op->cp_src_off = src_off;
         op->cp_dst_off = dst_off;
         op->cp_len = len;
         return 0;
 }
 
-/* The content of view[] over [a, b) into new clusters of the qcow2 target (zero clusters as flags). */
+static int zero_range(int fd, uint64_t offset, uint64_t length, OpError *err) {
+        _cleanup_free_ uint8_t *z = NULL;
+
+        if (length == 0 || fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) offset, (off_t) length) >= 0)
+                return 0;
+        z = calloc(1, COPY_BUFFER);
+        if (!z)
+                return op_error(err, -ENOMEM, "out of memory");
+        for (uint64_t x = 0; x < length; x += COPY_BUFFER)
+                if (format_pwrite_full(fd, z, MIN(COPY_BUFFER, length - x), offset + x) < 0)
+                        return op_error(err, negative_errno(), "cannot write zeros");
+        return 0;
+}
+
+/* Before a data file is written in place: its old bytes into its undo log, flushed. */
+static int data_file_prepare(ReshapeOp *op, uint64_t a, uint64_t b, OpError *err) {
+        int r = undo_save(&op->target.data_undo, a, b - a, err);
+        if (r >= 0)
+                r = undo_sync(&op->target.data_undo, err);
+        if (r >= 0 && op->cp_len > 0)
+                r = copy_flush(op, err);
+        if (r >= 0)
+                r = zero_range(op->target.data_fd, a, b - a, err);
+        return r;
+}
+
+/* The content of view[] over [a, b) into new clusters of the qcow2 target (zero clusters as flags);
+ * with an external data file, into the data file at the guest offsets. */
 static int materialize_qcow2(ReshapeOp *op, const size_t *view, size_t n, uint64_t a, uint64_t b, OpError *err) {
         _cleanup_free_ Piece *pp = NULL;
         Pieces ps = {};
@@ -482,6 +529,29 @@ static int materialize_qcow2(ReshapeOp *op, const size_t *view, size_t n, uint64
         pp = ps.p;
         if (r < 0)
                 return r;
+        if (op->target.data_fd >= 0) {
+                /* Data at guest offsets in the data file: what the view takes from the target itself is
+                 * in place already; everything else is copied or zeroed there; every cluster maps to it. */
+                uint64_t end = MIN(b, size);
+                r = undo_save(&op->target.data_undo, a, end - a, err);
+                if (r >= 0)
+                        r = undo_sync(&op->target.data_undo, err);
+                for (size_t j = 0; r >= 0 && j < ps.n; j++) {
+                        const Piece *p = &ps.p[j];
+                        uint64_t e = MIN(p->start + p->length, end);
+                        if (p->start >= e || (p->kind == PIECE_DATA && p->layer == op->target_index && p->host == p->start))
+                                continue;
+                        if (p->kind == PIECE_DATA)
+                                r = copy_add(op, piece_fd(op, p), p->host, op->target.data_fd, p->start, e - p->start, err);
+                        else if (op->cp_len > 0 && (r = copy_flush(op, err)) < 0)
+                                break;
+                        else
+                                r = zero_range(op->target.data_fd, p->start, e - p->start, err);
+                }
+                for (uint64_t c = a / cs; r >= 0 && c * cs < end; c++)
+                        r = qcow2_edit_map(op->target.edit, c, c * cs, err);
+                return r;
+        }
 
         for (uint64_t c = a / cs; c * cs < b; c++) {
                 uint64_t cstart = c * cs, cend = MIN(cstart + cs, MIN(b, size)), host = 0;
@@ -499,13 +569,15 @@ static int materialize_qcow2(ReshapeOp *op, const size_t *view, size_t n, uint64
                         r = qcow2_edit_alloc(op->target.edit, 1, &host, err);
                         if (r < 0)
                                 return r;
-                }
+                } else
+                        host = QCOW2_EDIT_ZERO;
                 for (size_t j = first; !zero && j < ps.n && ps.p[j].start < cend; j++) {
                         const Piece *p = &ps.p[j];
                         uint64_t s = MAX(p->start, cstart), e = MIN(p->start + p->length, cend);
                         if (p->kind != PIECE_DATA || s >= e)
                                 continue;
-                        r = copy_add(op, op->layers[p->layer].fd, p->host + (s - p->start), host + (s - cstart), e - s, err);
+                        r = copy_add(op, piece_fd(op, p), p->host + (s - p->start), op->target.fd, host + (s - cstart), e - s,
+                                     err);
                         if (r < 0)
                                 return r;
                 }
@@ -532,7 +604,7 @@ static int read_view(ReshapeOp *op, const size_t *view, size_t n, uint64_t a, ui
                 ssize_t got;
                 if (p->kind != PIECE_DATA)
                         continue;
-                got = pread(op->layers[p->layer].fd, buf + (p->start - a), p->length, (off_t) p->host);
+                got = pread(piece_fd(op, p), buf + (p->start - a), p->length, (off_t) p->host);
                 if (got < 0)
                         return op_error(err, negative_errno(), "cannot read layer %s", op->layers[p->layer].layer->id);
         }
@@ -561,17 +633,27 @@ static int materialize_compare(ReshapeOp *op, uint64_t a, uint64_t b, OpError *e
                         continue;
                 for (uint64_t k = 0; k < e - s && zero; k++)
                         zero = old[k] == 0;
-                if (zero && qcow2_edit_header(op->target.edit)->version >= 3) {
-                        r = qcow2_edit_map(op->target.edit, c, 0, err);
+                if (zero && op->target.data_fd < 0 && qcow2_edit_header(op->target.edit)->version >= 3) {
+                        r = qcow2_edit_map(op->target.edit, c, QCOW2_EDIT_ZERO, err);
                         if (r < 0)
                                 return r;
                         continue;
                 }
-                r = qcow2_edit_alloc(op->target.edit, 1, &host, err);
-                if (r < 0)
-                        return r;
-                if (format_pwrite_full(op->target.fd, old, e - s, host) < 0)
-                        return op_error(err, negative_errno(), "cannot write layer %s", op->target.layer->id);
+                if (op->target.data_fd >= 0) {
+                        host = s;
+                        r = data_file_prepare(op, s, e, err);
+                        if (r < 0)
+                                return r;
+                        if (format_pwrite_full(op->target.data_fd, old, e - s, s) < 0)
+                                return op_error(err, negative_errno(), "cannot write the data file of layer %s",
+                                                op->target.layer->id);
+                } else {
+                        r = qcow2_edit_alloc(op->target.edit, 1, &host, err);
+                        if (r < 0)
+                                return r;
+                        if (format_pwrite_full(op->target.fd, old, e - s, host) < 0)
+                                return op_error(err, negative_errno(), "cannot write layer %s", op->target.layer->id);
+                }
                 r = qcow2_edit_map(op->target.edit, c, host, err);
                 if (r < 0)
                         return r;
@@ -600,21 +682,16 @@ static int materialize_raw(ReshapeOp *op, uint64_t a, uint64_t b, OpError *err) 
                 const Piece *p = &ps.p[j];
 
                 if (p->kind == PIECE_DATA) {
-                        r = copy_add(op, op->layers[p->layer].fd, p->host, p->start, p->length, err);
+                        r = copy_add(op, piece_fd(op, p), p->host, op->target.fd, p->start, p->length, err);
                         if (r < 0)
                                 return r;
                 } else if (p->kind == PIECE_ZERO) {
                         /* Allocated zeros in L, or past L's end: the committed view reads zeros. */
-                        _cleanup_free_ uint8_t *z = NULL;
-                        if (fallocate(op->target.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) p->start,
-                                      (off_t) p->length) >= 0)
-                                continue;
-                        z = calloc(1, COPY_BUFFER);
-                        if (!z)
-                                return op_error(err, -ENOMEM, "out of memory");
-                        for (uint64_t x = 0; x < p->length; x += COPY_BUFFER)
-                                if (format_pwrite_full(op->target.fd, z, MIN(COPY_BUFFER, p->length - x), p->start + x) < 0)
-                                        return op_error(err, negative_errno(), "cannot write zeros");
+                        if (op->cp_len > 0 && (r = copy_flush(op, err)) < 0)
+                                return r;
+                        r = zero_range(op->target.fd, p->start, p->length, err);
+                        if (r < 0)
+                                return r;
                 }
         }
         (void) top;
@@ -659,18 +736,31 @@ static int target_open(ReshapeOp *op, Target *t, Layer *l, OpError *err) {
                 return op_error(err, -EBUSY, "layer %s is in use by another program (a QEMU holds its image locks)", l->id);
         if (r < 0)
                 return op_error(err, r, "cannot lock layer %s", l->id);
+        if (l->data_file) {
+                t->data_fd = store_open_data_file(op->store, l, O_RDWR);
+                if (t->data_fd < 0)
+                        return op_error(err, t->data_fd, "cannot open the data file of layer %s", l->id);
+        }
         return check_header(op, l, t->fd, err);
 }
 
 static int target_begin(ReshapeOp *op, Target *t, OpError *err) {
         int r;
 
-        t->undo_fd = journal_undo_create(op->store, &op->intent, t->layer->id);
+        t->undo_fd = journal_undo_create(op->store, &op->intent, t->layer->id, false);
         if (t->undo_fd < 0)
                 return op_error(err, t->undo_fd, "cannot create the undo log");
         r = undo_begin(&t->undo, t->undo_fd, t->fd, err);
         if (r < 0)
                 return r;
+        if (t->data_fd >= 0 && t == &op->target) {
+                t->data_undo_fd = journal_undo_create(op->store, &op->intent, t->layer->id, true);
+                if (t->data_undo_fd < 0)
+                        return op_error(err, t->data_undo_fd, "cannot create the undo log");
+                r = undo_begin(&t->data_undo, t->data_undo_fd, t->data_fd, err);
+                if (r < 0)
+                        return r;
+        }
         if (t->layer->format == IMAGE_FORMAT_QCOW2 && op->kind != RESHAPE_UNSAFE_REBASE && t == &op->target) {
                 r = qcow2_edit_open(t->fd, &t->undo, &t->edit, err);
                 if (r < 0)
@@ -796,7 +886,8 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
         op->unsafe = kind == RESHAPE_UNSAFE_REBASE;
         op->shared = SIZE_MAX;
         op->target.fd = op->target.undo_fd = op->upper.fd = op->upper.undo_fd = -EBADF;
-        op->cp_src = -EBADF;
+        op->target.data_fd = op->target.data_undo_fd = op->upper.data_fd = op->upper.data_undo_fd = -EBADF;
+        op->cp_src = op->cp_dst = -EBADF;
         op->step_bytes = RESHAPE_STEP_BYTES;
         env = getenv("VDISKD_TEST_STEP_BYTES");
         if (env && strtoull(env, NULL, 10) >= 512)
@@ -814,7 +905,7 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
                         return op_error(err, -EBADMSG, "the record of layer %s of disk '%s' is missing", d->chain[i], disk);
                 if (l->state != LAYER_READY)
                         return op_error(err, -EBUSY, "layer %s is being changed by another operation", l->id);
-                op->layers[op->n_layers++] = (ViewLayer) { .layer = l, .fd = -EBADF };
+                op->layers[op->n_layers++] = (ViewLayer) { .layer = l, .fd = -EBADF, .data_fd = -EBADF };
                 if (!isempty(layer) && streq(l->id, layer))
                         pos = i;
         }
@@ -862,6 +953,9 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
                         if (b->state != LAYER_READY)
                                 return op_error(err, -EBUSY, "layer %s is being created or changed", layer);
                 }
+                if (b && top->data_file_raw)
+                        return op_error(err, -EOPNOTSUPP, "the active layer of disk '%s' keeps raw data in an external file, which excludes a backing file",
+                                        disk);
                 op->new_backing = b;
                 op->target_index = 0;
                 for (size_t i = 1; i < op->n_layers; i++)
@@ -870,7 +964,7 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
                 if (pos != SIZE_MAX)
                         op->shared = pos;
                 else if (b) {
-                        op->layers[op->n_layers++] = (ViewLayer) { .layer = b, .fd = -EBADF };
+                        op->layers[op->n_layers++] = (ViewLayer) { .layer = b, .fd = -EBADF, .data_fd = -EBADF };
                         if (add_view(&op->new_view, &op->n_new_view, op->n_layers - 1) < 0)
                                 return op_error(err, -ENOMEM, "out of memory");
                 }
@@ -888,6 +982,11 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
         op->layers[op->target_index].fd = fcntl(op->target.fd, F_DUPFD_CLOEXEC, 3);
         if (op->layers[op->target_index].fd < 0)
                 return op_error(err, negative_errno(), "out of file descriptors");
+        if (op->target.data_fd >= 0) {
+                op->layers[op->target_index].data_fd = fcntl(op->target.data_fd, F_DUPFD_CLOEXEC, 3);
+                if (op->layers[op->target_index].data_fd < 0)
+                        return op_error(err, negative_errno(), "out of file descriptors");
+        }
         if (kind == RESHAPE_COMMIT && pos > 0) {
                 r = target_open(op, &op->upper, op->layers[pos - 1].layer, err);
                 if (r < 0)
@@ -990,6 +1089,9 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
                 uint64_t size = MAX(op->target.layer->virtual_size, committed->virtual_size);
                 if (op->target.edit)
                         r = qcow2_edit_grow(op->target.edit, size, err);
+                if (r >= 0 && op->target.data_fd >= 0 && size > op->target.layer->virtual_size &&
+                    ftruncate(op->target.data_fd, (off_t) size) < 0)
+                        r = op_error(err, negative_errno(), "cannot grow the data file of layer %s", op->target.layer->id);
                 else if (size > op->target.layer->virtual_size && ftruncate(op->target.fd, (off_t) size) < 0)
                         r = op_error(err, negative_errno(), "cannot grow layer %s", op->target.layer->id);
         }
@@ -1116,7 +1218,9 @@ int reshape_step(ReshapeOp *op, OpError *err) {
                         goto fail;
         }
         if (did) {
-                if (op->target.edit)
+                if (op->target.data_fd >= 0 && fdatasync(op->target.data_fd) < 0)
+                        r = op_error(err, negative_errno(), "cannot flush the data file of layer %s", op->target.layer->id);
+                else if (op->target.edit)
                         r = qcow2_edit_flush(op->target.edit, err);
                 else if (fdatasync(op->target.fd) < 0)
                         r = op_error(err, negative_errno(), "cannot flush layer %s", op->target.layer->id);

@@ -124,9 +124,9 @@ int store_put_layer(Store *s, Layer *l) {
 }
 
 static void unlink_layer_files(Store *s, const char *id) {
-        for (int f = 0; f < _IMAGE_FORMAT_MAX; f++) {
+        for (int f = 0; f <= _IMAGE_FORMAT_MAX; f++) {
                 char name[64];
-                snprintf(name, sizeof(name), "%s.%s", id, image_format_to_string(f));
+                snprintf(name, sizeof(name), "%s.%s", id, f < _IMAGE_FORMAT_MAX ? image_format_to_string(f) : "data");
                 if (unlinkat(s->images_fd, name, 0) < 0 && errno != ENOENT)
                         log_warning_errno(errno, "Failed to remove image file %s", name);
         }
@@ -208,12 +208,53 @@ int store_open_layer(Store *s, const Layer *l, int flags) {
         return TAKE_FD(fd);
 }
 
+int store_open_data_file(Store *s, const Layer *l, int flags) {
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+
+        if (!l->data_file)
+                return -ENOENT;
+        fd = open_beneath(s->images_fd, l->data_file, flags, 0);
+        if (fd < 0)
+                return fd;
+        if (fstat(fd, &st) < 0)
+                return negative_errno();
+        if (!S_ISREG(st.st_mode) || st.st_uid != s->uid || st.st_nlink != 1 ||
+            (l->data_inode != 0 && (uint64_t) st.st_ino != l->data_inode))
+                return -EBADMSG;
+        return TAKE_FD(fd);
+}
+
+int store_create_data_file(Store *s, Layer *l, uint64_t size) {
+        _cleanup_close_ int fd = -EBADF;
+        char tmp[96];
+        struct stat st;
+        int r = 0;
+
+        snprintf(tmp, sizeof(tmp), TMP_PREFIX "%s", l->data_file);
+        fd = openat(s->images_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+                return negative_errno();
+        if (ftruncate(fd, (off_t) size) < 0 || fsync(fd) < 0 || fstat(fd, &st) < 0 ||
+            renameat2(s->images_fd, tmp, s->images_fd, l->data_file, RENAME_NOREPLACE) < 0) {
+                r = negative_errno();
+                (void) unlinkat(s->images_fd, tmp, 0);
+                return r;
+        }
+        l->data_inode = (uint64_t) st.st_ino;
+        return fsync_directory(s->images_fd);
+}
+
 uint64_t store_layer_allocated(Store *s, const Layer *l) {
         struct stat st;
+        uint64_t n = 0;
 
         if (fstatat(s->images_fd, l->file, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 return 0;
-        return (uint64_t) st.st_blocks * 512;
+        n = (uint64_t) st.st_blocks * 512;
+        if (l->data_file && fstatat(s->images_fd, l->data_file, &st, AT_SYMLINK_NOFOLLOW) >= 0)
+                n += (uint64_t) st.st_blocks * 512;
+        return n;
 }
 
 int store_tmp_create(Store *s, const Layer *l) {
@@ -482,15 +523,17 @@ int intent_add_modify(Intent *i, const Layer *before, const Layer *after) {
         return 0;
 }
 
-static void undo_log_name(const Intent *i, const char *layer, char name[static 2 * LAYER_ID_LEN + 8]) {
-        snprintf(name, 2 * LAYER_ID_LEN + 8, "%s-%s.undo", i->id, layer);
+#define UNDO_NAME_MAX (2 * LAYER_ID_LEN + 16)
+
+static void undo_log_name(const Intent *i, const char *layer, bool data, char name[static UNDO_NAME_MAX]) {
+        snprintf(name, UNDO_NAME_MAX, "%s-%s%s.undo", i->id, layer, data ? ".data" : "");
 }
 
-int journal_undo_create(Store *s, const Intent *i, const char *layer) {
-        char name[2 * LAYER_ID_LEN + 8];
+int journal_undo_create(Store *s, const Intent *i, const char *layer, bool data) {
+        char name[UNDO_NAME_MAX];
         int fd, r;
 
-        undo_log_name(i, layer, name);
+        undo_log_name(i, layer, data, name);
         fd = openat(s->journal_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
                 return negative_errno();
@@ -526,12 +569,36 @@ int store_replace_layer(Store *s, const Layer *l) {
 }
 
 static void remove_undo_logs(Store *s, const Intent *i) {
-        for (size_t k = 0; k < i->n_modify; k++) {
-                char name[2 * LAYER_ID_LEN + 8];
-                undo_log_name(i, i->modify[k].layer, name);
-                if (unlinkat(s->journal_fd, name, 0) < 0 && errno != ENOENT)
-                        log_warning_errno(errno, "Failed to remove journal/%s", name);
+        for (size_t k = 0; k < i->n_modify; k++)
+                for (int data = 0; data <= 1; data++) {
+                        char name[UNDO_NAME_MAX];
+                        undo_log_name(i, i->modify[k].layer, data, name);
+                        if (unlinkat(s->journal_fd, name, 0) < 0 && errno != ENOENT)
+                                log_warning_errno(errno, "Failed to remove journal/%s", name);
+                }
+}
+
+/* Restores one file of a modified layer from its undo log, if there is one; then removes the log. */
+static int undo_one(Store *s, Intent *i, IntentModify *m, bool data) {
+        char name[UNDO_NAME_MAX];
+        _cleanup_close_ int log_fd = -EBADF, fd = -EBADF;
+        FormatError err = {};
+        int r;
+
+        undo_log_name(i, m->layer, data, name);
+        log_fd = openat(s->journal_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (log_fd < 0)
+                return errno == ENOENT ? 0 : negative_errno();
+        fd = data ? store_open_data_file(s, m->before, O_RDWR) : store_open_layer(s, m->before, O_RDWR);
+        r = fd < 0 ? fd : undo_apply(log_fd, fd, &err);
+        if (r < 0) {
+                log_error_errno(r, "Failed to restore layer %s from journal/%s: %s", m->layer, name,
+                                err.reason[0] ? err.reason : "cannot open the file");
+                return r; /* keep the log: the next start tries again */
         }
+        if (unlinkat(s->journal_fd, name, 0) < 0 && errno != ENOENT)
+                log_warning_errno(errno, "Failed to remove journal/%s", name);
+        return 0;
 }
 
 int journal_undo_modified(Store *s, Intent *i) {
@@ -539,34 +606,15 @@ int journal_undo_modified(Store *s, Intent *i) {
 
         for (size_t k = 0; k < i->n_modify; k++) {
                 IntentModify *m = &i->modify[k];
-                char name[2 * LAYER_ID_LEN + 8];
-                _cleanup_close_ int log_fd = -EBADF, fd = -EBADF;
-                FormatError err = {};
-                int r;
-
-                undo_log_name(i, m->layer, name);
-                log_fd = openat(s->journal_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-                if (log_fd >= 0) {
-                        fd = store_open_layer(s, m->before, O_RDWR);
-                        r = fd < 0 ? fd : undo_apply(log_fd, fd, &err);
-                        if (r < 0) {
-                                log_error_errno(r, "Failed to restore layer %s from journal/%s: %s", m->layer, name,
-                                                err.reason[0] ? err.reason : "cannot open the image");
-                                ret = r;
-                                continue; /* keep the log: the next start tries again */
-                        }
-                } else if (errno != ENOENT) {
-                        ret = negative_errno();
-                        continue;
+                int r = undo_one(s, i, m, false);
+                if (r >= 0 && m->before->data_file)
+                        r = undo_one(s, i, m, true);
+                if (r >= 0) {
+                        m->before->state = LAYER_READY;
+                        r = store_replace_layer(s, m->before);
                 }
-                m->before->state = LAYER_READY;
-                r = store_replace_layer(s, m->before);
-                if (r < 0) {
+                if (r < 0)
                         ret = r;
-                        continue;
-                }
-                if (unlinkat(s->journal_fd, name, 0) < 0 && errno != ENOENT)
-                        log_warning_errno(errno, "Failed to remove journal/%s", name);
         }
         return ret;
 }
@@ -895,7 +943,7 @@ static int sweep_orphans(Store *s) {
                 if (streq(de->d_name, ".") || streq(de->d_name, ".."))
                         continue;
                 for (size_t i = 0; i < s->n_layers && !known; i++)
-                        known = streq(s->layers[i]->file, de->d_name);
+                        known = streq(s->layers[i]->file, de->d_name) || streq_ptr(s->layers[i]->data_file, de->d_name);
                 if (known)
                         continue;
                 log_warning("Removing orphaned file images/%s", de->d_name);

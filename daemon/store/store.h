@@ -49,7 +49,11 @@ int store_delete_vm(Store *s, const char *name);
 
 /* Opens a layer's file beneath images/, checked on the fd: regular, ours, inode as recorded, one link. */
 int store_open_layer(Store *s, const Layer *l, int flags);
-uint64_t store_layer_allocated(Store *s, const Layer *l);
+uint64_t store_layer_allocated(Store *s, const Layer *l); /* with its data file */
+/* The same for a layer's external data file (l->data_file). */
+int store_open_data_file(Store *s, const Layer *l, int flags);
+/* Creates l->data_file (sparse, `size` bytes) and records its inode in `l`. */
+int store_create_data_file(Store *s, Layer *l, uint64_t size);
 
 /* ---- intent journal ---- */
 
@@ -108,8 +112,8 @@ int journal_end(Store *s, Intent *i);
 /* Rolls back an operation that did not reach its commit point, then ends it. */
 int journal_abort(Store *s, Intent *i);
 
-/* The undo log of a layer an intent modifies: created empty (for undo_begin()), or opened. */
-int journal_undo_create(Store *s, const Intent *i, const char *layer);
+/* The undo log of a layer an intent modifies (or of its data file), created empty for undo_begin(). */
+int journal_undo_create(Store *s, const Intent *i, const char *layer, bool data);
 /* Rolls back each modified layer (file from its undo log, record "before") and removes the logs. */
 int journal_undo_modified(Store *s, Intent *i);
 /* Writes each modified layer's record "after" and removes the undo logs. */

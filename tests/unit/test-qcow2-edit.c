@@ -250,7 +250,7 @@ static void edit_session(int fd, Model *m, uint64_t cs, unsigned ops, uint64_t g
         for (unsigned i = 0; i < ops; i++) {
                 uint64_t c = rnd() % m->n, host;
                 if (v3 && rnd() % 4 == 0) {
-                        CHECK_EQ_INT(qcow2_edit_map(e, c, 0, &err), 0);
+                        CHECK_EQ_INT(qcow2_edit_map(e, c, QCOW2_EDIT_ZERO, &err), 0);
                         m->state[c] = M_ZERO;
                 } else {
                         uint8_t p = (uint8_t) (1 + rnd() % 250);
