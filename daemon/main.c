@@ -4,6 +4,8 @@
 
 #include <cap-ng.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +20,73 @@
 
 static const char *arg_store;
 static const char *arg_config;
+static uint64_t arg_exit_on_idle_usec;
+
+/* ---- exit on idle: nothing leased, no job (running or still readable), no call for a while ---- */
+
+typedef struct Idle {
+        Manager *manager;
+        uint64_t last_activity;
+        sd_event_source *timer;
+        bool releasing;
+} Idle;
+
+static bool manager_busy(Manager *m) {
+        return m->n_leases > 0 || m->n_jobs > 0;
+}
+
+static int idle_activity(sd_bus_message *msg, void *userdata, sd_bus_error *ret_error) {
+        Idle *idle = userdata;
+        uint8_t type;
+
+        /* Calls only: signals on the system bus (NameOwnerChanged of other clients) are not use. */
+        if (sd_bus_message_get_type(msg, &type) < 0 || type != SD_BUS_MESSAGE_METHOD_CALL)
+                return 0;
+        (void) sd_event_now(idle->manager->event, CLOCK_MONOTONIC, &idle->last_activity);
+        return 0;
+}
+
+static int idle_name_released(sd_bus_message *msg, void *userdata, sd_bus_error *ret_error) {
+        Idle *idle = userdata;
+        Manager *m = idle->manager;
+
+        idle->releasing = false;
+        /* A call that arrived before the name went may have started something: then stay. */
+        if (manager_busy(m)) {
+                log_info("Busy again while releasing %s; serving on", VDISK_BUS_NAME);
+                (void) sd_bus_request_name_async(m->bus, NULL, VDISK_BUS_NAME, 0, NULL, NULL);
+                return 0;
+        }
+        log_info("Idle for %" PRIu64 " s with nothing leased or running; exiting (D-Bus activation restarts vdiskd)",
+                 arg_exit_on_idle_usec / 1000000);
+        return sd_event_exit(m->event, 0);
+}
+
+static int idle_check(sd_event_source *s, uint64_t usec, void *userdata) {
+        Idle *idle = userdata;
+        Manager *m = idle->manager;
+
+        if (!idle->releasing && !manager_busy(m) && usec >= idle->last_activity + arg_exit_on_idle_usec) {
+                idle->releasing = true;
+                (void) sd_bus_release_name_async(m->bus, NULL, VDISK_BUS_NAME, idle_name_released, idle);
+        }
+        return sd_event_source_set_time(s, MAX(usec, idle->last_activity) + arg_exit_on_idle_usec);
+}
+
+static int idle_setup(Manager *m, Idle *idle) {
+        int r;
+
+        *idle = (Idle) { .manager = m };
+        (void) sd_event_now(m->event, CLOCK_MONOTONIC, &idle->last_activity);
+        r = sd_bus_add_filter(m->bus, NULL, idle_activity, idle);
+        if (r < 0)
+                return r;
+        r = sd_event_add_time(m->event, &idle->timer, CLOCK_MONOTONIC, idle->last_activity + arg_exit_on_idle_usec, 0,
+                              idle_check, idle);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(idle->timer, SD_EVENT_ON);
+}
 
 static int name_acquired(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         const sd_bus_error *e = sd_bus_message_get_error(m);
@@ -51,6 +120,7 @@ static void help(void) {
                "The vdisk storage service for virtual machine disks (bus name %s).\n\n"
                "  --store DIR     store directory (default: $STATE_DIRECTORY, else %s)\n"
                "  --config FILE   configuration file (default: %s; a missing default is fine)\n"
+               "  --exit-on-idle=SEC  exit after SEC seconds without calls, leases or jobs (0: never, the default)\n"
                "  --debug         log at debug level\n",
                VDISK_BUS_NAME, DEFAULT_STORE, DEFAULT_CONFIG);
 }
@@ -62,6 +132,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "store", required_argument, NULL, 's' },
                 { "config", required_argument, NULL, 'c' },
                 { "debug", no_argument, NULL, 'd' },
+                { "exit-on-idle", required_argument, NULL, 'i' },
                 {}
         };
         int c;
@@ -83,6 +154,14 @@ static int parse_argv(int argc, char *argv[]) {
                 case 'd':
                         log_set_max_level(LOG_DEBUG);
                         break;
+                case 'i': {
+                        char *end;
+                        unsigned long long sec = strtoull(optarg, &end, 10);
+                        if (!*optarg || *end || sec > 86400 * 365)
+                                return log_error_errno(EINVAL, "Invalid --exit-on-idle: %s", optarg);
+                        arg_exit_on_idle_usec = sec * 1000000;
+                        break;
+                }
                 default:
                         return -EINVAL;
                 }
@@ -93,6 +172,7 @@ static int parse_argv(int argc, char *argv[]) {
 
 static int run(int argc, char *argv[]) {
         Manager *m = NULL;
+        Idle idle = {};
         Config config;
         const char *store;
         int r;
@@ -154,6 +234,8 @@ static int run(int argc, char *argv[]) {
                 r = sd_event_add_signal(m->event, NULL, SIGTERM, NULL, NULL);
         if (r >= 0)
                 r = sd_event_add_signal(m->event, NULL, SIGINT, NULL, NULL);
+        if (r >= 0 && arg_exit_on_idle_usec > 0)
+                r = idle_setup(m, &idle);
         if (r < 0) {
                 manager_free(m);
                 return log_error_errno(r, "Failed to set up the daemon");
@@ -162,6 +244,7 @@ static int run(int argc, char *argv[]) {
         r = sd_event_loop(m->event);
         (void) sd_notify(false, "STOPPING=1");
         log_info("vdiskd exiting");
+        idle.timer = sd_event_source_disable_unref(idle.timer);
         manager_free(m);
         return r < 0 ? r : 0;
 }

@@ -13,6 +13,12 @@
 #include "manager.h"
 
 #define JOB_LINGER_USEC (60 * UINT64_C(1000000))
+
+/* Tests only: a shorter linger (VDISKD_TEST_JOB_LINGER_SEC), e.g. to watch exit-on-idle. */
+static uint64_t job_linger_usec(void) {
+        const char *e = getenv("VDISKD_TEST_JOB_LINGER_SEC");
+        return e ? strtoull(e, NULL, 10) * UINT64_C(1000000) : JOB_LINGER_USEC;
+}
 #define JOB_PROGRESS_INTERVAL_USEC (200 * UINT64_C(1000))
 
 typedef enum JobState {
@@ -161,7 +167,7 @@ static void job_finish(Job *j, JobState state, int r, const OpError *err) {
                                               "ErrorName", "ErrorMessage", NULL);
         (void) sd_bus_emit_signal(m->bus, j->path, VDISK_JOB_INTERFACE, "Finished", "sss", job_state_table[state],
                                   j->error_name ?: "", j->error_message ?: "");
-        (void) sd_event_add_time_relative(m->event, &j->linger_source, CLOCK_MONOTONIC, JOB_LINGER_USEC, 0,
+        (void) sd_event_add_time_relative(m->event, &j->linger_source, CLOCK_MONOTONIC, job_linger_usec(), 0,
                                           job_linger_cb, j);
 }
 
