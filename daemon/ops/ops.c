@@ -778,7 +778,10 @@ int op_check_caller_fd(int fd, OpError *err) {
         return copy;
 }
 
-int op_validate_upload(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_virtual_size, OpError *err) {
+/* The checks of an upload; `allow_backing`: a backing file name may be present (the caller compares it
+ * with the chain). `ret_header` (qcow2 only, may be NULL): the parsed header. */
+static int validate_image(int fd, ImageFormat f, const Limits *lim, bool allow_backing, uint64_t *ret_virtual_size,
+                          Qcow2Header *ret_header, OpError *err) {
         Qcow2Limits qlim = { .max_virtual_size = lim->max_virtual_size };
         Qcow2CheckResult res = {};
         FormatError ferr = {};
@@ -809,10 +812,11 @@ int op_validate_upload(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_v
         if (r < 0)
                 return op_error(err, r == -EIO ? -EIO : r, "%s", ferr.reason);
         /* Uploads are self-contained: nothing outside the file, nothing vdisk cannot hand QEMU safely. */
-        if (h.has_backing_file)
+        if (h.has_backing_file && !allow_backing)
                 return op_error(err, -EMEDIUMTYPE, "image has a backing file; uploads must be self-contained");
         if (h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
-                return op_error(err, -EMEDIUMTYPE, "image uses an external data file; uploads must be self-contained");
+                return op_error(err, -EMEDIUMTYPE, "image uses an external data file; %s",
+                                allow_backing ? "vdisk takes over none it did not create" : "uploads must be self-contained");
         if (h.crypt_method != QCOW2_CRYPT_NONE)
                 return op_error(err, -EOPNOTSUPP, "encrypted images are not supported");
         if (h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
@@ -834,7 +838,18 @@ int op_validate_upload(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_v
         }
         qcow2_check_result_done(&res);
         *ret_virtual_size = h.size;
+        if (ret_header)
+                *ret_header = h;
         return 0;
+}
+
+int op_validate_upload(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_virtual_size, OpError *err) {
+        return validate_image(fd, f, lim, false, ret_virtual_size, NULL, err);
+}
+
+int op_validate_chain_layer(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_virtual_size, Qcow2Header *ret_header,
+                            OpError *err) {
+        return validate_image(fd, f, lim, true, ret_virtual_size, ret_header, err);
 }
 
 int op_quarantine(Store *s, const char *vm, const char *disk, const char *reason, OpError *err) {

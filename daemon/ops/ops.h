@@ -68,6 +68,10 @@ int op_quarantine(Store *s, const char *vm, const char *disk, const char *reason
 /* Checks an image file about to become a catalog image: exactly the declared format, self-contained,
  * fully valid. Returns the virtual size. */
 int op_validate_upload(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_virtual_size, OpError *err);
+/* The same checks for a layer of an existing chain (AdoptDomainXML): a qcow2 image may name a backing
+ * file, which the caller compares with the chain. `ret_header` (qcow2 only, may be NULL): its header. */
+int op_validate_chain_layer(int fd, ImageFormat f, const Limits *lim, uint64_t *ret_virtual_size, Qcow2Header *ret_header,
+                            OpError *err);
 
 /* Checks a caller-supplied fd: a regular file opened for reading (not O_PATH). Returns a private dup. */
 int op_check_caller_fd(int fd, OpError *err);
