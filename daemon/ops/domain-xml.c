@@ -852,8 +852,8 @@ static void undo_moved_changes(Adoption *a) {
         }
 }
 
-/* move, after the commit: the old names go. A crash before this leaves them (two links each, which
- * Verify reports); the data is safe either way. */
+/* move, after the commit: the old names go. If we die before, recovery removes them (the journal entry
+ * names them, with device and inode); the data is safe either way. */
 static void remove_old_names(Adoption *a) {
         for (size_t i = 0; i < a->n; i++) {
                 Source *src = &a->src[i];
@@ -1007,6 +1007,10 @@ int op_adopt_domain_xml(Store *s, const Limits *lim, const char *vm, const char 
         r = intent_init(&intent, "adopt", INTENT_COMMIT_VM, vm, next->generation);
         for (size_t i = 0; r >= 0 && i < a.n; i++)
                 r = intent_add_new(&intent, a.src[i].layer->id);
+        /* move: the old names go after the commit point, by recovery too if we die in between. */
+        for (size_t i = 0; move && r >= 0 && i < a.n; i++)
+                r = intent_add_unlink(&intent, a.src[i].xml->path, (uint64_t) a.src[i].st.st_dev,
+                                      (uint64_t) a.src[i].st.st_ino);
         if (r >= 0)
                 r = journal_begin(s, &intent);
         if (r < 0) {

@@ -471,6 +471,9 @@ void intent_done(Intent *i) {
                 layer_free(i->modify[k].before);
                 layer_free(i->modify[k].after);
         }
+        for (size_t k = 0; k < i->n_unlink; k++)
+                free(i->unlink_after[k].path);
+        free(i->unlink_after);
         free(i->commit_disk);
         for (size_t k = 0; k < i->n_commit_chain; k++)
                 free(i->commit_chain[k]);
@@ -487,6 +490,44 @@ static int layer_copy(const Layer *l, Layer **ret) {
         r = layer_from_json(o, ret);
         json_object_put(o);
         return r;
+}
+
+int intent_add_unlink(Intent *i, const char *path, uint64_t dev, uint64_t inode) {
+        struct IntentUnlink *u;
+
+        if (path[0] != '/' || i->n_unlink >= INTENT_MAX_LAYERS)
+                return -EINVAL;
+        u = reallocarray(i->unlink_after, i->n_unlink + 1, sizeof(*u));
+        if (!u)
+                return -ENOMEM;
+        i->unlink_after = u;
+        u[i->n_unlink] = (struct IntentUnlink) { .path = strdup(path), .dev = dev, .inode = inode };
+        if (!u[i->n_unlink].path)
+                return -ENOMEM;
+        i->n_unlink++;
+        return 0;
+}
+
+void intent_unlink_names(Intent *i) {
+        for (size_t k = 0; k < i->n_unlink; k++) {
+                const char *path = i->unlink_after[k].path, *slash = strrchr(path, '/');
+                _cleanup_free_ char *dir = strndup(path, slash == path ? 1 : (size_t) (slash - path));
+                _cleanup_close_ int dfd = -EBADF;
+                struct stat st;
+
+                if (!dir)
+                        continue;
+                dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (dfd < 0 || fstatat(dfd, slash + 1, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                        continue; /* gone already */
+                if (!S_ISREG(st.st_mode) || (uint64_t) st.st_dev != i->unlink_after[k].dev ||
+                    (uint64_t) st.st_ino != i->unlink_after[k].inode) {
+                        log_warning("%s is no longer the file moved into the store; leaving it", path);
+                        continue;
+                }
+                if (unlinkat(dfd, slash + 1, 0) < 0 || fsync_directory(dfd) < 0)
+                        log_error_errno(errno, "Cannot remove the old name %s", path);
+        }
 }
 
 int intent_set_commit_chain(Intent *i, const char *disk, char **chain, size_t n) {
@@ -671,6 +712,17 @@ static int journal_write(Store *s, Intent *i) {
         json_object_object_add(o, "commit_generation", json_object_new_uint64(i->commit_generation));
         json_object_object_add(o, "new_layers", strv_to_json(i->new_layers, i->n_new));
         json_object_object_add(o, "drop_layers", strv_to_json(i->drop_layers, i->n_drop));
+        if (i->n_unlink > 0) {
+                struct json_object *a = json_object_new_array();
+                for (size_t k = 0; k < i->n_unlink; k++) {
+                        struct json_object *e = json_object_new_object();
+                        json_object_object_add(e, "path", json_object_new_string(i->unlink_after[k].path));
+                        json_object_object_add(e, "dev", json_object_new_uint64(i->unlink_after[k].dev));
+                        json_object_object_add(e, "inode", json_object_new_uint64(i->unlink_after[k].inode));
+                        json_object_array_add(a, e);
+                }
+                json_object_object_add(o, "unlink_after", a);
+        }
         if (i->commit_disk) {
                 json_object_object_add(o, "commit_disk", json_object_new_string(i->commit_disk));
                 json_object_object_add(o, "commit_chain", strv_to_json(i->commit_chain, i->n_commit_chain));
@@ -774,6 +826,22 @@ static int intent_from_json(struct json_object *o, Intent *i) {
         r = strv_from_json(o, "drop_layers", &i->drop_layers, &i->n_drop);
         if (r < 0)
                 return r;
+        if (json_object_object_get_ex(o, "unlink_after", &v)) {
+                if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) > INTENT_MAX_LAYERS)
+                        return -EBADMSG;
+                for (size_t k = 0; k < json_object_array_length(v); k++) {
+                        struct json_object *e = json_object_array_get_idx(v, k), *p, *dv, *in;
+                        if (!json_object_is_type(e, json_type_object) || !json_object_object_get_ex(e, "path", &p) ||
+                            !json_object_is_type(p, json_type_string) || !json_object_object_get_ex(e, "dev", &dv) ||
+                            !json_object_is_type(dv, json_type_int) || !json_object_object_get_ex(e, "inode", &in) ||
+                            !json_object_is_type(in, json_type_int) || strlen(json_object_get_string(p)) >= 4096)
+                                return -EBADMSG;
+                        r = intent_add_unlink(i, json_object_get_string(p), json_object_get_uint64(dv),
+                                              json_object_get_uint64(in));
+                        if (r < 0)
+                                return r == -EINVAL ? -EBADMSG : r;
+                }
+        }
         if (json_object_object_get_ex(o, "commit_disk", &v)) {
                 if (!json_object_is_type(v, json_type_string) || !name_is_valid(json_object_get_string(v)))
                         return -EBADMSG;
@@ -808,6 +876,20 @@ static int intent_from_json(struct json_object *o, Intent *i) {
                                 return -EBADMSG;
                 }
         }
+        return 0;
+}
+
+/* A journal entry as replay_journal() reads it, for the fuzzer and tests. */
+int intent_parse(struct json_object *o, Intent *ret) {
+        Intent i = {};
+        int r;
+
+        r = intent_from_json(o, &i);
+        if (r < 0) {
+                intent_done(&i);
+                return r;
+        }
+        *ret = i;
         return 0;
 }
 
@@ -890,6 +972,8 @@ static int replay_journal(Store *s) {
                         r = journal_finish_modified(s, &i);
                         for (size_t k = 0; r >= 0 && k < i.n_drop; k++)
                                 (void) store_delete_layer(s, i.drop_layers[k]);
+                        if (r >= 0)
+                                intent_unlink_names(&i);
                 } else {
                         log_op(LOG_NOTICE, i.op, NULL, NULL, NULL, "Rolling back interrupted operation %s %s", i.op, i.id);
                         r = journal_undo_modified(s, &i);

@@ -91,6 +91,11 @@ typedef struct Intent {
         size_t n_drop;
         IntentModify modify[INTENT_MAX_MODIFY];
         size_t n_modify;
+        struct IntentUnlink {
+                char *path; /* absolute */
+                uint64_t dev, inode;
+        } *unlink_after; /* names outside the store removed after the commit point (adopt with "move") */
+        size_t n_unlink;
         char *commit_disk;   /* INTENT_COMMIT_CHAIN */
         char **commit_chain;
         size_t n_commit_chain;
@@ -101,8 +106,14 @@ int intent_add_new(Intent *i, const char *layer);
 int intent_add_drop(Intent *i, const char *layer);
 /* For INTENT_COMMIT_CHAIN: the disk and its chain once the operation is done. */
 int intent_set_commit_chain(Intent *i, const char *disk, char **chain, size_t n);
+/* After the commit point (also when recovery completes the operation), `path` is removed if it is still
+ * the same file (device and inode): the old name of a file moved into the store. */
+int intent_add_unlink(Intent *i, const char *path, uint64_t dev, uint64_t inode);
+void intent_unlink_names(Intent *i);
 /* Takes copies of both records. */
 int intent_add_modify(Intent *i, const Layer *before, const Layer *after);
+/* Parses a journal entry (as read by record_read()); `ret` is set only on success. */
+int intent_parse(struct json_object *o, Intent *ret);
 
 /* Fills an intent in memory; add its layers with intent_add_*(), then write it with journal_begin()
  * before the first file or record of the operation is touched. */
