@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <inttypes.h>
+#include <langinfo.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,19 @@ char *format_bytes(char *buf, size_t size, uint64_t bytes) {
         return buf;
 }
 
+/* Length of the ANSI control sequence ("ESC [ parameters final-byte") at s, or 0 if none starts there. */
+static size_t ansi_sequence_length(const char *s, size_t left) {
+        size_t n = 2;
+
+        if (left < 2 || s[0] != '\033' || s[1] != '[')
+                return 0;
+        while (n < left && s[n] >= 0x20 && s[n] <= 0x3f) /* parameter and intermediate bytes */
+                n++;
+        if (n < left && s[n] >= 0x40 && s[n] <= 0x7e)
+                return n + 1;
+        return 0;
+}
+
 size_t utf8_width(const char *s) {
         mbstate_t state = {};
         size_t width = 0;
@@ -59,10 +73,16 @@ size_t utf8_width(const char *s) {
         size_t left = strlen(s);
 
         while (left > 0) {
+                size_t n = ansi_sequence_length(p, left);
                 wchar_t wc;
-                size_t n = mbrtowc(&wc, p, left, &state);
                 int w;
 
+                if (n > 0) {
+                        p += n;
+                        left -= n;
+                        continue;
+                }
+                n = mbrtowc(&wc, p, left, &state);
                 if (n == (size_t) -1 || n == (size_t) -2 || n == 0)
                         return strlen(s);
                 w = wcwidth(wc);
@@ -72,6 +92,16 @@ size_t utf8_width(const char *s) {
         }
 
         return width;
+}
+
+bool locale_is_utf8(void) {
+        const char *codeset = nl_langinfo(CODESET);
+
+        return codeset && (streq(codeset, "UTF-8") || streq(codeset, "utf8"));
+}
+
+const char *tree_branch(void) {
+        return locale_is_utf8() ? "\u2514\u2500 " /* └─ */ : "`- ";
 }
 
 bool colors_enabled(FILE *f) {
@@ -87,6 +117,10 @@ bool colors_enabled(FILE *f) {
 
 const char *ansi_bold(FILE *f) {
         return colors_enabled(f) ? "\033[1m" : "";
+}
+
+const char *ansi_grey(FILE *f) {
+        return colors_enabled(f) ? "\033[90m" : "";
 }
 
 const char *ansi_normal(FILE *f) {

@@ -24,12 +24,21 @@ JsonMode json_mode_from_string(const char *s) _pure_;
 #define FORMAT_BYTES_MAX 32U
 char *format_bytes(char *buf, size_t size, uint64_t bytes);
 
-/* Terminal columns a UTF-8 string takes (falls back to its length if it cannot be decoded). */
+/* Terminal columns a UTF-8 string takes, not counting ANSI colour sequences (falls back to its length
+ * if it cannot be decoded). */
 size_t utf8_width(const char *s);
+
+/* Whether the locale's character set is UTF-8, so that box-drawing characters can be printed. */
+bool locale_is_utf8(void);
+
+/* Tree drawing: the connector of a child ("└─ " or "`- "), which is as wide as one level of indentation. */
+const char *tree_branch(void);
+#define TREE_INDENT_WIDTH 3U
 
 /* Colours only on a terminal, and never when $NO_COLOR is set (https://no-color.org) or TERM=dumb. */
 bool colors_enabled(FILE *f);
 const char *ansi_bold(FILE *f);
+const char *ansi_grey(FILE *f);
 const char *ansi_normal(FILE *f);
 
 /* A table of strings with a header row, printed with aligned columns. */

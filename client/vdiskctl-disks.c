@@ -89,14 +89,99 @@ int verb_delete_disk(int argc, char *argv[]) {
         return EXIT_OK;
 }
 
+/* "vdiskctl chain" draws each backing layer under the layer it backs, indented one step per layer up to
+ * this depth; deeper layers (a chain may have up to MaxChainDepth layers) continue at it. */
+#define CHAIN_TREE_DEPTH_MAX 8U
+
+/* The catalog: layer id → image name, as a JSON object used as a map. */
+static int chain_catalog_names(sd_bus *bus, json_object **ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_json_ json_object *names = NULL;
+        const char *name, *layer, *format;
+        uint64_t size, allocated;
+        int r;
+
+        r = sd_bus_call_method(bus, VDISK_BUS_NAME, VDISK_MANAGER_PATH, VDISK_MANAGER_INTERFACE, "ListImages", NULL,
+                               &reply, NULL);
+        if (r < 0)
+                return r;
+
+        names = json_object_new_object();
+        if (!names)
+                return -ENOMEM;
+
+        r = sd_bus_message_enter_container(reply, 'a', "(ssstt)");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_read(reply, "(ssstt)", &name, &layer, &format, &size, &allocated)) > 0)
+                if (json_add_string(names, layer, name) < 0)
+                        return -ENOMEM;
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(names);
+        return 0;
+}
+
+static const char *json_get_string(json_object *o, const char *key) {
+        json_object *v;
+
+        return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
+}
+
+static uint64_t json_get_uint64(json_object *o, const char *key) {
+        json_object *v;
+
+        return json_object_object_get_ex(o, key, &v) ? json_object_get_uint64(v) : 0;
+}
+
+/* One row per layer of `layers` (GetChain's entries as "vdiskctl chain --json" prints them, top first):
+ * the layer id drawn as a tree, format, virtual size, allocated bytes, catalog image name. */
+static int chain_tree_fill(Table *t, json_object *layers, json_object *catalog_names) {
+        size_t n = json_object_array_length(layers);
+
+        for (size_t i = 0; i < n; i++) {
+                json_object *o = json_object_array_get_idx(layers, i), *v;
+                char a[FORMAT_BYTES_MAX], b[FORMAT_BYTES_MAX];
+                size_t depth = MIN(i, (size_t) CHAIN_TREE_DEPTH_MAX);
+                const char *catalog = "-";
+                int r;
+
+                if (json_object_object_get_ex(o, "catalog", &v) && json_object_get_boolean(v)) {
+                        json_object *name;
+
+                        /* Without the catalog (ListImages failed), say only that it is one. */
+                        if (catalog_names && json_object_object_get_ex(catalog_names, json_get_string(o, "layer"), &name))
+                                catalog = json_object_get_string(name);
+                        else
+                                catalog = _("yes");
+                }
+
+                if (depth == 0)
+                        r = table_add_cell(t, json_get_string(o, "layer"));
+                else
+                        r = table_add_cellf(t, "%*s%s%s%s%s", (int) ((depth - 1) * TREE_INDENT_WIDTH), "", ansi_grey(stdout),
+                                            tree_branch(), ansi_normal(stdout), json_get_string(o, "layer"));
+                if (r < 0 ||
+                    table_add_cell(t, json_get_string(o, "format")) < 0 ||
+                    table_add_cell(t, format_bytes(a, sizeof(a), json_get_uint64(o, "virtual_size"))) < 0 ||
+                    table_add_cell(t, format_bytes(b, sizeof(b), json_get_uint64(o, "allocated"))) < 0 ||
+                    table_add_cell(t, catalog) < 0)
+                        return -ENOMEM;
+        }
+
+        return 0;
+}
+
 int verb_chain(int argc, char *argv[]) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        _cleanup_json_ json_object *array = NULL;
+        _cleanup_json_ json_object *array = NULL, *catalog_names = NULL;
         _cleanup_table_ Table *t = NULL;
         const char *layer, *file, *format, *backing_format;
         uint64_t size, allocated;
+        bool any_catalog = false;
         int catalog, r;
 
         r = bus_connect(&bus);
@@ -109,12 +194,8 @@ int verb_chain(int argc, char *argv[]) {
                 return log_call_error(&error, r, _("Failed to get the chain of disk '%s' of VM '%s'"), argv[2], argv[1]);
 
         array = json_object_new_array();
-        t = table_new(_("LAYER"), _("FILE"), _("FORMAT"), _("BACKING FORMAT"), _("SIZE"), _("ALLOCATED"),
-                      _("CATALOG"), NULL);
-        if (!array || !t)
+        if (!array)
                 return log_oom();
-        table_set_align_right(t, 4);
-        table_set_align_right(t, 5);
 
         r = sd_bus_message_enter_container(reply, 'a', "(ssssttb)");
         if (r < 0)
@@ -122,7 +203,6 @@ int verb_chain(int argc, char *argv[]) {
 
         while ((r = sd_bus_message_read(reply, "(ssssttb)", &layer, &file, &format, &backing_format, &size,
                                         &allocated, &catalog)) > 0) {
-                char a[FORMAT_BYTES_MAX], b[FORMAT_BYTES_MAX];
                 json_object *o = json_object_new_object();
 
                 if (!o ||
@@ -136,21 +216,30 @@ int verb_chain(int argc, char *argv[]) {
                         json_object_put(o);
                         return log_oom();
                 }
-                if (json_array_append(array, o) < 0 ||
-                    table_add_cell(t, layer) < 0 ||
-                    table_add_cell(t, file) < 0 ||
-                    table_add_cell(t, format) < 0 ||
-                    table_add_cell(t, isempty(backing_format) ? "-" : backing_format) < 0 ||
-                    table_add_cell(t, format_bytes(a, sizeof(a), size)) < 0 ||
-                    table_add_cell(t, format_bytes(b, sizeof(b), allocated)) < 0 ||
-                    table_add_cell(t, catalog ? _("yes") : _("no")) < 0)
+                if (json_array_append(array, o) < 0)
                         return log_oom();
+                any_catalog = any_catalog || catalog;
         }
         if (r < 0)
                 return log_bus_parse_error(r);
 
         if (arg_json != JSON_OFF)
                 return show_json(array);
+
+        /* GetChain says only whether a layer is a catalog image; its name comes from the catalog. */
+        if (any_catalog) {
+                r = chain_catalog_names(bus, &catalog_names);
+                if (r == -ENOMEM)
+                        return log_oom();
+        }
+
+        t = table_new(_("LAYER"), _("FORMAT"), _("SIZE"), _("ALLOCATED"), _("CATALOG"), NULL);
+        if (!t)
+                return log_oom();
+        table_set_align_right(t, 2);
+        table_set_align_right(t, 3);
+        if (chain_tree_fill(t, array, catalog_names) < 0)
+                return log_oom();
 
         r = show_table(t);
         if (r < 0)

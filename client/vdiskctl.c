@@ -205,9 +205,10 @@ static const Verb verbs[] = {
           options_none, verb_delete_disk },
         { "chain", "VM DISK", 2, 2, SECTION_DISKS,
           N_("Show the chain of layers of a disk"),
-          N_("Lists the layers of disk DISK of VM VM, the active layer first: layer id, file in the store,\n"
-             "format, format of the backing layer, virtual size, allocated bytes, and whether the layer is a\n"
-             "catalog image."),
+          N_("Draws the chain of disk DISK of VM VM as a tree, the active layer first and each backing layer\n"
+             "below the layer it backs: layer id, format, virtual size, allocated bytes, and the name of a\n"
+             "catalog image. With --json: every field of every layer, also its file in the store and the\n"
+             "format of its backing layer."),
           options_table, verb_chain },
         { "snapshot", "VM DISK", 2, 2, SECTION_DISKS,
           N_("Take a snapshot of a disk"),

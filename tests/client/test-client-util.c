@@ -214,6 +214,53 @@ static void test_table(void) {
         table_free(t);
 }
 
+/* Colour sequences take no columns, so coloured cells stay aligned (the tree of "vdiskctl chain"). */
+static void test_width(void) {
+        Table *t;
+        char *buf = NULL;
+        size_t size = 0;
+        FILE *f;
+
+        CHECK(utf8_width("abc") == 3);
+        CHECK(utf8_width("\u2514\u2500 x") == 4);
+        CHECK(utf8_width("\033[90m\u2514\u2500 \033[0mx") == 4);
+        CHECK(utf8_width("\033[1mLAYER\033[0m") == 5);
+        CHECK(utf8_width("\033[") == 1); /* not a complete sequence: "[" is text, ESC takes no column */
+        CHECK(utf8_width("") == 0);
+        CHECK(locale_is_utf8());
+        CHECK(strcmp(tree_branch(), "\u2514\u2500 ") == 0);
+        CHECK(utf8_width(tree_branch()) == TREE_INDENT_WIDTH);
+
+        t = table_new("LAYER", "FORMAT", NULL);
+        CHECK(t);
+        if (!t)
+                return;
+        CHECK(table_add_cell(t, "top") == 0);
+        CHECK(table_add_cell(t, "qcow2") == 0);
+        CHECK(table_add_cell(t, "\033[90m\u2514\u2500 \033[0mbase") == 0);
+        CHECK(table_add_cell(t, "raw") == 0);
+        f = open_memstream(&buf, &size);
+        CHECK(f);
+        if (f) {
+                CHECK(table_print(t, f, true) == 0);
+                fclose(f);
+                if (strcmp(buf, "LAYER    FORMAT\n"
+                                "top      qcow2\n"
+                                "\033[90m\u2514\u2500 \033[0mbase  raw\n") != 0) {
+                        fprintf(stderr, "unexpected table with colours:\n%s", buf);
+                        failures++;
+                }
+                free(buf);
+        }
+        table_free(t);
+
+        CHECK(setlocale(LC_ALL, "C"));
+        CHECK(!locale_is_utf8());
+        CHECK(strcmp(tree_branch(), "`- ") == 0);
+        CHECK(utf8_width(tree_branch()) == TREE_INDENT_WIDTH);
+        CHECK(setlocale(LC_ALL, "C.UTF-8"));
+}
+
 int main(void) {
         /* Width of non-ASCII text needs a UTF-8 locale; C.UTF-8 exists on every glibc ≥ 2.35. */
         if (!setlocale(LC_ALL, "C.UTF-8")) {
@@ -227,6 +274,7 @@ int main(void) {
         test_job_paths();
         test_json_mode();
         test_table();
+        test_width();
 
         if (failures > 0) {
                 fprintf(stderr, "%u checks failed\n", failures);
