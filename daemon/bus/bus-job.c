@@ -158,8 +158,6 @@ static void job_finish(Job *j, JobState state, int r, const OpError *err) {
         }
         j->step_source = sd_event_source_disable_unref(j->step_source);
         j->delay_source = sd_event_source_disable_unref(j->delay_source);
-        if (j->op && j->ops->free)
-                j->op = j->ops->free(j->op);
 
         log_op(state == JOB_DONE ? LOG_INFO : LOG_WARNING, j->operation, j->vm, j->disk, NULL, "Job %s %s%s%s", j->path,
                job_state_table[state], j->error_message ? ": " : "", j->error_message ?: "");
@@ -167,6 +165,10 @@ static void job_finish(Job *j, JobState state, int r, const OpError *err) {
                                               "ErrorName", "ErrorMessage", NULL);
         (void) sd_bus_emit_signal(m->bus, j->path, VDISK_JOB_INTERFACE, "Finished", "sss", job_state_table[state],
                                   j->error_name ?: "", j->error_message ?: "");
+        /* Clean-up that follows the operation's commit point (removing layers) comes after the news. */
+        (void) sd_bus_flush(m->bus);
+        if (j->op && j->ops->free)
+                j->op = j->ops->free(j->op);
         (void) sd_event_add_time_relative(m->event, &j->linger_source, CLOCK_MONOTONIC, job_linger_usec(), 0,
                                           job_linger_cb, j);
 }

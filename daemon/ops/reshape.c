@@ -96,7 +96,7 @@ struct ReshapeOp {
         char **new_chain;
         size_t n_new_chain;
         Intent intent;
-        bool journaled, finished;
+        bool journaled, finished, cleanup;
 
         /* The disk's chain (top first), then a catalog image that is the new backing, if any. */
         ViewLayer *layers;
@@ -143,9 +143,13 @@ static void target_done(Target *t) {
         t->data_undo_fd = safe_close(t->data_undo_fd);
 }
 
+static void reshape_cleanup(ReshapeOp *op);
+
 ReshapeOp *reshape_free(ReshapeOp *op) {
         if (!op)
                 return NULL;
+        if (op->cleanup)
+                reshape_cleanup(op);
         for (size_t i = 0; i < op->n_layers; i++) {
                 safe_close(op->layers[i].fd);
                 safe_close(op->layers[i].data_fd);
@@ -182,6 +186,9 @@ static int view_load(ReshapeOp *op, size_t i, OpError *err) {
                 return 0;
         if (v->fd < 0) {
                 v->fd = store_open_layer(op->store, v->layer, O_RDONLY);
+                if (v->fd == -EBADMSG)
+                        return op_error(err, -EBADMSG, "the file of layer %s is not the one recorded (type, owner, links or inode differ); run Verify",
+                                        v->layer->id);
                 if (v->fd < 0)
                         return op_error(err, v->fd, "cannot open layer %s", v->layer->id);
         }
@@ -729,6 +736,9 @@ static int target_open(ReshapeOp *op, Target *t, Layer *l, OpError *err) {
 
         t->layer = l;
         t->fd = store_open_layer(op->store, l, O_RDWR);
+        if (t->fd == -EBADMSG)
+                return op_error(err, -EBADMSG, "the file of layer %s is not the one recorded (type, owner, links or inode differ); run Verify",
+                                l->id);
         if (t->fd < 0)
                 return op_error(err, t->fd, "cannot open layer %s", l->id);
         r = image_lock_for_change(t->fd);
@@ -894,7 +904,7 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
                 op->step_bytes = strtoull(env, NULL, 10);
         op->vm = strdup(vm);
         op->disk = strdup(disk);
-        op->op = strdup(kind == RESHAPE_COMMIT ? "commit" : isempty(layer) && kind == RESHAPE_REBASE ? "flatten" : "rebase");
+        op->op = strdup(kind == RESHAPE_COMMIT ? "commit" : isempty(layer) ? "flatten" : "rebase");
         op->layers = calloc(d->n_chain + 1, sizeof(ViewLayer));
         if (!op->vm || !op->disk || !op->op || !op->layers)
                 return op_error(err, -ENOMEM, "out of memory");
@@ -1175,13 +1185,19 @@ static int finish(ReshapeOp *op, OpError *err) {
         r = journal_finish_modified(op->store, &op->intent);
         if (r < 0)
                 log_warning_errno(r, "Cannot finish the records of %s; the next start does", op->op);
-        else {
-                for (size_t k = 0; k < op->intent.n_drop; k++)
-                        (void) store_delete_layer(op->store, op->intent.drop_layers[k]);
-                (void) journal_end(op->store, &op->intent);
-        }
+        else
+                op->cleanup = true; /* reshape_free(), once the job has said it is done */
         log_op(LOG_INFO, op->op, op->vm, op->disk, NULL, "%s of disk '%s' of VM '%s' done", op->op, op->disk, op->vm);
         return 0;
+}
+
+/* After the commit point and after the caller has been told: the layers that left the chain go. The
+ * journal entry stays until then, so recovery repeats this if we die meanwhile. */
+static void reshape_cleanup(ReshapeOp *op) {
+        for (size_t k = 0; k < op->intent.n_drop; k++)
+                (void) store_delete_layer(op->store, op->intent.drop_layers[k]);
+        (void) journal_end(op->store, &op->intent);
+        op->cleanup = false;
 }
 
 int reshape_step(ReshapeOp *op, OpError *err) {
