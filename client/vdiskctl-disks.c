@@ -55,6 +55,10 @@ int verb_create_disk(int argc, char *argv[]) {
                 r = sd_bus_message_append(m, "{sv}", "mode", "s", arg_mode);
         if (r >= 0 && arg_format)
                 r = sd_bus_message_append(m, "{sv}", "format", "s", arg_format);
+        if (r >= 0 && arg_data_file)
+                r = sd_bus_message_append(m, "{sv}", "data_file", "b", 1);
+        if (r >= 0 && arg_data_file_raw)
+                r = sd_bus_message_append(m, "{sv}", "data_file_raw", "b", 1);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r < 0)

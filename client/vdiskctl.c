@@ -42,6 +42,8 @@ static const struct {
         { OPTION_MOVE, "--move" },
         { OPTION_READ_ONLY, "--read-only" },
         { OPTION_PRINT, "--print" },
+        { OPTION_DATA_FILE, "--data-file" },
+        { OPTION_DATA_FILE_RAW, "--data-file-raw" },
 };
 
 static bool arg_help = false;
@@ -59,6 +61,8 @@ const char *arg_mode = NULL;
 const char *arg_format = NULL;
 bool arg_unsafe = false;
 bool arg_move = false;
+bool arg_data_file = false;
+bool arg_data_file_raw = false;
 bool arg_read_only = false;
 bool arg_print = false;
 
@@ -129,6 +133,8 @@ static const VerbOption options_create_disk[] = {
         { OPTION_SIZE, "--size=SIZE", N_("Virtual size: required for a blank disk; with --image, at least the image's size") },
         { OPTION_MODE, "--mode=MODE", N_("With --image: overlay (the default; a qcow2 overlay on the image) or copy") },
         { OPTION_FORMAT, "--format=FORMAT", N_("Format of a blank disk: qcow2 (the default) or raw") },
+        { OPTION_DATA_FILE, "--data-file", N_("Keep the guest data of the new qcow2 layer in a separate raw data file") },
+        { OPTION_DATA_FILE_RAW, "--data-file-raw", N_("With --data-file, for a blank disk: the data file alone is a valid raw image") },
         {}
 };
 
@@ -431,6 +437,8 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 ARG_MOVE,
                 ARG_READ_ONLY,
                 ARG_PRINT,
+                ARG_DATA_FILE,
+                ARG_DATA_FILE_RAW,
         };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
@@ -449,6 +457,8 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 { "move", no_argument, NULL, ARG_MOVE },
                 { "read-only", no_argument, NULL, ARG_READ_ONLY },
                 { "print", no_argument, NULL, ARG_PRINT },
+                { "data-file", no_argument, NULL, ARG_DATA_FILE },
+                { "data-file-raw", no_argument, NULL, ARG_DATA_FILE_RAW },
                 {}
         };
         const Verb *verb;
@@ -555,6 +565,16 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 case ARG_MOVE:
                         arg_seen |= OPTION_MOVE;
                         arg_move = true;
+                        break;
+
+                case ARG_DATA_FILE:
+                        arg_seen |= OPTION_DATA_FILE;
+                        arg_data_file = true;
+                        break;
+
+                case ARG_DATA_FILE_RAW:
+                        arg_seen |= OPTION_DATA_FILE_RAW;
+                        arg_data_file_raw = true;
                         break;
 
                 case ARG_READ_ONLY:

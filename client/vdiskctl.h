@@ -28,6 +28,8 @@ typedef enum OptionFlag {
         OPTION_MOVE = 1 << 11,
         OPTION_READ_ONLY = 1 << 12,
         OPTION_PRINT = 1 << 13,
+        OPTION_DATA_FILE = 1 << 14,
+        OPTION_DATA_FILE_RAW = 1 << 15,
 } OptionFlag;
 
 /* Accepted by every command; commands that print nothing ignore them. */
@@ -48,6 +50,8 @@ extern bool arg_unsafe;
 extern bool arg_move;
 extern bool arg_read_only;
 extern bool arg_print;
+extern bool arg_data_file;
+extern bool arg_data_file_raw;
 
 /* vdiskctl-util.c */
 void log_usage(const char *verb, const char *format, ...) _printf_(2, 3);

@@ -124,6 +124,18 @@ def test_create_and_open(env):
     check_eq(info["format-specific"]["data"].get("data-file-raw"), True, "data_file_raw sets the raw flag")
     all_clean(env, "a", "new data-file disks")
 
+    # The same through vdiskctl.
+    p = subprocess.run([VDISKCTL, "create-disk", "vm", "cli", "--size=16M", "--data-file"], capture_output=True, text=True,
+                       env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=env.address))
+    check_eq(p.returncode, 0, f"vdiskctl create-disk --data-file ({p.stderr.strip()})")
+    cl = str(chain(env, "cli")[0][0])
+    check(os.path.exists(os.path.join(images(env), f"{cl}.data")), "vdiskctl create-disk --data-file: the data file exists")
+    p = subprocess.run([VDISKCTL, "create-disk", "vm", "cli2", "--image=base", "--data-file", "--data-file-raw"],
+                       capture_output=True, text=True, env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=env.address))
+    check_eq(p.returncode, 3, "vdiskctl: a raw data file on an overlay is refused by the daemon (exit 3)")
+    env.call("DeleteDisk", "vm", "cli")
+    check(not any(n.startswith(cl) for n in os.listdir(images(env))), "DeleteDisk removes the image and its data file")
+
     # OpenDisk: image, then its data file, both in the parent's mode; read_only makes both read-only.
     for ro in (False, True):
         lease, blockdev, fds = env.call("OpenDisk", "vm", "a", opts(read_only=ro) if ro else opts())
