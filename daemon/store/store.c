@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <search.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -994,10 +995,57 @@ static int replay_journal(Store *s) {
         return r < 0 ? r : 0;
 }
 
+/* A set of strings for the sweep (glibc's hsearch_r): linear in the store's size, not quadratic. The
+ * strings are not copied; they must outlive the set. */
+typedef struct StringSet {
+        struct hsearch_data table;
+        bool ok;
+} StringSet;
+
+static int string_set_init(StringSet *set, size_t n) {
+        *set = (StringSet) {};
+        if (hcreate_r(n * 2 + 64, &set->table) == 0)
+                return -ENOMEM;
+        set->ok = true;
+        return 0;
+}
+
+static int string_set_add(StringSet *set, const char *s) {
+        ENTRY e = { .key = (char *) s }, *found;
+        return hsearch_r(e, ENTER, &found, &set->table) ? 0 : -ENOMEM;
+}
+
+static bool string_set_contains(StringSet *set, const char *s) {
+        ENTRY e = { .key = (char *) s }, *found;
+        return hsearch_r(e, FIND, &found, &set->table) != 0;
+}
+
+static void string_set_done(StringSet *set) {
+        if (set->ok)
+                hdestroy_r(&set->table);
+        set->ok = false;
+}
+
 static int sweep_orphans(Store *s) {
+        StringSet used = {}, files = {};
+        size_t n_chain = 0;
         DIR *d;
         struct dirent *de;
         int r;
+
+        /* Every layer id that some disk's chain names. */
+        for (size_t i = 0; i < s->n_vms; i++)
+                for (size_t k = 0; k < s->vms[i]->n_disks; k++)
+                        n_chain += s->vms[i]->disks[k].n_chain;
+        r = string_set_init(&used, n_chain);
+        for (size_t i = 0; r >= 0 && i < s->n_vms; i++)
+                for (size_t k = 0; r >= 0 && k < s->vms[i]->n_disks; k++)
+                        for (size_t c = 0; r >= 0 && c < s->vms[i]->disks[k].n_chain; c++)
+                                r = string_set_add(&used, s->vms[i]->disks[k].chain[c]);
+        if (r < 0) {
+                string_set_done(&used);
+                return r;
+        }
 
         /* Layers that no operation finished, and private layers no disk uses. */
         for (size_t i = 0; i < s->n_layers;) {
@@ -1009,32 +1057,37 @@ static int sweep_orphans(Store *s) {
                         l->state = LAYER_READY;
                         (void) store_save_layer(s, l);
                 }
-                if (l->state != LAYER_READY || (l->vm && store_count_users(s, l->id) == 0)) {
+                if (l->state != LAYER_READY || (l->vm && !string_set_contains(&used, l->id))) {
                         log_warning("Removing orphaned layer %s (%s)", l->id, layer_state_to_string(l->state));
                         (void) store_delete_layer(s, l->id);
                         continue;
                 }
                 i++;
         }
+        string_set_done(&used);
 
         /* Files no record accounts for, and temporaries of interrupted writes. */
-        r = opendir_fd(s->images_fd, &d);
-        if (r < 0)
+        r = string_set_init(&files, 2 * s->n_layers);
+        for (size_t i = 0; r >= 0 && i < s->n_layers; i++) {
+                r = string_set_add(&files, s->layers[i]->file);
+                if (r >= 0 && s->layers[i]->data_file)
+                        r = string_set_add(&files, s->layers[i]->data_file);
+        }
+        if (r >= 0)
+                r = opendir_fd(s->images_fd, &d);
+        if (r < 0) {
+                string_set_done(&files);
                 return r;
+        }
         while ((de = readdir(d))) {
-                bool known = false;
-
-                if (streq(de->d_name, ".") || streq(de->d_name, ".."))
-                        continue;
-                for (size_t i = 0; i < s->n_layers && !known; i++)
-                        known = streq(s->layers[i]->file, de->d_name) || streq_ptr(s->layers[i]->data_file, de->d_name);
-                if (known)
+                if (streq(de->d_name, ".") || streq(de->d_name, "..") || string_set_contains(&files, de->d_name))
                         continue;
                 log_warning("Removing orphaned file images/%s", de->d_name);
                 if (unlinkat(s->images_fd, de->d_name, 0) < 0)
                         log_warning_errno(errno, "Failed to remove images/%s", de->d_name);
         }
         closedir(d);
+        string_set_done(&files);
         return fsync_directory(s->images_fd);
 }
 
