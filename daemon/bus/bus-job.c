@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * org.vdisk1.Job: a long operation, stepped from the event loop at idle priority so that bus calls
- * keep being served; progress on properties; Finished when done; the object stays for
- * JOB_LINGER_USEC afterwards, then JobRemoved is emitted on the Manager.
+ * org.vdisk1.Job: a long operation, stepped from the event loop at the bus's priority, taking turns
+ * with bus calls, so that neither starves the other; progress on properties; Finished when done; the
+ * object stays for JOB_LINGER_USEC afterwards, then JobRemoved is emitted on the Manager.
  */
 
 #include <stdio.h>
@@ -348,7 +348,9 @@ int job_start(Manager *m, const char *operation, const char *vm, const char *dis
 
         r = sd_event_add_defer(m->event, &j->step_source, job_step_cb, j);
         if (r >= 0)
-                r = sd_event_source_set_priority(j->step_source, SD_EVENT_PRIORITY_IDLE);
+                /* The bus's priority: steps and calls take turns, so that a flood of calls (Inspect is open to
+                 * anyone) cannot stall jobs, nor a job the calls. */
+                r = sd_event_source_set_priority(j->step_source, SD_EVENT_PRIORITY_NORMAL);
         if (r >= 0)
                 r = sd_event_source_set_enabled(j->step_source, SD_EVENT_ON);
         if (r < 0) {

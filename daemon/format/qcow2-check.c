@@ -197,6 +197,10 @@ static int load_refcounts(Walk *w) {
                 }
                 if (!mark(w, off, h->cluster_size, USE_META, "refcount block"))
                         continue;
+                if (off > h->file_size || h->cluster_size > h->file_size - off) {
+                        problem(w, QCOW2_PROBLEM_OUTSIDE_FILE, off, "refcount block %" PRIu64 " extends past the end of the file", i);
+                        continue;
+                }
                 r = format_pread_full(w->fd, w->table, h->cluster_size, off);
                 if (r < 0)
                         return format_error(w->err, r, "cannot read refcount block %" PRIu64, i);
@@ -235,6 +239,12 @@ static int walk_l2(Walk *w, uint64_t l2_offset, uint64_t l1_index, bool active) 
                 return format_error(w->err, -E2BIG, "the metadata walk read more than %" PRIu64 " L2 tables", w->max_l2_reads);
         w->res->l2_tables_read++;
 
+        /* The file's last cluster may be cut short: a table there is damaged, not an I/O error. */
+        if (l2_offset > h->file_size || h->cluster_size > h->file_size - l2_offset) {
+                problem(w, QCOW2_PROBLEM_OUTSIDE_FILE, l2_offset, "L2 table at 0x%" PRIx64 " extends past the end of the file",
+                        l2_offset);
+                return 0;
+        }
         r = format_pread_full(w->fd, w->table, h->cluster_size, l2_offset);
         if (r < 0)
                 return format_error(w->err, r, "cannot read the L2 table at 0x%" PRIx64, l2_offset);

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -89,6 +90,34 @@ int undo_sync(UndoLog *u, FormatError *err) {
         return 0;
 }
 
+static bool all_zero(const uint8_t *p, size_t n) {
+        return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
+/* Puts the old bytes back, a page at a time: a page that already holds them is left alone, and old
+ * zeros (often a hole the change filled) become a hole again. Writing either would need blocks that a
+ * full file system, the usual reason for rolling back, may not have: a page of old data was
+ * allocated before the change, the others need nothing. */
+static int restore_region(int fd, const uint8_t *old, size_t length, uint64_t offset) {
+        uint8_t now[4096];
+
+        for (size_t done = 0; done < length;) {
+                size_t n = MIN(sizeof(now) - (size_t) ((offset + done) % sizeof(now)), length - done);
+                int r = format_pread_full(fd, now, n, offset + done);
+
+                if (r < 0 || memcmp(now, old + done, n) != 0) {
+                        if (!all_zero(old + done, n) ||
+                            fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) (offset + done), (off_t) n) < 0) {
+                                r = format_pwrite_full(fd, old + done, n, offset + done);
+                                if (r < 0)
+                                        return r;
+                        }
+                }
+                done += n;
+        }
+        return 0;
+}
+
 typedef struct Entry {
         uint64_t pos, offset, length;
 } Entry;
@@ -139,6 +168,11 @@ int undo_apply(int log_fd, int target_fd, FormatError *err) {
                 pos += UNDO_ENTRY_HEADER_SIZE + length;
         }
 
+        /* Truncate first: it frees what the change appended, so that restoring the old bytes finds room
+         * even on a full file system. Repeating all of this after a crash gives the same result. */
+        if (ftruncate(target_fd, (off_t) original_size) < 0)
+                return format_error(err, negative_errno(), "cannot restore the image's length");
+
         for (size_t i = n; i-- > 0;) {
                 free(buf);
                 buf = malloc(entries[i].length);
@@ -146,12 +180,10 @@ int undo_apply(int log_fd, int target_fd, FormatError *err) {
                         return format_error(err, -ENOMEM, "out of memory");
                 r = format_pread_full(log_fd, buf, entries[i].length, entries[i].pos);
                 if (r >= 0)
-                        r = format_pwrite_full(target_fd, buf, entries[i].length, entries[i].offset);
+                        r = restore_region(target_fd, buf, entries[i].length, entries[i].offset);
                 if (r < 0)
                         return format_error(err, r, "cannot restore the image from its undo log");
         }
-        if (ftruncate(target_fd, (off_t) original_size) < 0)
-                return format_error(err, negative_errno(), "cannot restore the image's length");
         if (fsync(target_fd) < 0)
                 return format_error(err, negative_errno(), "cannot flush the restored image");
         return 0;
