@@ -4,6 +4,7 @@ on a temporary store. Never touches the host's system bus; stops only the proces
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -116,11 +117,14 @@ class Env:
     def start(self, env=None, expect_ready=True):
         e = dict(os.environ)
         e.update(env or {})
-        self.daemon = subprocess.Popen([self.vdiskd, "--store", self.store, "--config", self.config],
+        # VDISK_TEST_WRAPPER: a command that runs vdiskd, e.g. valgrind (tests/VALGRIND.md); its start
+        # takes longer, hence the longer wait for the bus name.
+        wrapper = shlex.split(os.environ.get("VDISK_TEST_WRAPPER", ""))
+        self.daemon = subprocess.Popen(wrapper + [self.vdiskd, "--store", self.store, "--config", self.config],
                                        env=e, stdout=subprocess.DEVNULL, stderr=open(self.log, "a"))
         if not expect_ready:
             return self.daemon
-        for _ in range(200):
+        for _ in range(200 * (20 if wrapper else 1)):
             if self.bus.name_has_owner(BUS_NAME):
                 return self.daemon
             if self.daemon.poll() is not None:
