@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * org.vdisk1.Job: a long operation, stepped from the event loop at the bus's priority, taking turns
- * with bus calls, so that neither starves the other; progress on properties; Finished when done; the
- * object stays for JOB_LINGER_USEC afterwards, then JobRemoved is emitted on the Manager.
+ * org.vdisk1.Job: a long operation, stepped from the event loop at idle priority so that bus calls
+ * come first, and at least every JOB_TURN_USEC even while calls keep arriving, so that a flood of
+ * calls cannot stall it; progress on properties; Finished when done; the object stays for
+ * JOB_LINGER_USEC afterwards, then JobRemoved is emitted on the Manager.
  */
 
 #include <stdio.h>
@@ -50,11 +51,15 @@ struct Job {
         sd_event_source *step_source;
         sd_event_source *linger_source;
         sd_event_source *delay_source;
+        sd_event_source *turn_source;
+        uint64_t last_step;
         uint64_t last_emit;
 };
 
 /* Tests only: a pause between steps (VDISKD_TEST_STEP_DELAY_MS), so that a job can be watched,
  * cancelled or killed midway on small images. */
+#define JOB_TURN_USEC (UINT64_C(100) * 1000)
+
 static uint64_t step_delay_usec(void) {
         static int64_t cached = -1;
         if (cached < 0) {
@@ -103,6 +108,7 @@ static Job *job_free(Job *j) {
         sd_event_source_disable_unref(j->step_source);
         sd_event_source_disable_unref(j->linger_source);
         sd_event_source_disable_unref(j->delay_source);
+        sd_event_source_disable_unref(j->turn_source);
         sd_bus_slot_unref(j->slot);
         free(j->operation);
         free(j->vm);
@@ -158,6 +164,7 @@ static void job_finish(Job *j, JobState state, int r, const OpError *err) {
         }
         j->step_source = sd_event_source_disable_unref(j->step_source);
         j->delay_source = sd_event_source_disable_unref(j->delay_source);
+        j->turn_source = sd_event_source_disable_unref(j->turn_source);
 
         log_op(state == JOB_DONE ? LOG_INFO : LOG_WARNING, j->operation, j->vm, j->disk, NULL, "Job %s %s%s%s", j->path,
                job_state_table[state], j->error_message ? ": " : "", j->error_message ?: "");
@@ -173,11 +180,11 @@ static void job_finish(Job *j, JobState state, int r, const OpError *err) {
                                           job_linger_cb, j);
 }
 
-static int job_step_cb(sd_event_source *s, void *userdata) {
-        Job *j = userdata;
+static void job_run_step(Job *j) {
         OpError err = {};
         int r;
 
+        (void) sd_event_now(j->manager->event, CLOCK_MONOTONIC, &j->last_step);
         r = j->ops->step(j->op, &err);
         j->bytes_done = j->ops->bytes_done(j->op);
         j->bytes_total = j->ops->bytes_total(j->op);
@@ -187,11 +194,29 @@ static int job_step_cb(sd_event_source *s, void *userdata) {
                     sd_event_add_time_relative(j->manager->event, &j->delay_source, CLOCK_MONOTONIC, step_delay_usec(), 0,
                                                job_delay_cb, j) >= 0)
                         (void) sd_event_source_set_enabled(j->step_source, SD_EVENT_OFF);
-                return 0;
+                return;
         }
         if (r < 0 && j->ops->abort)
                 j->ops->abort(j->op);
         job_finish(j, r < 0 ? JOB_FAILED : JOB_DONE, r, &err);
+}
+
+static int job_step_cb(sd_event_source *s, void *userdata) {
+        job_run_step(userdata);
+        return 0;
+}
+
+/* At the bus's priority: a step when none has run for a turn, because the idle step source does not
+ * get its turn while calls keep coming. */
+static int job_turn_cb(sd_event_source *s, uint64_t usec, void *userdata) {
+        Job *j = userdata;
+
+        if (!j->delay_source && j->step_source && usec - MIN(usec, j->last_step) >= JOB_TURN_USEC)
+                job_run_step(j);
+        if (j->turn_source) { /* gone if that step finished the job */
+                (void) sd_event_source_set_time_relative(j->turn_source, JOB_TURN_USEC);
+                (void) sd_event_source_set_enabled(j->turn_source, SD_EVENT_ONESHOT);
+        }
         return 0;
 }
 
@@ -348,11 +373,12 @@ int job_start(Manager *m, const char *operation, const char *vm, const char *dis
 
         r = sd_event_add_defer(m->event, &j->step_source, job_step_cb, j);
         if (r >= 0)
-                /* The bus's priority: steps and calls take turns, so that a flood of calls (Inspect is open to
-                 * anyone) cannot stall jobs, nor a job the calls. */
-                r = sd_event_source_set_priority(j->step_source, SD_EVENT_PRIORITY_NORMAL);
+                r = sd_event_source_set_priority(j->step_source, SD_EVENT_PRIORITY_IDLE);
         if (r >= 0)
                 r = sd_event_source_set_enabled(j->step_source, SD_EVENT_ON);
+        /* Inspect is open to anyone: a flood of it must not stall the jobs of others. */
+        if (r >= 0)
+                r = sd_event_add_time_relative(m->event, &j->turn_source, CLOCK_MONOTONIC, JOB_TURN_USEC, 0, job_turn_cb, j);
         if (r < 0) {
                 job_free(j);
                 return r;
