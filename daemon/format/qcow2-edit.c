@@ -512,7 +512,7 @@ static int build_header(Qcow2Edit *e, uint8_t **ret, size_t *ret_len, FormatErro
         return 0;
 }
 
-int qcow2_edit_flush(Qcow2Edit *e, FormatError *err) {
+static int edit_write(Qcow2Edit *e, bool durable, FormatError *err) {
         _cleanup_free_ uint8_t *header = NULL;
         size_t header_len = 0;
         struct stat st;
@@ -583,7 +583,7 @@ int qcow2_edit_flush(Qcow2Edit *e, FormatError *err) {
                 return format_error(err, negative_errno(), "cannot stat the image");
         if ((uint64_t) st.st_size < e->next && ftruncate(e->fd, (off_t) e->next) < 0)
                 return format_error(err, negative_errno(), "cannot extend the image");
-        if (fdatasync(e->fd) < 0)
+        if (durable && fdatasync(e->fd) < 0)
                 return format_error(err, negative_errno(), "cannot flush the image");
 
         for (uint64_t i = 0; i < e->n_l2; i++)
@@ -598,6 +598,14 @@ int qcow2_edit_flush(Qcow2Edit *e, FormatError *err) {
         free(e->backing_header);
         e->backing_header = NULL;
         return 0;
+}
+
+int qcow2_edit_flush(Qcow2Edit *e, FormatError *err) {
+        return edit_write(e, true, err);
+}
+
+int qcow2_edit_write_tables(Qcow2Edit *e, FormatError *err) {
+        return edit_write(e, false, err);
 }
 
 /* ---- open ---- */

@@ -52,6 +52,10 @@ int qcow2_edit_set_backing(Qcow2Edit *e, const char *backing_file, const char *b
 
 /* Writes every pending table change (undo log first) and flushes the image. */
 int qcow2_edit_flush(Qcow2Edit *e, FormatError *err);
+/* The same without the final flush: the tables are written, their durability is left to a later
+ * qcow2_edit_flush(). Safe while the undo log can roll the image back (it is flushed before any
+ * byte is overwritten in place); a crash in between is rolled back, not repaired. */
+int qcow2_edit_write_tables(Qcow2Edit *e, FormatError *err);
 
 /* Bytes written to the image by flushes so far (metadata only; data is written by the caller). */
 uint64_t qcow2_edit_metadata_bytes(const Qcow2Edit *e);
