@@ -61,7 +61,8 @@ static const char *hint_for_error_name(const char *name) {
                 const char *hint;
         } hints[] = {
                 { "org.vdisk1.Error.NotFound",
-                  N_("Check the names with 'vdiskctl list-vms', 'vdiskctl list-images' or 'vdiskctl chain VM DISK'.") },
+                  N_("Check the names with 'vdiskctl list-vms', 'vdiskctl list-disks VM', 'vdiskctl list-images' or "
+                     "'vdiskctl chain VM DISK'.") },
                 { "org.vdisk1.Error.AlreadyExists",
                   N_("Choose another name, or delete the existing object first.") },
                 { "org.vdisk1.Error.InUse",

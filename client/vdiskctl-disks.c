@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,71 @@
 
 /* An XML <disk> element is a few KiB; anything far beyond that is the wrong file. */
 #define ADOPT_XML_MAX (UINT64_C(4) * UINT64_C(1024) * UINT64_C(1024))
+
+int verb_list_disks(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_json_ json_object *array = NULL;
+        _cleanup_table_ Table *t = NULL;
+        const char *name, *layer, *format;
+        uint64_t size;
+        uint32_t depth;
+        int r;
+
+        r = bus_connect(&bus);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_call_method(bus, VDISK_BUS_NAME, VDISK_MANAGER_PATH, VDISK_MANAGER_INTERFACE, "ListDisks",
+                               &error, &reply, "s", argv[1]);
+        if (r < 0)
+                return log_call_error(&error, r, _("Failed to list the disks of VM '%s'"), argv[1]);
+
+        array = json_object_new_array();
+        t = table_new(_("DISK"), _("TOP LAYER"), _("FORMAT"), _("LAYERS"), _("SIZE"), NULL);
+        if (!array || !t)
+                return log_oom();
+        table_set_align_right(t, 3);
+        table_set_align_right(t, 4);
+
+        r = sd_bus_message_enter_container(reply, 'a', "(sssut)");
+        if (r < 0)
+                return log_bus_parse_error(r);
+
+        while ((r = sd_bus_message_read(reply, "(sssut)", &name, &layer, &format, &depth, &size)) > 0) {
+                char a[FORMAT_BYTES_MAX];
+                json_object *o = json_object_new_object();
+
+                if (!o ||
+                    json_add_string(o, "name", name) < 0 ||
+                    json_add_string(o, "top_layer", layer) < 0 ||
+                    json_add_string(o, "format", format) < 0 ||
+                    json_add_uint64(o, "depth", depth) < 0 ||
+                    json_add_uint64(o, "virtual_size", size) < 0) {
+                        json_object_put(o);
+                        return log_oom();
+                }
+                if (json_array_append(array, o) < 0 ||
+                    table_add_cell(t, name) < 0 ||
+                    table_add_cell(t, layer) < 0 ||
+                    table_add_cell(t, format) < 0 ||
+                    table_add_cellf(t, "%" PRIu32, depth) < 0 ||
+                    table_add_cell(t, format_bytes(a, sizeof(a), size)) < 0)
+                        return log_oom();
+        }
+        if (r < 0)
+                return log_bus_parse_error(r);
+
+        if (arg_json != JSON_OFF)
+                return show_json(array);
+
+        r = show_table(t);
+        if (r < 0)
+                return r;
+        print_footer(ngettext("%zu disk listed.", "%zu disks listed.", table_get_rows(t)), table_get_rows(t));
+        return EXIT_OK;
+}
 
 int verb_create_disk(int argc, char *argv[]) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;

@@ -200,6 +200,12 @@ static const Verb verbs[] = {
           N_("Deletes VM NAME and the private layers of its disks. vdiskd refuses while one of its disks is\n"
              "in use."),
           options_none, verb_delete_vm },
+        { "list-disks", "VM", 1, 1, SECTION_DISKS,
+          N_("List the disks of a virtual machine"),
+          N_("Shows every disk of VM VM, sorted by name: the layer id and format of its active (top) layer,\n"
+             "the number of layers of its chain and its virtual size. 'vdiskctl chain VM DISK' shows the\n"
+             "layers themselves."),
+          options_table, verb_list_disks },
         { "create-disk", "VM DISK", 2, 2, SECTION_DISKS,
           N_("Create a disk of a virtual machine"),
           N_("Creates disk DISK of VM VM: with --image, a qcow2 overlay on that catalog image (or a copy of\n"

@@ -82,6 +82,7 @@ int verb_create_vm(int argc, char *argv[]);
 int verb_delete_vm(int argc, char *argv[]);
 
 /* vdiskctl-disks.c */
+int verb_list_disks(int argc, char *argv[]);
 int verb_create_disk(int argc, char *argv[]);
 int verb_delete_disk(int argc, char *argv[]);
 int verb_chain(int argc, char *argv[]);

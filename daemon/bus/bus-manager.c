@@ -282,6 +282,34 @@ static int method_delete_disk(sd_bus_message *msg, void *userdata, sd_bus_error 
         return sd_bus_reply_method_return(msg, NULL);
 }
 
+static int list_disks_add(const char *disk, const Layer *top, uint32_t depth, void *userdata) {
+        return sd_bus_message_append(userdata, "(sssut)", disk, top->id, image_format_to_string(top->format), depth,
+                                     top->virtual_size);
+}
+
+static int method_list_disks(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = userdata;
+        const char *vm;
+        OpError err = {};
+        Caller c;
+        int r;
+
+        CHECK(sd_bus_message_read(msg, "s", &vm));
+        CHECK(bus_check_name("VM", vm, error));
+        CHECK(auth_caller(m, msg, &c, error));
+        /* Exactly GetChain's rule and answers: a VM the caller may not see is denied whether it exists or not. */
+        CHECK(auth_require_vm(m, &c, vm, error));
+
+        CHECK(sd_bus_message_new_method_return(msg, &reply));
+        CHECK(sd_bus_message_open_container(reply, 'a', "(sssut)"));
+        r = op_list_disks(m->store, vm, list_disks_add, reply, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
+        CHECK(sd_bus_message_close_container(reply));
+        return sd_bus_send(NULL, reply, NULL);
+}
+
 static int method_get_chain(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         Manager *m = userdata;
@@ -593,6 +621,7 @@ static const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_NO_RESULT,
                                 method_create_disk, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DeleteDisk", SD_BUS_ARGS("s", vm, "s", disk), SD_BUS_NO_RESULT, method_delete_disk, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListDisks", SD_BUS_ARGS("s", vm), SD_BUS_RESULT("a(sssut)", disks), method_list_disks, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("GetChain",
                                 SD_BUS_ARGS("s", vm, "s", disk),
                                 SD_BUS_RESULT("a(ssssttb)", layers),

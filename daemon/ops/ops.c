@@ -40,6 +40,44 @@ int op_find_disk(Store *s, const char *vm, const char *disk, Vm **ret_vm, Disk *
         return 0;
 }
 
+static int disk_compare_by_name(const void *a, const void *b) {
+        const Disk *const *x = a, *const *y = b;
+
+        return strcmp((*x)->name, (*y)->name);
+}
+
+int op_list_disks(Store *s, const char *vm, DiskListFunc cb, void *userdata, OpError *err) {
+        _cleanup_free_ const Disk **sorted = NULL;
+        Vm *v = store_find_vm(s, vm);
+        int r;
+
+        if (!v)
+                return op_error(err, -ENOENT, "no VM '%s'", vm);
+        if (v->n_disks == 0)
+                return 0;
+
+        /* The record keeps disks in creation order; callers (completion, tables) want them by name. */
+        sorted = reallocarray(NULL, v->n_disks, sizeof(Disk *));
+        if (!sorted)
+                return op_error(err, -ENOMEM, "out of memory");
+        for (size_t i = 0; i < v->n_disks; i++)
+                sorted[i] = &v->disks[i];
+        qsort(sorted, v->n_disks, sizeof(Disk *), disk_compare_by_name);
+
+        for (size_t i = 0; i < v->n_disks; i++) {
+                const Disk *d = sorted[i];
+                const Layer *top = d->n_chain > 0 ? store_find_layer(s, d->chain[0]) : NULL;
+
+                if (!top)
+                        return op_error(err, -EBADMSG, "the record of the top layer of disk '%s' is missing", d->name);
+                /* Chains are capped by MaxChainDepth, a u32. */
+                r = cb(d->name, top, (uint32_t) MIN(d->n_chain, (size_t) UINT32_MAX), userdata);
+                if (r < 0)
+                        return op_error(err, r, "out of memory");
+        }
+        return 0;
+}
+
 static int check_size(const Limits *lim, uint64_t size, OpError *err) {
         if (size == 0)
                 return op_error(err, -EINVAL, "size must not be 0");

@@ -56,6 +56,11 @@ int op_snapshot(Store *s, const Limits *lim, const char *vm, const char *disk, c
 /* The disk `disk` of VM `vm`, or -ENOENT naming which is missing. */
 int op_find_disk(Store *s, const char *vm, const char *disk, Vm **ret_vm, Disk **ret_disk, OpError *err);
 
+typedef int (*DiskListFunc)(const char *disk, const Layer *top, uint32_t depth, void *userdata);
+/* Calls `cb` for every disk of `vm`, sorted by name, with its top layer and the number of layers of its
+ * chain. Reads records only. -ENOENT if there is no such VM. */
+int op_list_disks(Store *s, const char *vm, DiskListFunc cb, void *userdata, OpError *err);
+
 typedef int (*VerifyProblemFunc)(const char *disk, const char *layer, const char *text, void *userdata);
 /* Compares every layer (or only the top layer) of every disk of `vm` (or of `only_disk`) with its record.
  * `top_fd`: the top layer already opened through store_open_layer(), or -EBADF. */

@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The bash completion of vdiskctl (shell-completion/bash/vdiskctl), sourced into bash with a fake vdiskctl
 on PATH that prints canned 'vdiskctl --json=short ...' answers: commands and their options (exactly those
-of the real vdiskctl's --help and 'help COMMAND'), option values, VM and image names, layer ids for
-rebase and commit, job ids and paths, files, the hypervisor's command after 'open ... --'. And silence:
+of the real vdiskctl's --help and 'help COMMAND'), option values, VM and image names, the disk names of
+the VM on the command line (list-disks VM), layer ids for rebase and commit, job ids and paths, files,
+the hypervisor's command after 'open ... --'. And silence:
 when the fake vdiskctl fails, hangs or is missing, the daemon-backed completions are empty and nothing
 reaches stderr.
 
@@ -33,6 +34,9 @@ CHAIN = ('[{"layer":"cccc0003","file":"images/cccc0003.qcow2","format":"qcow2","
          '"virtual_size":1073741824,"allocated":196608,"catalog":false},'
          '{"layer":"aaaa0001","file":"images/aaaa0001.qcow2","format":"qcow2","backing_format":"",'
          '"virtual_size":1073741824,"allocated":200704,"catalog":true}]')
+DISKS = ('[{"name":"data","top_layer":"eeee0005","format":"raw","depth":1,"virtual_size":1048576},'
+         '{"name":"root","top_layer":"cccc0003","format":"qcow2","depth":3,"virtual_size":1073741824},'
+         '{"name":"rootfs","top_layer":"ffff0006","format":"qcow2","depth":1,"virtual_size":1073741824}]')
 JOBS = ('[{"job":"/org/vdisk1/job/7","id":"7","operation":"rebase","vm":"web","disk":"root","state":"running",'
         '"progress":0.5},{"job":"/org/vdisk1/job/12","id":"12","operation":"import","vm":"","disk":"",'
         '"state":"done","progress":1}]')
@@ -48,6 +52,9 @@ case "$*" in
 "--json=short list-vms") echo '{VMS}' ;;
 "--json=short list-images") echo '{IMAGES}' ;;
 "--json=short chain web root") echo '{CHAIN}' ;;
+"--json=short list-disks web") echo '{DISKS}' ;;
+"--json=short list-disks db") echo '[]' ;;
+"--json=short list-disks web2") echo "Failed to list the disks of VM 'web2': Access denied" >&2; exit 3 ;;
 "--json=short jobs") echo '{JOBS}' ;;
 *) echo "unexpected: $*" >&2; exit 2 ;;
 esac
@@ -166,8 +173,26 @@ check_eq(complete("vdiskctl", "commit", "web", "root", ""), ["cccc0003", "dddd00
 check_eq(complete("vdiskctl", "cancel", ""), ["7", "12"], "cancel JOB: job ids")
 check_eq(complete("vdiskctl", "cancel", "1"), ["12"], "cancel JOB: prefix")
 check_eq(complete("vdiskctl", "cancel", "/"), ["/org/vdisk1/job/7", "/org/vdisk1/job/12"], "cancel JOB: object paths")
-# No bus call lists a VM's disks.
-check_eq(complete("vdiskctl", "chain", "web", ""), [], "chain DISK: not completed")
+# DISK: the disks of the VM on the command line, from 'vdiskctl --json=short list-disks VM'.
+open(log, "w").close()
+for verb in ("delete-disk", "chain", "snapshot", "rebase", "commit", "xml", "open"):
+    check_eq(complete("vdiskctl", verb, "web", ""), ["data", "root", "rootfs"],
+             f"{verb} VM DISK: the disks of list-disks VM")
+calls = open(log).read().splitlines()
+check(calls and all(c == "--json=short list-disks web" for c in calls),
+      f"disks come from 'vdiskctl --json=short list-disks VM' with the VM of the command line ({calls})")
+check_eq(complete("vdiskctl", "chain", "web", "ro"), ["root", "rootfs"], "chain DISK: prefix 'ro'")
+check_eq(complete("vdiskctl", "--json", "chain", "--no-legend", "web", "d"), ["data"],
+         "chain DISK after options before and after the command")
+check_eq(complete("vdiskctl", "open", "--read-only", "web", "r"), ["root", "rootfs"], "open DISK after an option")
+check_eq(complete("vdiskctl", "chain", "db", ""), [], "chain DISK of a VM without disks: nothing")
+check_eq(complete("vdiskctl", "chain", "web2", ""), [], "chain DISK of a VM the caller may not see: nothing")
+check_eq(complete("vdiskctl", "chain", "web", "root", ""), [], "chain: nothing after DISK")
+check_eq(complete("vdiskctl", "list-disks", "w"), ["web", "web2"], "list-disks VM: the VMs of list-vms")
+check_eq(complete("vdiskctl", "list-disks", "web", ""), [], "list-disks: nothing after VM")
+open(log, "w").close()
+check_eq(complete("vdiskctl", "create-disk", "web", ""), [], "create-disk: the new DISK is not completed")
+check_eq(open(log).read(), "", "create-disk DISK: vdiskd is not asked")
 check_eq(complete("vdiskctl", "status", ""), [], "status takes no arguments")
 
 # ---- files and the hypervisor's command ----
@@ -198,7 +223,7 @@ check_eq(complete(os.path.join(other, "vdiskctl"), "verify", ""), ["elsewhere"],
 
 # ---- silence when the daemon cannot be reached ----
 
-for words in (("chain", ""), ("delete-image", ""), ("rebase", "web", "root", ""), ("commit", "web", "root", ""),
+for words in (("chain", ""), ("chain", "web", ""), ("open", "web", ""), ("delete-image", ""), ("rebase", "web", "root", ""), ("commit", "web", "root", ""),
               ("cancel", ""), ("create-disk", "web", "d", "--image=")):
     # "none" (flatten) is not the daemon's: it stays.
     want = ["none"] if words[0] == "rebase" else []

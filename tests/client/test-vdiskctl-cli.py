@@ -23,6 +23,7 @@ COMMANDS = {
     "list-vms": ["--json", "--no-legend"],
     "create-vm": ["--owner="],
     "delete-vm": [],
+    "list-disks": ["--json", "--no-legend", "VM"],
     "create-disk": ["--image=", "--size=", "--mode=", "--format="],
     "delete-disk": [],
     "chain": ["--json", "--no-legend"],
@@ -148,6 +149,9 @@ USAGE_ERRORS = [
     (["open", "vm1", "d1", "--unsafe"], "Option --unsafe cannot be used with 'open'"),
     (["snapshot", "vm1", "d1", "--read-only"], "Option --read-only cannot be used with 'snapshot'"),
     (["chain", "vm1", "d1", "--print"], "Option --print cannot be used with 'chain'"),
+    (["list-disks"], "Wrong number of arguments for 'list-disks'. Usage: vdiskctl list-disks VM"),
+    (["list-disks", "vm1", "d1"], "Wrong number of arguments for 'list-disks'"),
+    (["list-disks", "vm1", "--image=debian"], "Option --image cannot be used with 'list-disks'"),
 ]
 
 for args, message in USAGE_ERRORS:
@@ -160,7 +164,8 @@ for args, message in USAGE_ERRORS:
 
 # --- failures: exit 4 ------------------------------------------------------------------------------
 
-for args in (["status"], ["list-images", "--json"], ["delete-vm", "vm1"], ["cancel", "5"], ["open", "vm1", "d1"],
+for args in (["status"], ["list-images", "--json"], ["list-disks", "vm1"], ["list-disks", "vm1", "--json=short"],
+             ["delete-vm", "vm1"], ["cancel", "5"], ["open", "vm1", "d1"],
              ["open", "vm1", "d1", "--print", "--", "qemu-system-x86_64", "-S"]):
     p = run(*args)
     name = "vdiskctl " + " ".join(args)

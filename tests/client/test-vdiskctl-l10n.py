@@ -68,6 +68,11 @@ check(p.returncode == 0, "create-disk --help exits 0", p)
 check(p.stdout.startswith("Aufruf: vdiskctl create-disk VM DISK"), "create-disk --help in German", p)
 check("Katalogabbild" in p.stdout, "create-disk description in German", p)
 
+p = run("list-disks", "--help")
+check(p.returncode == 0 and p.stdout.startswith("Aufruf: vdiskctl list-disks VM"), "list-disks --help in German", p)
+check("Die Datenträger einer virtuellen Maschine auflisten." in p.stdout and "nach Namen sortiert" in p.stdout,
+      "list-disks summary and description in German", p)
+
 # A failure (exit 4) in German.
 p = run("status")
 check(p.returncode == 4, "status without a bus exits 4", p)

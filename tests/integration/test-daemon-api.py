@@ -563,6 +563,7 @@ try:
         "CreateDisk image": lambda n: ("CreateDisk", "vm1", "x", n, t(0), opts()),
         "DeleteDisk vm": lambda n: ("DeleteDisk", n, "cr"),
         "DeleteDisk disk": lambda n: ("DeleteDisk", "vm1", n),
+        "ListDisks vm": lambda n: ("ListDisks", n),
         "GetChain vm": lambda n: ("GetChain", n, "cr"),
         "GetChain disk": lambda n: ("GetChain", "vm1", n),
         "Snapshot vm": lambda n: ("Snapshot", n, "cr", opts()),
@@ -643,6 +644,8 @@ try:
     res = expect_as(env, OWNER, "GetChain own VM", None, "GetChain", "vm1", "cr")
     check_eq(res, plain(env.call("GetChain", "vm1", "cr")), "GetChain as the owner: same as root's")
     expect_as(env, OWNER, "GetChain own VM, missing disk", NOTFOUND, "GetChain", "vm1", "ghost")
+    res = expect_as(env, OWNER, "ListDisks own VM", None, "ListDisks", "vm1")
+    check_eq(res, plain(env.call("ListDisks", "vm1")), "ListDisks as the owner: same as root's")
     res = expect_as(env, OWNER, "Verify own VM", None, "Verify", "vm1")
     check_eq(res, [], "Verify as the owner: no problems")
     deny_msgs = {}
@@ -651,7 +654,8 @@ try:
             if user == OWNER and vm == "vm1":
                 continue
             disk = "cr" if vm == "vm1" else "r"
-            for method, args in [("GetChain", (vm, disk)), ("Verify", (vm,)), ("Snapshot", (vm, disk, {}))]:
+            for method, args in [("GetChain", (vm, disk)), ("ListDisks", (vm,)), ("Verify", (vm,)),
+                                 ("Snapshot", (vm, disk, {}))]:
                 msg = expect_as(env, user, f"{method} on {vm}", DENIED, method, *args)
                 deny_msgs.setdefault((user, method), set()).add(str(msg).replace(f"'{vm}'", "'VM'"))
     for (user, method), msgs in deny_msgs.items():

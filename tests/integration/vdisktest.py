@@ -41,6 +41,7 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configur
 SIGNATURES = {
     "CreateImage": "ssta{sv}", "ImportImage": "ssha{sv}", "DeleteImage": "s", "ListImages": "",
     "CreateVM": "sua{sv}", "DeleteVM": "s", "ListVMs": "", "CreateDisk": "sssta{sv}", "DeleteDisk": "ss",
+    "ListDisks": "s",
     "GetChain": "ss", "Snapshot": "ssa{sv}", "Rebase": "sssa{sv}", "Commit": "sssa{sv}", "OpenDisk": "ssa{sv}",
     "Verify": "s", "GetDomainXML": "ss", "AdoptDomainXML": "ssa{sv}", "Inspect": "hs", "ListJobs": "",
 }
