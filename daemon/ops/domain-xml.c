@@ -26,10 +26,14 @@
 
 /* libxml2: no DTD loading or validation, no entity substitution (without a DOCTYPE there is nothing to
  * substitute anyway), no network, the caller's encoding (D-Bus strings are UTF-8). XML_PARSE_HUGE lifts
- * only libxml2's nesting limit of 256 elements, which a chain of up to max_chain_depth layers needs; its
- * other limits are moot under DOMAIN_XML_MAX_SIZE, and its entity limits under the DOCTYPE refusal. */
+ * libxml2's nesting limit of 256 elements, which a chain of up to max_chain_depth layers needs (before
+ * libxml2 2.11 it lifts it entirely: domain_xml_parse() applies its own); its other limits are moot
+ * under DOMAIN_XML_MAX_SIZE, and its entity limits under the DOCTYPE refusal. */
 #define DOMAIN_XML_PARSE_OPTIONS \
         (XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_IGNORE_ENC | XML_PARSE_HUGE)
+
+/* Nesting of elements other than <backingStore>: a <disk> needs 4 (disk, source, dataStore, format). */
+#define DOMAIN_XML_MAX_NESTING 8U
 
 /* Length of a user-supplied string quoted in an error message; longer ones are not quoted. */
 #define QUOTE_MAX 256U
@@ -262,6 +266,49 @@ static xmlParserInputPtr refuse_external_entity(_unused_ const char *url, _unuse
         return NULL;
 }
 
+/* <backingStore> nests once per layer, bounded by the chain's own check; other elements need no more
+ * than a few levels (disk, source, dataStore, format). */
+static size_t nesting_weight(const xmlNode *n) {
+        return xmlStrEqual(n->name, BAD_CAST "backingStore") ? 0 : 1;
+}
+
+/* How deep elements other than <backingStore> nest, from `root` down, walked without recursion; stops
+ * counting past `limit`. */
+static size_t element_depth(xmlNode *root, size_t limit) {
+        size_t depth = 1, max = 1;
+        xmlNode *n = root;
+
+        while (n && max <= limit) {
+                xmlNode *child = NULL;
+                for (xmlNode *c = n->children; c && !child; c = c->next)
+                        if (c->type == XML_ELEMENT_NODE)
+                                child = c;
+                if (child) {
+                        n = child;
+                        depth += nesting_weight(n);
+                        max = MAX(max, depth);
+                        continue;
+                }
+                /* No element below: the next element sibling, here or further up. */
+                while (n && n != root) {
+                        xmlNode *sib = n->next;
+                        while (sib && sib->type != XML_ELEMENT_NODE)
+                                sib = sib->next;
+                        if (sib) {
+                                depth = depth - nesting_weight(n) + nesting_weight(sib);
+                                max = MAX(max, depth);
+                                n = sib;
+                                break;
+                        }
+                        depth -= nesting_weight(n);
+                        n = n->parent;
+                }
+                if (n == root)
+                        break;
+        }
+        return max;
+}
+
 int domain_xml_parse(const char *xml, size_t size, uint32_t max_depth, DomainXmlDisk *ret, OpError *err) {
         _cleanup_(xml_parser_ctxt_freep) xmlParserCtxt *ctxt = NULL;
         _cleanup_(xml_doc_freep) xmlDoc *doc = NULL;
@@ -292,6 +339,11 @@ int domain_xml_parse(const char *xml, size_t size, uint32_t max_depth, DomainXml
                 return op_error(err, -EINVAL, "document type declarations are not accepted");
 
         root = xmlDocGetRootElement(doc);
+        /* XML_PARSE_HUGE lifts libxml2's own nesting limit (before 2.11 entirely): ours, besides the
+         * <backingStore> levels that the chain's check below counts. */
+        if (root && element_depth(root, DOMAIN_XML_MAX_NESTING) > DOMAIN_XML_MAX_NESTING)
+                return op_error(err, -E2BIG, "the XML nests elements other than <backingStore> deeper than the limit of %u levels",
+                                DOMAIN_XML_MAX_NESTING);
         r = check_disk_element(root, &d.target, err);
         if (r < 0)
                 return r;
@@ -1030,7 +1082,7 @@ int op_adopt_domain_xml(Store *s, const Limits *lim, const char *vm, const char 
                 crash_point("adopt:before-commit");
                 r = store_put_vm(s, next);
                 if (r < 0)
-                        op_error(err, r, "cannot write the VM record");
+                        op_record_error(err, r, "VM");
                 else
                         next = NULL; /* the store owns it */
         }

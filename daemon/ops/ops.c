@@ -327,7 +327,7 @@ int op_create_vm(Store *s, const Limits *lim, const char *name, uid_t owner, OpE
         v->generation = 1;
         r = store_put_vm(s, v);
         if (r < 0)
-                return op_error(err, r, "cannot write the VM record");
+                return op_record_error(err, r, "VM");
         TAKE_PTR(v);
         log_op(LOG_INFO, "create-vm", name, NULL, NULL, "Created VM '%s' owned by uid %u", name, (unsigned) owner);
         return 0;
@@ -367,6 +367,11 @@ int op_delete_vm(Store *s, const char *name, OpError *err) {
         r = intent_init(&intent, "delete-vm", INTENT_COMMIT_VM_DELETED, name, 0);
         for (size_t i = 0; r >= 0 && i < v->n_disks; i++)
                 r = add_private_layers(s, &intent, &v->disks[i]);
+        if (r == -E2BIG) {
+                intent_done(&intent);
+                return op_error(err, r, "VM '%s' has more private layers than the limit of %u one operation may remove "
+                                "(INTENT_MAX_LAYERS); delete its disks one by one first", name, INTENT_MAX_LAYERS);
+        }
         if (r >= 0)
                 r = journal_begin(s, &intent);
         if (r < 0) {
@@ -396,7 +401,7 @@ static int vm_commit(Store *s, Vm *next, const char *op, OpError *err) {
         crash_point(point);
         r = store_put_vm(s, next);
         if (r < 0)
-                return op_error(err, r, "cannot write the VM record");
+                return op_record_error(err, r, "VM");
         return 0;
 }
 
@@ -907,7 +912,7 @@ int op_quarantine(Store *s, const char *vm, const char *disk, const char *reason
         r = store_put_vm(s, next);
         if (r < 0) {
                 vm_free(next);
-                return op_error(err, r, "cannot write the VM record");
+                return op_record_error(err, r, "VM");
         }
         log_op(LOG_WARNING, "quarantine", vm, disk, NULL, "Disk '%s' of VM '%s' %s%s", disk, vm,
                reason ? "quarantined: " : "released from quarantine", reason ?: "");

@@ -41,6 +41,11 @@ void limits_init_default(Limits *l);
 
 typedef FormatError OpError;
 #define op_error format_error
+/* A record could not be written; -E2BIG: it would have outgrown RECORD_MAX_SIZE. */
+#define op_record_error(err, r, what)                                                                          \
+        ((r) == -E2BIG ? op_error(err, r, "the " what " record would be larger than the limit of %" PRIu64 " bytes", \
+                                  (uint64_t) RECORD_MAX_SIZE)                                                  \
+                       : op_error(err, r, "cannot write the " what " record"))
 
 int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f, uint64_t size, const char *template_name,
                     uint32_t cluster_size, char ret_layer[static LAYER_ID_LEN + 1], OpError *err);

@@ -1183,7 +1183,7 @@ static int finish(ReshapeOp *op, OpError *err) {
         r = store_put_vm(op->store, next);
         if (r < 0) {
                 vm_free(next);
-                return op_error(err, r, "cannot write the VM record");
+                return op_record_error(err, r, "VM");
         }
         op->finished = true;
         crash_at(op, "after-commit");

@@ -293,6 +293,10 @@ int record_write(int dirfd, const char *name, struct json_object *o) {
                 return r;
         snprintf(tmp, sizeof(tmp), ".#%s.%.16s", name, rnd);
         text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+        if (!text)
+                return -ENOMEM;
+        if (strlen(text) > RECORD_MAX_SIZE)
+                return -E2BIG;
 
         fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
@@ -309,13 +313,24 @@ int record_write(int dirfd, const char *name, struct json_object *o) {
         return fsync_directory(dirfd);
 }
 
-int record_read(int dirfd, const char *name, struct json_object **ret) {
+/* The reasons below spell the limits out. */
+_Static_assert(RECORD_MAX_SIZE == 1048576 && RECORD_MAX_DEPTH == 8, "update the reasons of record_read_why()");
+
+#define RECORD_WHY(r, text) (*ret_why = (text), (r))
+
+int record_read_why(int dirfd, const char *name, struct json_object **ret, const char **ret_why) {
+        const char *ignored;
         _cleanup_close_ int fd = -EBADF;
         _cleanup_free_ char *buf = NULL;
         struct json_tokener *tok;
         struct json_object *o, *schema;
         struct stat st;
+        enum json_tokener_error e;
         int r;
+
+        if (!ret_why)
+                ret_why = &ignored;
+        *ret_why = NULL;
 
         fd = open_beneath(dirfd, name, O_RDONLY, 0);
         if (fd < 0)
@@ -323,9 +338,9 @@ int record_read(int dirfd, const char *name, struct json_object **ret) {
         if (fstat(fd, &st) < 0)
                 return negative_errno();
         if (!S_ISREG(st.st_mode))
-                return -EBADMSG;
+                return RECORD_WHY(-EBADMSG, "it is not a regular file");
         if ((uint64_t) st.st_size > RECORD_MAX_SIZE)
-                return -E2BIG;
+                return RECORD_WHY(-E2BIG, "it is larger than the limit of 1048576 bytes (RECORD_MAX_SIZE)");
         buf = malloc((size_t) st.st_size + 1);
         if (!buf)
                 return -ENOMEM;
@@ -338,25 +353,34 @@ int record_read(int dirfd, const char *name, struct json_object **ret) {
         if (!tok)
                 return -ENOMEM;
         o = json_tokener_parse_ex(tok, buf, (int) st.st_size);
-        r = json_tokener_get_error(tok) == json_tokener_success && tok->char_offset == (int) st.st_size ? 0 : -EBADMSG;
+        e = json_tokener_get_error(tok);
+        r = e == json_tokener_success && tok->char_offset == (int) st.st_size ? 0 : -EBADMSG;
         json_tokener_free(tok);
+        if (e == json_tokener_error_depth) {
+                json_object_put(o);
+                return RECORD_WHY(-EBADMSG, "its JSON is nested deeper than the limit of 8 levels (RECORD_MAX_DEPTH)");
+        }
         if (r < 0 || !o || !json_object_is_type(o, json_type_object)) {
                 json_object_put(o);
-                return -EBADMSG;
+                return RECORD_WHY(-EBADMSG, "it is not one complete JSON object");
         }
 
         if (!json_object_object_get_ex(o, "schema", &schema) || !json_object_is_type(schema, json_type_int) ||
             json_object_get_int64(schema) < 1) {
                 json_object_put(o);
-                return -EBADMSG;
+                return RECORD_WHY(-EBADMSG, "it has no valid \"schema\" number");
         }
         if (json_object_get_int64(schema) > RECORD_SCHEMA) {
                 json_object_put(o);
-                return -EPROTONOSUPPORT;
+                return RECORD_WHY(-EPROTONOSUPPORT, "it has a newer schema than this vdiskd understands");
         }
 
         *ret = o;
         return 0;
+}
+
+int record_read(int dirfd, const char *name, struct json_object **ret) {
+        return record_read_why(dirfd, name, ret, NULL);
 }
 
 int record_remove(int dirfd, const char *name) {

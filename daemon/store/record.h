@@ -79,8 +79,12 @@ struct json_object *vm_to_json(const Vm *v);
 int vm_from_json(struct json_object *o, Vm **ret);
 int vm_copy(const Vm *v, Vm **ret);
 
-/* Atomic: temporary file in the same directory, fsync, rename, fsync the directory. */
+/* Atomic: temporary file in the same directory, fsync, rename, fsync the directory. -E2BIG, writing
+ * nothing, if the text would be larger than RECORD_MAX_SIZE: the daemon never writes a record it would
+ * refuse to read back. */
 int record_write(int dirfd, const char *name, struct json_object *o);
-/* -ENOENT if absent, -EPROTONOSUPPORT for a newer schema, -EBADMSG if malformed, -E2BIG if too large. */
+/* -ENOENT if absent, -EPROTONOSUPPORT for a newer schema, -EBADMSG if malformed, -E2BIG if too large;
+ * on failure `*ret_why` (if not NULL) says why in words, naming the limit that was hit. */
+int record_read_why(int dirfd, const char *name, struct json_object **ret, const char **ret_why);
 int record_read(int dirfd, const char *name, struct json_object **ret);
 int record_remove(int dirfd, const char *name);

@@ -340,7 +340,7 @@ static int load_records(Store *s) {
 
         while ((de = readdir(d))) {
                 struct json_object *o = NULL;
-                const char *n = de->d_name;
+                const char *n = de->d_name, *why = NULL;
                 size_t len = strlen(n);
 
                 if (n[0] == '.') {
@@ -353,14 +353,17 @@ static int load_records(Store *s) {
                         continue;
                 }
 
-                r = record_read(s->records_fd, n, &o);
+                r = record_read_why(s->records_fd, n, &o, &why);
                 if (r == -EPROTONOSUPPORT) {
                         log_error("Record %s/records/%s has a newer schema than this vdiskd understands (%d); "
                                   "refusing to start. Upgrade vdiskd.", s->path, n, RECORD_SCHEMA);
                         break;
                 }
                 if (r < 0) {
-                        log_error_errno(r, "Record %s/records/%s cannot be read; refusing to start", s->path, n);
+                        if (why)
+                                log_error("Record %s/records/%s cannot be read: %s; refusing to start", s->path, n, why);
+                        else
+                                log_error_errno(r, "Record %s/records/%s cannot be read; refusing to start", s->path, n);
                         break;
                 }
 
@@ -936,6 +939,7 @@ static int replay_journal(Store *s) {
 
         while ((de = readdir(d))) {
                 struct json_object *o = NULL;
+                const char *why = NULL;
                 Intent i = {};
                 size_t len = strlen(de->d_name);
 
@@ -952,7 +956,7 @@ static int replay_journal(Store *s) {
                 }
                 memcpy(i.id, de->d_name, LAYER_ID_LEN);
 
-                r = record_read(s->journal_fd, de->d_name, &o);
+                r = record_read_why(s->journal_fd, de->d_name, &o, &why);
                 if (r >= 0)
                         r = intent_from_json(o, &i);
                 json_object_put(o);
@@ -963,7 +967,10 @@ static int replay_journal(Store *s) {
                         break;
                 }
                 if (r < 0) {
-                        log_error_errno(r, "Journal entry %s is malformed; refusing to start", de->d_name);
+                        if (why)
+                                log_error("Journal entry %s cannot be read: %s; refusing to start", de->d_name, why);
+                        else
+                                log_error_errno(r, "Journal entry %s is malformed; refusing to start", de->d_name);
                         intent_done(&i);
                         break;
                 }

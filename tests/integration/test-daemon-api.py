@@ -801,7 +801,8 @@ try:
     refuses("vm record with schema 99", "records/vm-vm1.json", set_field("schema", 99), r"newer schema")
     lrec = f"records/layer-{lq}.json"
     refuses("layer record with schema 99", lrec, set_field("schema", 99), r"newer schema")
-    refuses("layer record that is not JSON", lrec, lambda o: o.decode()[:-5], r"cannot be read; refusing to start")
+    refuses("layer record that is not JSON", lrec, lambda o: o.decode()[:-5],
+            r"cannot be read: it is not one complete JSON object; refusing to start")
     refuses("layer record with a string size", lrec, set_field("virtual_size", "1G"), r"malformed; refusing to start")
     refuses("vm record with a negative owner", "records/vm-vm1.json", set_field("owner_uid", -1),
             r"malformed; refusing to start")
