@@ -23,6 +23,7 @@ Store *store_free(Store *s) {
         for (size_t i = 0; i < s->n_layers; i++)
                 layer_free(s->layers[i]);
         free(s->layers);
+        free(s->layer_index);
         for (size_t i = 0; i < s->n_vms; i++)
                 vm_free(s->vms[i]);
         free(s->vms);
@@ -39,11 +40,56 @@ static void store_freep(Store **s) {
         store_free(*s);
 }
 
+static size_t layer_id_hash(const char *id) {
+        uint64_t h = UINT64_C(14695981039346656037);
+        for (; *id; id++)
+                h = (h ^ (uint8_t) *id) * UINT64_C(1099511628211);
+        return (size_t) h;
+}
+
+/* Call whenever s->layers gains, loses or replaces an entry. */
+static void layers_changed(Store *s) {
+        s->layer_index_stale = true;
+}
+
+static int layer_index_rebuild(Store *s) {
+        size_t size = 16;
+        Layer **index;
+
+        while (size < 2 * s->n_layers)
+                size *= 2;
+        index = calloc(size, sizeof(Layer *));
+        if (!index)
+                return -ENOMEM;
+        for (size_t i = 0; i < s->n_layers; i++) {
+                size_t k = layer_id_hash(s->layers[i]->id) & (size - 1);
+                while (index[k])
+                        k = (k + 1) & (size - 1);
+                index[k] = s->layers[i];
+        }
+        free(s->layer_index);
+        s->layer_index = index;
+        s->layer_index_size = size;
+        s->layer_index_stale = false;
+        return 0;
+}
+
+/* Verify and GetChain look up every layer of a chain: an index instead of a scan per lookup, which made
+ * them quadratic in the number of layers (B1). */
 Layer *store_find_layer(Store *s, const char *id) {
-        for (size_t i = 0; i < s->n_layers; i++)
-                if (streq(s->layers[i]->id, id))
-                        return s->layers[i];
-        return NULL;
+        if ((s->layer_index_stale || !s->layer_index) && layer_index_rebuild(s) < 0) {
+                for (size_t i = 0; i < s->n_layers; i++) /* out of memory: the slow way */
+                        if (streq(s->layers[i]->id, id))
+                                return s->layers[i];
+                return NULL;
+        }
+        for (size_t k = layer_id_hash(id) & (s->layer_index_size - 1);; k = (k + 1) & (s->layer_index_size - 1)) {
+                Layer *l = s->layer_index[k];
+                if (!l)
+                        return NULL;
+                if (streq(l->id, id))
+                        return l;
+        }
 }
 
 Layer *store_find_catalog(Store *s, const char *name) {
@@ -119,8 +165,10 @@ int store_put_layer(Store *s, Layer *l) {
         int r = store_save_layer(s, l);
         if (r < 0)
                 return r;
-        if (!store_find_layer(s, l->id))
+        if (!store_find_layer(s, l->id)) {
+                layers_changed(s);
                 return array_append((void ***) &s->layers, &s->n_layers, l);
+        }
         return 0;
 }
 
@@ -148,6 +196,7 @@ int store_delete_layer(Store *s, const char *id) {
         unlink_layer_files(s, id);
         if (l) {
                 array_remove((void **) s->layers, &s->n_layers, l);
+                layers_changed(s);
                 layer_free(l);
         }
         return 0;
@@ -377,8 +426,10 @@ static int load_records(Store *s) {
                                 if (!streq(expect, n))
                                         r = -EBADMSG;
                         }
-                        if (r >= 0)
+                        if (r >= 0) {
+                                layers_changed(s);
                                 r = array_append((void ***) &s->layers, &s->n_layers, l);
+                        }
                         if (r < 0)
                                 layer_free(l);
                 } else if (strncmp(n, "vm-", 3) == 0) {
@@ -603,6 +654,7 @@ int store_replace_layer(Store *s, const Layer *l) {
                 return r;
         }
         old = store_find_layer(s, l->id);
+        layers_changed(s);
         if (old) {
                 for (size_t k = 0; k < s->n_layers; k++)
                         if (s->layers[k] == old)

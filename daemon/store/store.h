@@ -26,6 +26,10 @@ typedef struct Store {
         int journal_fd;
         Layer **layers;
         size_t n_layers;
+        /* layers by id (open addressing), rebuilt on the first lookup after `layers` changed */
+        Layer **layer_index;
+        size_t layer_index_size;
+        bool layer_index_stale;
         Vm **vms;
         size_t n_vms;
 } Store;
