@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
+#include <wchar.h>
 
 #include <systemd/sd-event.h>
 
@@ -23,6 +25,9 @@
 
 #define PROGRESS_BAR_MIN 10U
 #define PROGRESS_BAR_MAX 50U
+
+/* Beyond this the time left means nothing and is not shown. */
+#define JOB_LEFT_MAX_USEC (UINT64_C(100) * 3600 * UINT64_C(1000000))
 
 typedef struct JobWatch {
         sd_bus *bus;
@@ -44,6 +49,7 @@ typedef struct JobWatch {
         double fraction;
         uint64_t bytes_done;
         uint64_t bytes_total;
+        JobRate rate;
 } JobWatch;
 
 void job_result_done(JobResult *r) {
@@ -79,47 +85,208 @@ static unsigned terminal_columns(void) {
         return 80;
 }
 
+void job_rate_add(JobRate *r, uint64_t usec, uint64_t bytes) {
+        /* A clock or a counter that goes back starts the window afresh. */
+        if (r->n > 0 && (usec < r->last_usec || bytes < r->last_bytes))
+                r->n = 0;
+
+        if (r->n == 0 || usec - r->usec[r->n - 1] >= JOB_RATE_INTERVAL_USEC) {
+                if (r->n == JOB_RATE_SAMPLES) {
+                        memmove(r->usec, r->usec + 1, (JOB_RATE_SAMPLES - 1) * sizeof(r->usec[0]));
+                        memmove(r->bytes, r->bytes + 1, (JOB_RATE_SAMPLES - 1) * sizeof(r->bytes[0]));
+                        r->n--;
+                }
+                r->usec[r->n] = usec;
+                r->bytes[r->n] = bytes;
+                r->n++;
+        }
+        r->last_usec = usec;
+        r->last_bytes = bytes;
+}
+
+bool job_rate_get(const JobRate *r, uint64_t bytes_total, uint64_t *ret_rate, uint64_t *ret_left_usec) {
+        double rate, left;
+
+        if (r->n == 0 || r->last_usec - r->usec[0] < JOB_RATE_MIN_USEC || r->last_bytes <= r->bytes[0])
+                return false;
+
+        rate = (double) (r->last_bytes - r->bytes[0]) * 1e6 / (double) (r->last_usec - r->usec[0]);
+        if (bytes_total == 0)
+                left = -1.0;
+        else if (r->last_bytes >= bytes_total)
+                left = 0.0;
+        else
+                left = (double) (bytes_total - r->last_bytes) * 1e6 / rate;
+
+        *ret_rate = rate < 1.0 ? 1 : rate >= (double) UINT64_MAX ? UINT64_MAX : (uint64_t) rate;
+        *ret_left_usec = left < 0.0 || left >= (double) JOB_LEFT_MAX_USEC ? UINT64_MAX : (uint64_t) left;
+        return true;
+}
+
+/* The longest prefix of s that is at most `width` columns wide, with "..." appended if s was cut;
+ * "" if not even that fits. */
+static char *cut_to_width(const char *s, size_t width) {
+        mbstate_t state = {};
+        size_t left = strlen(s), used = 0, end = 0;
+        char *t;
+
+        if (utf8_width(s) <= width)
+                return strdup(s);
+        if (width < 4)
+                return strdup("");
+
+        while (left > 0) {
+                wchar_t wc;
+                size_t n = mbrtowc(&wc, s + end, left, &state);
+                int w;
+
+                if (n == (size_t) -1 || n == (size_t) -2 || n == 0) {
+                        /* Not decodable: one byte, one column, like utf8_width()'s fallback. */
+                        n = 1;
+                        w = 1;
+                        state = (mbstate_t) {};
+                } else
+                        w = MAX(wcwidth(wc), 0);
+                if (used + (size_t) w > width - 3)
+                        break;
+                used += (size_t) w;
+                end += n;
+                left -= n;
+        }
+
+        t = malloc(end + 4);
+        if (!t)
+                return NULL;
+        memcpy(t, s, end);
+        memcpy(t + end, "...", 4);
+        return t;
+}
+
+int job_progress_format(const char *label, const JobProgress *p, size_t columns, char **ret) {
+        /* What is shown, from everything to the least, in the order the parts are given up. */
+        static const struct {
+                bool rate, left, bar, bytes;
+        } layouts[] = {
+                { true, true, true, true },
+                { false, true, true, true },
+                { false, false, true, true },
+                { false, false, false, true },
+                { false, false, false, false },
+        };
+        char done[FORMAT_BYTES_MAX], total[FORMAT_BYTES_MAX], rate[FORMAT_BYTES_MAX], left[FORMAT_DURATION_MAX];
+        _cleanup_free_ char *s_percent = NULL, *s_bytes = NULL, *s_rate = NULL, *s_left = NULL, *s_label = NULL,
+                            *left_text = NULL, *line = NULL;
+        size_t avail = columns > 0 ? columns - 1 : 0, w_label, w_percent, w_bytes, w_rate, w_left, bar = 0;
+        size_t pick = ELEMENTSOF(layouts);
+        double f = p->fraction;
+        FILE *out;
+        size_t size;
+
+        if (!(f > 0.0)) /* also catches NaN */
+                f = p->bytes_total > 0 ? (double) p->bytes_done / (double) p->bytes_total : 0.0;
+        if (f > 1.0)
+                f = 1.0;
+
+        if (asprintf(&s_percent, " %3u%%", (unsigned) (f * 100.0)) < 0)
+                return -ENOMEM;
+        if (p->bytes_total > 0 &&
+            asprintf(&s_bytes, " %s/%s", format_bytes(done, sizeof(done), p->bytes_done),
+                     format_bytes(total, sizeof(total), p->bytes_total)) < 0)
+                return -ENOMEM;
+        if (p->rate > 0 && asprintf(&s_rate, " %s/s", format_bytes(rate, sizeof(rate), p->rate)) < 0)
+                return -ENOMEM;
+        if (p->left_usec != UINT64_MAX) {
+                (void) format_duration(left, sizeof(left), p->left_usec);
+                /* TRANSLATORS: the time a job still needs, as in "0:19 left" or "1:02:03 left"; keep it short. */
+                if (asprintf(&left_text, _("%s left"), left) < 0 || asprintf(&s_left, " %s", left_text) < 0)
+                        return -ENOMEM;
+        }
+
+        w_label = utf8_width(label);
+        w_percent = utf8_width(s_percent);
+        w_bytes = s_bytes ? utf8_width(s_bytes) : 0;
+        w_rate = s_rate ? utf8_width(s_rate) : 0;
+        w_left = s_left ? utf8_width(s_left) : 0;
+
+        for (size_t i = 0; i < ELEMENTSOF(layouts); i++) {
+                size_t w = w_label + w_percent + (layouts[i].bytes ? w_bytes : 0) + (layouts[i].rate ? w_rate : 0) +
+                           (layouts[i].left ? w_left : 0);
+
+                if (layouts[i].bar) {
+                        if (w + 3 + PROGRESS_BAR_MIN > avail)
+                                continue;
+                        bar = MIN(avail - w - 3, (size_t) PROGRESS_BAR_MAX);
+                }
+                if (w <= avail) {
+                        pick = i;
+                        break;
+                }
+        }
+
+        if (pick < ELEMENTSOF(layouts))
+                s_label = strdup(label);
+        else {
+                /* Not even the label and the percentage fit: cut the label. */
+                pick = ELEMENTSOF(layouts) - 1;
+                s_label = cut_to_width(label, avail > w_percent ? avail - w_percent : 0);
+        }
+        if (!s_label)
+                return -ENOMEM;
+
+        out = open_memstream(&line, &size);
+        if (!out)
+                return -ENOMEM;
+        if (w_percent <= avail) { /* else nothing fits */
+                fputs(s_label, out);
+                if (bar > 0) {
+                        size_t filled = (size_t) (f * (double) bar);
+
+                        fputs(" [", out);
+                        for (size_t i = 0; i < bar; i++)
+                                fputc(i < filled ? '#' : '-', out);
+                        fputc(']', out);
+                }
+                fputs(s_percent, out);
+                if (layouts[pick].bytes && s_bytes)
+                        fputs(s_bytes, out);
+                if (layouts[pick].rate && s_rate)
+                        fputs(s_rate, out);
+                if (layouts[pick].left && s_left)
+                        fputs(s_left, out);
+        }
+        if (fclose(out) != 0)
+                return -ENOMEM;
+
+        *ret = TAKE_PTR(line);
+        return 0;
+}
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * UINT64_C(1000000) + (uint64_t) ts.tv_nsec / 1000;
+}
+
 static void job_watch_draw(JobWatch *w) {
-        char done[FORMAT_BYTES_MAX], total[FORMAT_BYTES_MAX], suffix[2 * FORMAT_BYTES_MAX + 16];
-        double f = w->fraction;
-        size_t columns, used, bar = 0;
-        unsigned percent;
+        _cleanup_free_ char *line = NULL;
+        JobProgress p = {
+                .fraction = w->fraction,
+                .bytes_done = w->bytes_done,
+                .bytes_total = w->bytes_total,
+                .left_usec = UINT64_MAX,
+        };
 
         if (!w->progress || job_state_is_final(w->state))
                 return;
 
-        if (!(f >= 0.0)) /* also catches NaN */
-                f = 0.0;
-        if (f == 0.0 && w->bytes_total > 0)
-                f = (double) w->bytes_done / (double) w->bytes_total;
-        if (f > 1.0)
-                f = 1.0;
-        percent = (unsigned) (f * 100.0);
+        job_rate_add(&w->rate, now_usec(), w->bytes_done);
+        (void) job_rate_get(&w->rate, w->bytes_total, &p.rate, &p.left_usec);
 
-        if (w->bytes_total > 0)
-                (void) snprintf(suffix, sizeof(suffix), " %3u%% %s/%s", percent,
-                                format_bytes(done, sizeof(done), w->bytes_done),
-                                format_bytes(total, sizeof(total), w->bytes_total));
-        else
-                (void) snprintf(suffix, sizeof(suffix), " %3u%%", percent);
+        if (job_progress_format(w->label, &p, terminal_columns(), &line) < 0)
+                return; /* out of memory: the next update tries again */
 
-        /* One column stays free so that the terminal never wraps the line. */
-        columns = terminal_columns();
-        used = utf8_width(w->label) + 3 + strlen(suffix) + 1;
-        if (columns > used)
-                bar = MIN(columns - used, (size_t) PROGRESS_BAR_MAX);
-
-        fprintf(stderr, "\r%s", w->label);
-        if (bar >= PROGRESS_BAR_MIN) {
-                size_t filled = (size_t) (f * (double) bar);
-
-                fputs(" [", stderr);
-                for (size_t i = 0; i < bar; i++)
-                        fputc(i < filled ? '#' : '-', stderr);
-                fputc(']', stderr);
-        }
-        fputs(suffix, stderr);
-        fputs("\033[K", stderr);
+        fprintf(stderr, "\r%s\033[K", line);
         fflush(stderr);
         w->bar_drawn = true;
 }

@@ -53,6 +53,16 @@ char *format_bytes(char *buf, size_t size, uint64_t bytes) {
         return buf;
 }
 
+char *format_duration(char *buf, size_t size, uint64_t usec) {
+        uint64_t s = usec / 1000000 + (usec % 1000000 > 0);
+
+        if (s >= 3600)
+                (void) snprintf(buf, size, "%" PRIu64 ":%02" PRIu64 ":%02" PRIu64, s / 3600, s / 60 % 60, s % 60);
+        else
+                (void) snprintf(buf, size, "%" PRIu64 ":%02" PRIu64, s / 60, s % 60);
+        return buf;
+}
+
 /* Length of the ANSI control sequence ("ESC [ parameters final-byte") at s, or 0 if none starts there. */
 static size_t ansi_sequence_length(const char *s, size_t left) {
         size_t n = 2;

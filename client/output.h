@@ -24,6 +24,11 @@ JsonMode json_mode_from_string(const char *s) _pure_;
 #define FORMAT_BYTES_MAX 32U
 char *format_bytes(char *buf, size_t size, uint64_t bytes);
 
+/* "0:07", "12:34", "1:02:03": a duration like a clock, in whole seconds rounded up (so that time
+ * still left never shows as "0:00"). */
+#define FORMAT_DURATION_MAX 32U
+char *format_duration(char *buf, size_t size, uint64_t usec);
+
 /* Terminal columns a UTF-8 string takes, not counting ANSI colour sequences (falls back to its length
  * if it cannot be decoded). */
 size_t utf8_width(const char *s);

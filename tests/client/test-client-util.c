@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* vdiskctl's helpers: size parsing and formatting, uids, job paths, tables. */
+/* vdiskctl's helpers: size parsing and formatting, uids, job paths, tables, the progress line. */
 
 #include <errno.h>
 #include <inttypes.h>
@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "job.h"
 #include "output.h"
 #include "parse.h"
 
@@ -103,6 +104,159 @@ static void test_format_bytes(void) {
                         failures++;
                 }
         }
+}
+
+static void test_format_duration(void) {
+        static const struct {
+                uint64_t usec;
+                const char *text;
+        } cases[] = {
+                { 0, "0:00" },
+                { 1, "0:01" }, /* rounded up: time left is never shown as none */
+                { 1000000, "0:01" },
+                { 1000001, "0:02" },
+                { 59000000, "0:59" },
+                { 60000000, "1:00" },
+                { 3599000000, "59:59" },
+                { 3600000000, "1:00:00" },
+                { 3723000000, "1:02:03" },
+                { UINT64_C(360000) * 1000000, "100:00:00" },
+                { UINT64_MAX, "5124095576:01:50" },
+        };
+        char buf[FORMAT_DURATION_MAX];
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                const char *s = format_duration(buf, sizeof(buf), cases[i].usec);
+
+                if (strcmp(s, cases[i].text) != 0) {
+                        fprintf(stderr, "format_duration(%" PRIu64 ") = \"%s\", expected \"%s\"\n", cases[i].usec, s,
+                                cases[i].text);
+                        failures++;
+                }
+        }
+}
+
+#define SEC UINT64_C(1000000)
+#define MiB (UINT64_C(1) << 20)
+
+static void test_job_rate(void) {
+        JobRate r = {};
+        uint64_t rate = 7, left = 7;
+
+        /* Nothing before two samples with time and progress between them. */
+        CHECK(!job_rate_get(&r, 100 * MiB, &rate, &left));
+        job_rate_add(&r, 10 * SEC, 40 * MiB); /* attached to a job that had done 40M already */
+        CHECK(!job_rate_get(&r, 100 * MiB, &rate, &left));
+        job_rate_add(&r, 10 * SEC, 41 * MiB); /* no time between them */
+        CHECK(!job_rate_get(&r, 100 * MiB, &rate, &left));
+        job_rate_add(&r, 11 * SEC, 40 * MiB); /* went back: starts afresh */
+        CHECK(!job_rate_get(&r, 100 * MiB, &rate, &left));
+        job_rate_add(&r, 12 * SEC, 40 * MiB); /* time but no progress */
+        CHECK(!job_rate_get(&r, 100 * MiB, &rate, &left));
+        CHECK(rate == 7 && left == 7);
+
+        /* 10M/s from the first sample on: the 40M done before do not count. */
+        job_rate_add(&r, 13 * SEC, 60 * MiB);
+        CHECK(job_rate_get(&r, 100 * MiB, &rate, &left));
+        CHECK(rate == 10 * MiB);
+        CHECK(left == 4 * SEC);
+
+        /* Progress, but too little time between the samples (read in a burst) for a rate. */
+        r = (JobRate) {};
+        job_rate_add(&r, 5 * SEC, 0);
+        job_rate_add(&r, 5 * SEC + JOB_RATE_MIN_USEC - 1, 50 * MiB);
+        CHECK(!job_rate_get(&r, 100 * MiB, &rate, &left));
+        job_rate_add(&r, 5 * SEC + JOB_RATE_MIN_USEC, 50 * MiB);
+        CHECK(job_rate_get(&r, 100 * MiB, &rate, &left));
+        CHECK(rate == 50 * MiB && left == SEC);
+
+        /* A moving window: after a slow start the rate follows the recent samples. */
+        r = (JobRate) {};
+        job_rate_add(&r, 0, 0);
+        job_rate_add(&r, 10 * SEC, MiB); /* 0.1M/s */
+        for (uint64_t t = 1; t <= 2 * JOB_RATE_SAMPLES; t++)
+                job_rate_add(&r, 10 * SEC + t * JOB_RATE_INTERVAL_USEC, MiB + t * 50 * MiB);
+        CHECK(job_rate_get(&r, 0, &rate, &left));
+        CHECK(rate == 100 * MiB);
+        CHECK(left == UINT64_MAX); /* no total: no time left */
+
+        /* Done (or past the total): nothing left; very slow: no time shown. */
+        CHECK(job_rate_get(&r, MiB, &rate, &left) && left == 0);
+        r = (JobRate) {};
+        job_rate_add(&r, 0, 0);
+        job_rate_add(&r, 1000 * SEC, 1);
+        CHECK(job_rate_get(&r, UINT64_C(1) << 40, &rate, &left));
+        CHECK(rate == 1 && left == UINT64_MAX);
+}
+
+static void check_line(const char *label, const JobProgress *p, size_t columns, const char *want) {
+        char *line = NULL;
+
+        if (job_progress_format(label, p, columns, &line) < 0) {
+                fprintf(stderr, "job_progress_format(\"%s\", %zu) failed\n", label, columns);
+                failures++;
+                return;
+        }
+        if (strcmp(line, want) != 0 || utf8_width(line) >= MAX(columns, (size_t) 1)) {
+                fprintf(stderr, "job_progress_format(\"%s\", %zu) = \"%s\", expected \"%s\"\n", label, columns, line,
+                        want);
+                failures++;
+        }
+        free(line);
+}
+
+static void test_progress_line(void) {
+        JobProgress p = {
+                .fraction = 0.45,
+                .bytes_done = 45 * MiB,
+                .bytes_total = 100 * MiB,
+                .rate = 10 * MiB,
+                .left_usec = 5500000,
+        };
+        JobProgress unknown = {
+                .fraction = 0.45,
+                .bytes_done = 45 * MiB,
+                .bytes_total = 100 * MiB,
+                .left_usec = UINT64_MAX,
+        };
+        JobProgress nan = {
+                .fraction = 0.0 / 0.0,
+                .bytes_done = 1 * MiB,
+                .bytes_total = 4 * MiB,
+                .left_usec = UINT64_MAX,
+        };
+
+        /* Everything; the bar stops at 50 columns. */
+        check_line("Flattening vm/disk", &p, 80,
+                   "Flattening vm/disk [#########-------------]  45% 45.0M/100.0M 10.0M/s 0:06 left");
+        check_line("Flattening vm/disk", &p, 200,
+                   "Flattening vm/disk [######################----------------------------]  45% 45.0M/100.0M 10.0M/s 0:06 left");
+        /* Narrower: the bar shrinks to 10, then the rate goes, then the time left, then the bar, the bytes, and
+         * the label is cut. */
+        check_line("Flattening vm/disk", &p, 68, "Flattening vm/disk [####------]  45% 45.0M/100.0M 10.0M/s 0:06 left");
+        check_line("Flattening vm/disk", &p, 67, "Flattening vm/disk [#######----------]  45% 45.0M/100.0M 0:06 left");
+        check_line("Flattening vm/disk", &p, 60, "Flattening vm/disk [####------]  45% 45.0M/100.0M 0:06 left");
+        check_line("Flattening vm/disk", &p, 59, "Flattening vm/disk [########-----------]  45% 45.0M/100.0M");
+        check_line("Flattening vm/disk", &p, 50, "Flattening vm/disk [####------]  45% 45.0M/100.0M");
+        check_line("Flattening vm/disk", &p, 49, "Flattening vm/disk  45% 45.0M/100.0M");
+        check_line("Flattening vm/disk", &p, 37, "Flattening vm/disk  45% 45.0M/100.0M");
+        check_line("Flattening vm/disk", &p, 36, "Flattening vm/disk  45%");
+        check_line("Flattening vm/disk", &p, 24, "Flattening vm/disk  45%");
+        check_line("Flattening vm/disk", &p, 23, "Flattening vm/...  45%");
+        check_line("Flattening vm/disk", &p, 10, "F...  45%");
+        check_line("Flattening vm/disk", &p, 9, "  45%");
+        check_line("Flattening vm/disk", &p, 6, "  45%");
+        check_line("Flattening vm/disk", &p, 5, "");
+        check_line("Flattening vm/disk", &p, 0, "");
+        /* Wide characters count as two columns, and are never cut in half. */
+        check_line("Gl\u00e4tten \u4eee\u60f3/disk", &p, 22, "Gl\u00e4tten \u4eee\u60f3/...  45%");
+        check_line("Gl\u00e4tten \u4eee\u60f3/disk", &p, 21, "Gl\u00e4tten \u4eee\u60f3...  45%");
+        check_line("Gl\u00e4tten \u4eee\u60f3/disk", &p, 20, "Gl\u00e4tten \u4eee...  45%");
+        /* No rate yet: the bar takes the room. */
+        check_line("Flattening vm/disk", &unknown, 80,
+                   "Flattening vm/disk [##################----------------------]  45% 45.0M/100.0M");
+        /* The fraction from the bytes when Progress is missing. */
+        check_line("x", &nan, 30, "x [##--------]  25% 1.0M/4.0M");
 }
 
 static void test_parse_uid(void) {
@@ -270,6 +424,9 @@ int main(void) {
 
         test_parse_size();
         test_format_bytes();
+        test_format_duration();
+        test_job_rate();
+        test_progress_line();
         test_parse_uid();
         test_job_paths();
         test_json_mode();
