@@ -674,7 +674,8 @@ static int source_validate(Adoption *a, size_t i, OpError *err) {
         int r;
 
         if ((uint64_t) src->st.st_size > a->lim->max_virtual_size + ADOPT_FILE_SLACK)
-                return op_error(err, -E2BIG, "%s is larger than the size limit", src->label);
+                return op_error(err, -E2BIG, "%s has %" PRIu64 " bytes, more than any image of at most %" PRIu64 " bytes (MaxVirtualSize) can take",
+                                src->label, (uint64_t) src->st.st_size, a->lim->max_virtual_size);
         r = a->move ? image_lock_for_change(src->fd) : lock_for_copy(src->fd);
         if (r == -EBUSY)
                 return op_error(err, -EBUSY, "%s is in use by a QEMU", src->label);

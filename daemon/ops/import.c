@@ -77,7 +77,8 @@ int import_begin(Store *s, const Limits *lim, const char *name, ImageFormat f, i
         if (fstat(source_fd, &st) < 0)
                 return op_error(err, negative_errno(), "cannot stat the source");
         if ((uint64_t) st.st_size > lim->max_virtual_size + (UINT64_C(1) << 30))
-                return op_error(err, -E2BIG, "source is larger than the size limit");
+                return op_error(err, -E2BIG, "the source has %" PRIu64 " bytes, more than any image of at most %" PRIu64 " bytes (MaxVirtualSize) can take",
+                                (uint64_t) st.st_size, lim->max_virtual_size);
         {
                 /* The copy is sparse: it needs what the source allocates, which must fit now. */
                 struct statvfs vfs;

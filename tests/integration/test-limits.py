@@ -424,8 +424,15 @@ def test_max_virtual_size():
         with open(huge, "wb") as f:
             f.truncate(lim + GiB + 512)
         with open(huge, "rb") as f:
-            refused(env, "ImportImage of a source above MaxVirtualSize + 1 GiB", LIMIT, ["size limit"],
+            refused(env, "ImportImage of a source above MaxVirtualSize + 1 GiB", LIMIT,
+                    [f"the source has {lim + GiB + 512} bytes", f"at most {lim} bytes (MaxVirtualSize)"],
                     "ImportImage", "huge", "raw", dbus.types.UnixFd(f.fileno()), opts())
+        # AdoptDomainXML: the same bound on each file of the chain, before anything is copied.
+        before = env.snapshot_store()
+        refused(env, "AdoptDomainXML of a file above MaxVirtualSize + 1 GiB", LIMIT,
+                [f"has {lim + GiB + 512} bytes", f"at most {lim} bytes (MaxVirtualSize)"],
+                "AdoptDomainXML", "vm", disk_xml("huge", [(huge, "raw")]), opts())
+        check_store(env, before, "AdoptDomainXML of a file above MaxVirtualSize + 1 GiB")
         # Inspect reports content problems in its verdict (org.vdisk1(5)), the limit among them.
         with open(os.path.join(env.tmp, f"up-{lim + 512}.qcow2"), "rb") as f:
             err, res = env.try_call("Inspect", dbus.types.UnixFd(f.fileno()), "qcow2")
