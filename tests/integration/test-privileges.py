@@ -1,0 +1,123 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""vdiskd keeps no capability once it serves (vdiskd(8), PRIVILEGES; security.md rule 12).
+
+Started as root with a full capability set, the running vdiskd has empty inheritable, permitted,
+effective, bounding and ambient sets, and still uid 0; they stay empty after it has served calls
+that create files, hand out fds and run a job. And the drop is real, not just what /proc says:
+- a root-owned 0600 image is adoptable (uid 0 keeps the owner's access: why vdiskd is not the
+  `vdisk` user);
+- an image owned by another uid with mode 0600, which root *with* CAP_DAC_OVERRIDE would read, is
+  refused with InvalidArgs (the open fails with EACCES) and nothing is added to the store;
+- a directory owned by another uid with mode 0700 is not searchable for it either (no
+  CAP_DAC_READ_SEARCH).
+
+Usage: test-privileges.py VDISKD. Needs root with CAP_DAC_OVERRIDE (skips otherwise)."""
+
+import os
+import sys
+
+import dbus
+
+from vdisktest import Env, check, check_eq, finish, opts, qemu_img
+
+SKIP = 77
+MiB = 1 << 20
+CAP_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+CAP_DAC_OVERRIDE = 1
+STRANGER = 12345  # a uid with no account: owns the test's "someone else's" files
+
+
+def caps(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in CAP_SETS:
+                out[key] = int(value.strip(), 16)
+            elif key == "Uid":
+                out["Uid"] = [int(x) for x in value.split()]
+    return out
+
+
+def disk_xml(target, path, fmt):
+    return (f"<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{path}'/>"
+            f"<backingStore/><target dev='{target}' bus='virtio'/></disk>")
+
+
+def check_no_caps(env, when):
+    c = caps(env.daemon.pid)
+    for s in CAP_SETS:
+        check_eq(c[s], 0, f"{when}: vdiskd's {s} is empty")
+    check_eq(c["Uid"], [0, 0, 0, 0], f"{when}: vdiskd still runs as uid 0 (real, effective, saved, fs)")
+
+
+def main():
+    me = caps("self")
+    if os.geteuid() != 0 or not me["CapEff"] & (1 << CAP_DAC_OVERRIDE):
+        print("SKIP: needs root with CAP_DAC_OVERRIDE to show what vdiskd gives up")
+        sys.exit(SKIP)
+    check(me["CapBnd"] != 0, f"precondition: the test starts vdiskd with a non-empty bounding set ({me['CapBnd']:#x})")
+
+    env = Env(sys.argv[1])
+    try:
+        env.start()
+        check_no_caps(env, "after start-up")
+
+        # Serving: files created, fds handed out, a job run. Nothing gives a capability back.
+        env.call("CreateImage", "base", "qcow2", dbus.UInt64(MiB), opts())
+        env.call("CreateVM", "vm", dbus.UInt32(0), opts())
+        env.call("CreateDisk", "vm", "d", "base", dbus.UInt64(0), opts())
+        env.call("Snapshot", "vm", "d", opts())
+        lease = env.call("OpenDisk", "vm", "d", opts(read_only=True))
+        check_eq(len(lease[2]), 3, "OpenDisk hands out the fds of all 3 layers without capabilities")
+        dbus.Interface(env.bus.get_object("org.vdisk1", lease[0], introspect=False), "org.vdisk1.Lease").Release()
+        job = env.call("Rebase", "vm", "d", "", opts())
+        state = env.wait_job(job)
+        check_eq(state[0], "done", "a flatten job works without capabilities")
+        check_no_caps(env, "after serving calls and a job")
+
+        # A root-owned 0600 image: readable by uid 0 without capabilities.
+        mine = os.path.join(env.tmp, "mine.qcow2")
+        check_eq(qemu_img("create", "-q", "-f", "qcow2", mine, str(MiB)).returncode, 0, "setup: qemu-img create")
+        os.chmod(mine, 0o600)
+        err, _ = env.try_call("AdoptDomainXML", "vm", disk_xml("vdb", mine, "qcow2"), opts())
+        check_eq(err, None, "a root-owned 0600 image is adopted (uid 0 keeps the owner's access)")
+
+        # Another uid's 0600 image: root with CAP_DAC_OVERRIDE reads it (the test does), vdiskd must not.
+        theirs = os.path.join(env.tmp, "theirs.qcow2")
+        check_eq(qemu_img("create", "-q", "-f", "qcow2", theirs, str(MiB)).returncode, 0, "setup: qemu-img create")
+        os.chown(theirs, STRANGER, STRANGER)
+        os.chmod(theirs, 0o600)
+        with open(theirs, "rb") as f:
+            check_eq(f.read(4), b"QFI\xfb", "precondition: the test (root with CAP_DAC_OVERRIDE) reads the stranger's file")
+        before = env.snapshot_store()
+        err, msg = env.try_call("AdoptDomainXML", "vm", disk_xml("vdc", theirs, "qcow2"), opts())
+        check_eq(err, "org.freedesktop.DBus.Error.InvalidArgs",
+                 f"another uid's 0600 image is not readable for vdiskd ({msg})")
+        check_eq(str(msg), f"the top layer ('{theirs}'): Permission denied", "the message names the file and the reason")
+        check_eq(env.snapshot_store(), before, "nothing was added to the store")
+
+        # Another uid's 0700 directory: no CAP_DAC_READ_SEARCH either.
+        hidden = os.path.join(env.tmp, "hidden")
+        os.mkdir(hidden, 0o700)
+        inner = os.path.join(hidden, "inner.raw")
+        with open(inner, "wb") as f:
+            f.truncate(MiB)
+        os.chmod(inner, 0o644)
+        os.chown(hidden, STRANGER, STRANGER)
+        err, msg = env.try_call("AdoptDomainXML", "vm", disk_xml("vdd", inner, "raw"), opts())
+        check_eq(str(msg), f"the top layer ('{inner}'): cannot open its directory: Permission denied",
+                 "the message names the file and the reason")
+        check_eq(err, "org.freedesktop.DBus.Error.InvalidArgs",
+                 f"a file in another uid's 0700 directory cannot be reached ({msg})")
+        check_eq(env.snapshot_store(), before, "nothing was added to the store")
+        check_no_caps(env, "at the end")
+        check(env.canary_unchanged(), "the canary is unchanged")
+        env.stop()
+    finally:
+        env.close()
+    finish()
+
+
+if __name__ == "__main__":
+    main()
