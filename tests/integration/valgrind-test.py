@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Runs an integration test with every vdiskd it starts under valgrind memcheck (tests/VALGRIND.md).
+"""Runs an integration test with every vdiskd it starts under valgrind memcheck (tests/ROBUSTNESS.md).
 
 usage: valgrind-test.py TEST.py [ARGS...]
 

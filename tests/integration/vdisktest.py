@@ -118,7 +118,7 @@ class Env:
     def start(self, env=None, expect_ready=True):
         e = dict(os.environ)
         e.update(env or {})
-        # VDISK_TEST_WRAPPER: a command that runs vdiskd, e.g. valgrind (tests/VALGRIND.md); its start
+        # VDISK_TEST_WRAPPER: a command that runs vdiskd, e.g. valgrind (tests/ROBUSTNESS.md); its start
         # takes longer, hence the longer wait for the bus name.
         wrapper = shlex.split(os.environ.get("VDISK_TEST_WRAPPER", ""))
         self.daemon = subprocess.Popen(wrapper + [self.vdiskd, "--store", self.store, "--config", self.config],
