@@ -108,6 +108,8 @@ int config_load(Config *c, const char *path) {
                         r = parse_u32(value, &c->limits.max_leases_per_caller);
                 else if (streq(section, "Limits") && streq(key, "MaxLeaseFds"))
                         r = parse_u32(value, &c->limits.max_lease_fds);
+                else if (streq(section, "Limits") && streq(key, "MaxLeaseFdsPerCaller"))
+                        r = parse_u32(value, &c->limits.max_lease_fds_per_caller);
                 else if (streq(section, "Access") && streq(key, "AdminGroup")) {
                         free(c->admin_group);
                         c->admin_group = value[0] ? strdup(value) : NULL;

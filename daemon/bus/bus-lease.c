@@ -254,11 +254,23 @@ static void close_sent(Lease *l, size_t first, size_t count) {
                 l->fds[i] = safe_close(l->fds[i]);
 }
 
-static size_t held_fds(Manager *m) {
+/* Fds opened for leases and not yet fetched: of all leases (sender NULL) or of one caller's. */
+static size_t held_fds(Manager *m, const char *sender) {
         size_t n = 0;
         for (size_t i = 0; i < m->n_leases; i++)
-                for (size_t k = 0; k < m->leases[i]->n_fds; k++)
-                        n += m->leases[i]->fds[k] >= 0;
+                if (!sender || streq(m->leases[i]->holder, sender))
+                        for (size_t k = 0; k < m->leases[i]->n_fds; k++)
+                                n += m->leases[i]->fds[k] >= 0;
+        return n;
+}
+
+/* The fds a lease of the disk opens: one per layer, and one per data file. */
+static size_t lease_fd_count(Manager *m, const Disk *d) {
+        size_t n = 0;
+        for (size_t k = 0; k < d->n_chain; k++) {
+                Layer *layer = store_find_layer(m->store, d->chain[k]);
+                n += layer && layer->data_file ? 2 : 1;
+        }
         return n;
 }
 
@@ -280,7 +292,7 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         OpError err = {};
         Caller c;
         Disk *d;
-        size_t first_count;
+        size_t first_count, n_fds;
         int r;
 
         r = sd_bus_message_read(msg, "ss", &vm, &disk);
@@ -323,12 +335,21 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
                                          "You hold the maximum number of leases (%" PRIu32 ")",
                                          m->config.limits.max_leases_per_caller);
 
-        /* Fds beyond the first message stay open here until fetched: bounded in total. */
-        if (d->n_chain > LEASE_MAX_FDS_PER_MESSAGE &&
-            held_fds(m) + d->n_chain - LEASE_MAX_FDS_PER_MESSAGE > m->config.limits.max_lease_fds)
-                return sd_bus_error_setf(error, "org.vdisk1.Error.LimitExceeded",
-                                         "Too many file descriptors are held for leases (limit %" PRIu32 ")",
-                                         m->config.limits.max_lease_fds);
+        /* Fds beyond the first message stay open here until fetched: bounded in total and per caller. */
+        n_fds = lease_fd_count(m, d);
+        if (n_fds > LEASE_MAX_FDS_PER_MESSAGE) {
+                size_t held = n_fds - LEASE_MAX_FDS_PER_MESSAGE;
+
+                if (held_fds(m, NULL) + held > m->config.limits.max_lease_fds)
+                        return sd_bus_error_setf(error, "org.vdisk1.Error.LimitExceeded",
+                                                 "Too many file descriptors are held for leases (limit %" PRIu32 ")",
+                                                 m->config.limits.max_lease_fds);
+                if (held_fds(m, sender) + held > m->config.limits.max_lease_fds_per_caller)
+                        return sd_bus_error_setf(error, "org.vdisk1.Error.LimitExceeded",
+                                                 "You hold too many file descriptors of leases not yet fetched with GetFds "
+                                                 "(this lease would keep %zu, limit %" PRIu32 "); fetch or release them first",
+                                                 held, m->config.limits.max_lease_fds_per_caller);
+        }
 
         /* One writer, or any number of readers. */
         for (size_t i = 0; i < m->n_leases; i++) {
@@ -349,14 +370,7 @@ int method_open_disk(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         l->disk = strdup(disk);
         l->holder = strdup(sender);
         l->holder_uid = c.uid;
-        {
-                size_t n = 0;
-                for (size_t k = 0; k < d->n_chain; k++) {
-                        Layer *layer = store_find_layer(m->store, d->chain[k]);
-                        n += layer && layer->data_file ? 2 : 1;
-                }
-                l->fds = calloc(n, sizeof(int));
-        }
+        l->fds = calloc(n_fds, sizeof(int));
         if (!l->vm || !l->disk || !l->holder || !l->fds) {
                 lease_free(l);
                 return -ENOMEM;

@@ -22,6 +22,7 @@ void limits_init_default(Limits *l) {
                 .max_leases = LIMITS_DEFAULT_MAX_LEASES,
                 .max_leases_per_caller = LIMITS_DEFAULT_MAX_LEASES_PER_CALLER,
                 .max_lease_fds = LIMITS_DEFAULT_MAX_LEASE_FDS,
+                .max_lease_fds_per_caller = LIMITS_DEFAULT_MAX_LEASE_FDS_PER_CALLER,
         };
 }
 

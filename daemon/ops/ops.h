@@ -25,6 +25,7 @@ typedef struct Limits {
         uint32_t max_leases;
         uint32_t max_leases_per_caller;
         uint32_t max_lease_fds; /* fds opened for leases and not yet handed out, in total */
+        uint32_t max_lease_fds_per_caller; /* the same, of one bus client */
 } Limits;
 
 #define LIMITS_DEFAULT_MAX_CHAIN_DEPTH 1024U
@@ -36,6 +37,7 @@ typedef struct Limits {
 #define LIMITS_DEFAULT_MAX_LEASES 1024U
 #define LIMITS_DEFAULT_MAX_LEASES_PER_CALLER 64U
 #define LIMITS_DEFAULT_MAX_LEASE_FDS 16384U
+#define LIMITS_DEFAULT_MAX_LEASE_FDS_PER_CALLER 4096U
 
 void limits_init_default(Limits *l);
 

@@ -63,6 +63,67 @@ def test_lease_limits():
         env.close()
 
 
+def test_lease_fd_limit_per_caller():
+    """MaxLeaseFdsPerCaller: the fds one caller's leases keep until fetched (beyond the 16 of the reply)."""
+    env = Env(sys.argv[1], "[Limits]\nMaxLeaseFdsPerCaller=6\nMaxLeaseFds=20\n")
+    try:
+        env.start()
+        env.call("CreateImage", "base", "qcow2", dbus.UInt64(GiB), opts())
+        env.call("CreateVM", "vm", dbus.UInt32(0), opts())
+        for d in ("p", "q"):  # 22 layers: 16 fds in the reply, 6 held
+            env.call("CreateDisk", "vm", d, "base", dbus.UInt64(0), opts())
+            for _ in range(20):
+                env.call("Snapshot", "vm", d, opts())
+        # 16 layers, the lowest with a data file: 17 fds, 1 held.
+        env.call("CreateDisk", "vm", "df", "", dbus.UInt64(MiB), opts(format="qcow2", data_file=True))
+        for _ in range(15):
+            env.call("Snapshot", "vm", "df", opts())
+        check_eq(len(env.call("GetChain", "vm", "df")), 16, "setup: the data-file disk has 16 layers")
+
+        a = env.bus
+        b = dbus.bus.BusConnection(env.address)
+        mb = dbus.Interface(b.get_object(BUS_NAME, "/org/vdisk1", introspect=False), "org.vdisk1.Manager")
+
+        def open_(conn_manager, disk):
+            try:
+                path, _, fds = conn_manager.OpenDisk("vm", disk, opts(read_only=True))
+                for f in fds:
+                    os.close(f.take())
+                return None, str(path)
+            except dbus.exceptions.DBusException as e:
+                return e.get_dbus_name(), e.get_dbus_message()
+
+        ma = env.manager()
+        err, pa = open_(ma, "p")
+        check_eq(err, None, "caller A: a lease keeping 6 fds, exactly MaxLeaseFdsPerCaller")
+        err, msg = open_(ma, "df")
+        check_eq(err, "org.vdisk1.Error.LimitExceeded",
+                 "caller A: one more held fd (a data file's: 16 layers, 17 fds) is refused")
+        check_eq(str(msg), "You hold too many file descriptors of leases not yet fetched with GetFds "
+                           "(this lease would keep 1, limit 6); fetch or release them first",
+                 "the message names the limit and what to do")
+        err, pb = open_(mb, "p")
+        check_eq(err, None, "caller B is not held to A's count (12 held in total, MaxLeaseFds 20)")
+
+        lease = dbus.Interface(a.get_object(BUS_NAME, pa, introspect=False), "org.vdisk1.Lease")
+        fds = lease.GetFds(dbus.UInt32(16), dbus.UInt32(16))
+        check_eq(len(fds), 6, "caller A fetches its 6 held fds")
+        for f in fds:
+            os.close(f.take())
+        err, pdf = open_(ma, "df")
+        check_eq(err, None, "caller A: once fetched, the data-file disk's lease is granted (1 held)")
+        err, msg = open_(ma, "q")
+        check_eq(err, "org.vdisk1.Error.LimitExceeded", "caller A: 1 + 6 held fds are over the limit of 6")
+        lease_release(env, pdf)
+        err, pq = open_(ma, "q")
+        check_eq(err, None, "caller A: after releasing the data-file lease, 6 held fds are granted again")
+        b.close()
+        check_eq(env.error("OpenDisk", "vm", "p", opts(read_only=True))[0], "org.vdisk1.Error.LimitExceeded",
+                 "caller A is still at its limit")
+    finally:
+        env.close()
+
+
 def test_no_space():
     env = Env(sys.argv[1])
     mnt = os.path.join(env.tmp, "small")
@@ -103,6 +164,7 @@ def test_no_space():
 
 def main():
     test_lease_limits()
+    test_lease_fd_limit_per_caller()
     test_no_space()
     finish()
 
