@@ -3,12 +3,15 @@
 /* vdiskd: options and configuration, the store, the bus name, privileges, the event loop. */
 
 #include <cap-ng.h>
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
@@ -115,6 +118,20 @@ static int drop_privileges(void) {
         return 0;
 }
 
+/* Leases keep fds open until they are fetched (MaxLeaseFds, 16384 by default), far more than the soft
+ * limit of 1024 that services start with. vdiskd uses epoll, never select(), so it takes the hard limit
+ * as systemd recommends; raising the soft limit needs no capability. */
+static void raise_fd_limit(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
+                return;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                log_warning("Failed to raise the soft limit of open files to %ju: %s", (uintmax_t) rl.rlim_max,
+                            strerror(errno));
+}
+
 static void help(void) {
         printf("Usage: vdiskd [--store DIR] [--config FILE]\n\n"
                "The vdisk storage service for virtual machine disks (bus name %s).\n\n"
@@ -203,6 +220,7 @@ static int run(int argc, char *argv[]) {
                 return log_error_errno(r, "Failed to open the store %s", store);
         }
 
+        raise_fd_limit();
         r = sd_bus_open_system(&m->bus);
         if (r < 0) {
                 manager_free(m);

@@ -23,6 +23,8 @@ static const char *error_name(int r) {
         case ELOOP:
                 return "org.vdisk1.Error.ChainTooDeep";
         case E2BIG:
+        case EMFILE: /* out of fds: a limit, whose message says which */
+        case ENFILE:
                 return "org.vdisk1.Error.LimitExceeded";
         case ECANCELED:
                 return "org.vdisk1.Error.Cancelled";

@@ -4,6 +4,7 @@ leases), and a store that is full: ImportImage refused with NoSpace before copyi
 failing with NoSpace mid-way, nothing left behind, and the daemon still serving."""
 
 import os
+import resource
 import subprocess
 import sys
 
@@ -124,6 +125,38 @@ def test_lease_fd_limit_per_caller():
         env.close()
 
 
+def test_fd_soft_limit():
+    """vdiskd raises its soft limit of open files to the hard one: held lease fds are not capped at 1024
+    (or here: at a soft limit of 64) by the limit the service manager starts it with."""
+    env = Env(sys.argv[1])
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, old[1]))  # the hard limit stays: lowering it is for good
+        try:
+            env.start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, old)
+        with open(f"/proc/{env.daemon.pid}/limits") as f:
+            line = next(x for x in f if x.startswith("Max open files"))
+        check_eq(line.split()[3:5], [str(old[1])] * 2, "vdiskd runs with its soft limit raised to the hard one")
+        env.call("CreateImage", "base", "qcow2", dbus.UInt64(GiB), opts())
+        env.call("CreateVM", "vm", dbus.UInt32(0), opts())
+        env.call("CreateDisk", "vm", "p", "base", dbus.UInt64(0), opts())
+        for _ in range(20):
+            env.call("Snapshot", "vm", "p", opts())
+        errors = []
+        for _ in range(12):  # 12 leases keeping 6 fds each: 72 fds, more than the soft limit it was started with
+            err, res = env.try_call("OpenDisk", "vm", "p", opts(read_only=True))
+            if err:
+                errors.append((err, res))
+            else:
+                for f in res[2]:
+                    os.close(f.take())
+        check_eq(errors, [], "12 leases keeping 72 fds are granted")
+    finally:
+        env.close()
+
+
 def test_no_space():
     env = Env(sys.argv[1])
     mnt = os.path.join(env.tmp, "small")
@@ -165,6 +198,7 @@ def test_no_space():
 def main():
     test_lease_limits()
     test_lease_fd_limit_per_caller()
+    test_fd_soft_limit()
     test_no_space()
     finish()
 
