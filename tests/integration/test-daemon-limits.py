@@ -128,6 +128,10 @@ def test_lease_fd_limit_per_caller():
 def test_fd_soft_limit():
     """vdiskd raises its soft limit of open files to the hard one: held lease fds are not capped at 1024
     (or here: at a soft limit of 64) by the limit the service manager starts it with."""
+    if os.environ.get("VDISK_TEST_WRAPPER"):
+        # valgrind keeps the fd limit to itself: vdiskd's setrlimit cannot raise it there.
+        print("# the soft-limit part is left out under VDISK_TEST_WRAPPER (valgrind emulates RLIMIT_NOFILE)")
+        return
     env = Env(sys.argv[1])
     old = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
