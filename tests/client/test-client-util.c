@@ -76,6 +76,13 @@ static void test_parse_size(void) {
         check_size("99999999999999999999999", -ERANGE, 0);
 }
 
+static void check_text(const char *function, uint64_t arg, const char *got, const char *want) {
+        if (strcmp(got, want) != 0) {
+                fprintf(stderr, "%s(%" PRIu64 ") = \"%s\", expected \"%s\"\n", function, arg, got, want);
+                failures++;
+        }
+}
+
 static void test_format_bytes(void) {
         static const struct {
                 uint64_t bytes;
@@ -95,15 +102,9 @@ static void test_format_bytes(void) {
         };
         char buf[FORMAT_BYTES_MAX];
 
-        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-                const char *s = format_bytes(buf, sizeof(buf), cases[i].bytes);
-
-                if (strcmp(s, cases[i].text) != 0) {
-                        fprintf(stderr, "format_bytes(%" PRIu64 ") = \"%s\", expected \"%s\"\n", cases[i].bytes, s,
-                                cases[i].text);
-                        failures++;
-                }
-        }
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+                check_text("format_bytes", cases[i].bytes, format_bytes(buf, sizeof(buf), cases[i].bytes),
+                           cases[i].text);
 }
 
 static void test_format_duration(void) {
@@ -125,15 +126,9 @@ static void test_format_duration(void) {
         };
         char buf[FORMAT_DURATION_MAX];
 
-        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-                const char *s = format_duration(buf, sizeof(buf), cases[i].usec);
-
-                if (strcmp(s, cases[i].text) != 0) {
-                        fprintf(stderr, "format_duration(%" PRIu64 ") = \"%s\", expected \"%s\"\n", cases[i].usec, s,
-                                cases[i].text);
-                        failures++;
-                }
-        }
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+                check_text("format_duration", cases[i].usec, format_duration(buf, sizeof(buf), cases[i].usec),
+                           cases[i].text);
 }
 
 #define SEC UINT64_C(1000000)

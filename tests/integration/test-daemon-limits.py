@@ -20,16 +20,21 @@ def lease_release(env, path):
     dbus.Interface(env.bus.get_object(BUS_NAME, path, introspect=False), "org.vdisk1.Lease").Release()
 
 
+def make_disks(env, snapshots):
+    """A catalog image "base" and a VM "vm" with one overlay disk on it per key, snapshotted value times."""
+    env.call("CreateImage", "base", "qcow2", dbus.UInt64(GiB), opts())
+    env.call("CreateVM", "vm", dbus.UInt32(0), opts())
+    for d, n in snapshots.items():
+        env.call("CreateDisk", "vm", d, "base", dbus.UInt64(0), opts())
+        for _ in range(n):
+            env.call("Snapshot", "vm", d, opts())
+
+
 def test_lease_limits():
     env = Env(sys.argv[1], "[Limits]\nMaxLeasesPerCaller=2\nMaxLeases=3\nMaxLeaseFds=5\n")
     try:
         env.start()
-        env.call("CreateImage", "base", "qcow2", dbus.UInt64(GiB), opts())
-        env.call("CreateVM", "vm", dbus.UInt32(0), opts())
-        for d in ("a", "b", "c", "deep"):
-            env.call("CreateDisk", "vm", d, "base", dbus.UInt64(0), opts())
-        for _ in range(20):
-            env.call("Snapshot", "vm", "deep", opts())
+        make_disks(env, {"a": 0, "b": 0, "c": 0, "deep": 20})
 
         leases = []
         for d in ("a", "b"):
@@ -69,12 +74,7 @@ def test_lease_fd_limit_per_caller():
     env = Env(sys.argv[1], "[Limits]\nMaxLeaseFdsPerCaller=6\nMaxLeaseFds=20\n")
     try:
         env.start()
-        env.call("CreateImage", "base", "qcow2", dbus.UInt64(GiB), opts())
-        env.call("CreateVM", "vm", dbus.UInt32(0), opts())
-        for d in ("p", "q"):  # 22 layers: 16 fds in the reply, 6 held
-            env.call("CreateDisk", "vm", d, "base", dbus.UInt64(0), opts())
-            for _ in range(20):
-                env.call("Snapshot", "vm", d, opts())
+        make_disks(env, {"p": 20, "q": 20})  # 22 layers: 16 fds in the reply, 6 held
         # 16 layers, the lowest with a data file: 17 fds, 1 held.
         env.call("CreateDisk", "vm", "df", "", dbus.UInt64(MiB), opts(format="qcow2", data_file=True))
         for _ in range(15):
