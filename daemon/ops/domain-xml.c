@@ -23,6 +23,7 @@
 
 #include "domain-xml.h"
 #include "log.h"
+#include "undo.h"
 
 /* libxml2: no DTD loading or validation, no entity substitution (without a DOCTYPE there is nothing to
  * substitute anyway), no network, the caller's encoding (D-Bus strings are UTF-8). XML_PARSE_HUGE lifts
@@ -508,12 +509,9 @@ typedef struct Source {
         bool rewrite_header; /* qcow2 with a backing name or format to replace */
         Layer *layer;        /* the new record; the store owns it once written */
         bool in_store;
-        /* move: the store's name of the same inode, and what was changed on it (undone on failure) */
+        /* move: the store's name of the same inode. Its mode (in the intent) and header (in an undo log)
+         * are given back by the journal's roll-back. */
         int rw_fd;
-        uint8_t *old_header;
-        size_t old_header_size;
-        bool header_changed;
-        bool mode_changed;
 } Source;
 
 typedef struct Adoption {
@@ -521,6 +519,7 @@ typedef struct Adoption {
         const Limits *lim;
         const char *vm;
         bool move;
+        Intent *intent; /* once the journal entry is written */
         DomainXmlDisk disk;
         Source *src;
         size_t n;
@@ -534,7 +533,6 @@ static void adoption_done(Adoption *a) {
                 safe_close(src->fd);
                 safe_close(src->rw_fd);
                 free(src->name);
-                free(src->old_header);
                 if (!src->in_store)
                         layer_free(src->layer);
         }
@@ -838,8 +836,10 @@ static int materialize_link(Adoption *a, size_t i, OpError *err) {
 static int materialize_moved_header(Adoption *a, size_t i, OpError *err) {
         Source *src = &a->src[i];
         _cleanup_free_ uint8_t *header = NULL;
+        _cleanup_close_ int log_fd = -EBADF;
         const char *file, *format;
         FormatError ferr = {};
+        UndoLog undo;
         OpError e = {};
         struct stat st;
         uint64_t vsize;
@@ -853,11 +853,8 @@ static int materialize_moved_header(Adoption *a, size_t i, OpError *err) {
                 return op_error(err, negative_errno(), "cannot stat a linked file");
         if (st.st_dev != src->st.st_dev || st.st_ino != src->st.st_ino)
                 return op_error(err, -EBUSY, "%s was replaced while it was adopted", src->label);
-        if ((st.st_mode & 07777) != ADOPT_STORE_MODE) {
-                if (fchmod(src->rw_fd, ADOPT_STORE_MODE) < 0)
-                        return op_error(err, negative_errno(), "%s: cannot change its mode", src->label);
-                src->mode_changed = true;
-        }
+        if ((st.st_mode & 07777) != ADOPT_STORE_MODE && fchmod(src->rw_fd, ADOPT_STORE_MODE) < 0)
+                return op_error(err, negative_errno(), "%s: cannot change its mode", src->label);
         r = op_validate_chain_layer(src->rw_fd, src->layer->format, a->lim, &vsize, NULL, &e);
         if (r < 0)
                 return op_error(err, r, "%s changed while it was adopted: %s", src->label, e.reason);
@@ -869,19 +866,24 @@ static int materialize_moved_header(Adoption *a, size_t i, OpError *err) {
                 r = qcow2_build_backing_header(src->rw_fd, file, format, &header, &size, &ferr);
                 if (r < 0)
                         return op_error(err, r, "%s: cannot rewrite the backing file name: %s", src->label, ferr.reason);
-                src->old_header = malloc(size);
-                if (!src->old_header)
-                        return op_error(err, -ENOMEM, "out of memory");
-                r = format_pread_full(src->rw_fd, src->old_header, size, 0);
+                /* The caller's bytes go to an undo log first: a roll-back, even after a crash, gives the
+                 * file back exactly as it was. */
+                log_fd = journal_undo_create(a->store, a->intent, src->layer->id, false);
+                if (log_fd < 0)
+                        return op_error(err, log_fd, "cannot create an undo log in the journal");
+                r = undo_begin(&undo, log_fd, src->rw_fd, &ferr);
+                if (r >= 0)
+                        r = undo_save(&undo, 0, size, &ferr);
+                if (r >= 0)
+                        r = undo_sync(&undo, &ferr);
                 if (r < 0)
-                        return op_error(err, r, "%s: cannot read the header", src->label);
-                src->old_header_size = size;
-                src->header_changed = true; /* from the first byte written on */
+                        return op_error(err, r, "%s: cannot save the header in the undo log: %s", src->label, ferr.reason);
                 r = format_pwrite_full(src->rw_fd, header, size, 0);
                 if (r >= 0 && fdatasync(src->rw_fd) < 0)
                         r = negative_errno();
                 if (r < 0)
                         return op_error(err, r, "%s: cannot write the header", src->label);
+                crash_point("adopt:after-header");
         }
 
         src->layer->state = LAYER_READY;
@@ -889,20 +891,6 @@ static int materialize_moved_header(Adoption *a, size_t i, OpError *err) {
         if (r < 0)
                 return op_error(err, r, "cannot write the layer record");
         return 0;
-}
-
-/* A failed move gives the caller's files back as they were: header bytes and mode. The store's
- * names are removed by the roll-back of the journal. */
-static void undo_moved_changes(Adoption *a) {
-        for (size_t i = 0; i < a->n; i++) {
-                Source *src = &a->src[i];
-
-                if (src->header_changed &&
-                    (format_pwrite_full(src->rw_fd, src->old_header, src->old_header_size, 0) < 0 || fdatasync(src->rw_fd) < 0))
-                        log_error("Cannot restore the header of %s after a failed adoption", src->label);
-                if (src->mode_changed && fchmod(src->rw_fd, src->st.st_mode & 07777) < 0)
-                        log_error("Cannot restore the mode of %s after a failed adoption", src->label);
-        }
 }
 
 /* move, after the commit: the old names go. If we die before, recovery removes them (the journal entry
@@ -1063,13 +1051,14 @@ int op_adopt_domain_xml(Store *s, const Limits *lim, const char *vm, const char 
         /* move: the old names go after the commit point, by recovery too if we die in between. */
         for (size_t i = 0; move && r >= 0 && i < a.n; i++)
                 r = intent_add_unlink(&intent, a.src[i].xml->path, (uint64_t) a.src[i].st.st_dev,
-                                      (uint64_t) a.src[i].st.st_ino);
+                                      (uint64_t) a.src[i].st.st_ino, a.src[i].st.st_mode & 07777);
         if (r >= 0)
                 r = journal_begin(s, &intent);
         if (r < 0) {
                 intent_done(&intent);
                 return op_error(err, r, "cannot write the journal");
         }
+        a.intent = &intent;
         crash_point("adopt:after-journal");
 
         /* Bottom up, so that every layer's backing file exists before the layer. */
@@ -1088,15 +1077,15 @@ int op_adopt_domain_xml(Store *s, const Limits *lim, const char *vm, const char 
                         next = NULL; /* the store owns it */
         }
         if (r < 0) {
-                if (move)
-                        undo_moved_changes(&a);
-                (void) journal_abort(s, &intent); /* removes the new records and the store's files */
+                /* Gives moved files their header and mode back, removes the new records and the store's names. */
+                (void) journal_abort(s, &intent);
                 intent_done(&intent);
                 return r;
         }
         crash_point("adopt:after-commit");
         if (move)
                 remove_old_names(&a);
+        (void) journal_finish_modified(s, &intent); /* the undo logs of the headers */
         (void) journal_end(s, &intent);
         intent_done(&intent);
 

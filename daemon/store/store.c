@@ -547,16 +547,16 @@ static int layer_copy(const Layer *l, Layer **ret) {
         return r;
 }
 
-int intent_add_unlink(Intent *i, const char *path, uint64_t dev, uint64_t inode) {
+int intent_add_unlink(Intent *i, const char *path, uint64_t dev, uint64_t inode, mode_t mode) {
         struct IntentUnlink *u;
 
-        if (path[0] != '/' || i->n_unlink >= INTENT_MAX_LAYERS)
+        if (path[0] != '/' || i->n_unlink >= INTENT_MAX_LAYERS || (mode != MODE_INVALID && (mode & ~(mode_t) 07777) != 0))
                 return -EINVAL;
         u = reallocarray(i->unlink_after, i->n_unlink + 1, sizeof(*u));
         if (!u)
                 return -ENOMEM;
         i->unlink_after = u;
-        u[i->n_unlink] = (struct IntentUnlink) { .path = strdup(path), .dev = dev, .inode = inode };
+        u[i->n_unlink] = (struct IntentUnlink) { .path = strdup(path), .dev = dev, .inode = inode, .mode = mode };
         if (!u[i->n_unlink].path)
                 return -ENOMEM;
         i->n_unlink++;
@@ -665,14 +665,88 @@ int store_replace_layer(Store *s, const Layer *l) {
         return array_append((void ***) &s->layers, &s->n_layers, copy);
 }
 
+static void remove_undo_log(Store *s, const Intent *i, const char *layer, bool data) {
+        char name[UNDO_NAME_MAX];
+
+        undo_log_name(i, layer, data, name);
+        if (unlinkat(s->journal_fd, name, 0) < 0 && errno != ENOENT)
+                log_warning_errno(errno, "Failed to remove journal/%s", name);
+}
+
 static void remove_undo_logs(Store *s, const Intent *i) {
-        for (size_t k = 0; k < i->n_modify; k++)
-                for (int data = 0; data <= 1; data++) {
-                        char name[UNDO_NAME_MAX];
-                        undo_log_name(i, i->modify[k].layer, data, name);
-                        if (unlinkat(s->journal_fd, name, 0) < 0 && errno != ENOENT)
-                                log_warning_errno(errno, "Failed to remove journal/%s", name);
+        for (size_t k = 0; k < i->n_modify; k++) {
+                remove_undo_log(s, i, i->modify[k].layer, false);
+                remove_undo_log(s, i, i->modify[k].layer, true);
+        }
+        if (i->n_unlink > 0) /* adopt with "move": the headers of the caller's files */
+                for (size_t k = 0; k < i->n_new; k++)
+                        remove_undo_log(s, i, i->new_layers[k], false);
+}
+
+/* The store's name of a new layer's image file, whatever its format. */
+static int open_new_layer_file(Store *s, const char *id) {
+        for (int f = 0; f < _IMAGE_FORMAT_MAX; f++) {
+                char name[64];
+                int fd;
+
+                snprintf(name, sizeof(name), "%s.%s", id, image_format_to_string(f));
+                fd = open_beneath(s->images_fd, name, O_RDWR | O_NOFOLLOW, 0);
+                if (fd != -ENOENT)
+                        return fd;
+        }
+        return -ENOENT;
+}
+
+/* Roll-back of an adoption with "move", before the store's names go: the caller's files were linked into
+ * the store (same inodes) and may have had their mode and backing header changed there. Gives each one
+ * its mode (from the intent) and its bytes (from the layer's undo log) back. Files that are not one of
+ * the caller's inodes (copies) are left to store_delete_layer(). */
+static int restore_moved_files(Store *s, Intent *i) {
+        int ret = 0;
+
+        for (size_t k = 0; i->n_unlink > 0 && k < i->n_new; k++) {
+                const char *id = i->new_layers[k];
+                _cleanup_close_ int fd = -EBADF, log_fd = -EBADF;
+                const struct IntentUnlink *u = NULL;
+                char name[UNDO_NAME_MAX];
+                FormatError err = {};
+                struct stat st;
+                int r = 0;
+
+                fd = open_new_layer_file(s, id);
+                if (fd == -ENOENT)
+                        continue; /* not linked yet */
+                if (fd < 0 || fstat(fd, &st) < 0) {
+                        ret = fd < 0 ? fd : negative_errno();
+                        log_error_errno(ret, "Cannot open the file of layer %s to give it back", id);
+                        continue;
                 }
+                for (size_t j = 0; j < i->n_unlink && !u; j++)
+                        if ((uint64_t) st.st_dev == i->unlink_after[j].dev && (uint64_t) st.st_ino == i->unlink_after[j].inode)
+                                u = &i->unlink_after[j];
+                if (!u)
+                        continue;
+
+                undo_log_name(i, id, false, name);
+                log_fd = openat(s->journal_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                if (log_fd < 0 && errno != ENOENT)
+                        r = negative_errno();
+                else if (log_fd >= 0)
+                        r = undo_apply(log_fd, fd, &err);
+                if (r >= 0 && u->mode != MODE_INVALID && (st.st_mode & 07777) != u->mode && fchmod(fd, u->mode) < 0)
+                        r = negative_errno();
+                if (r >= 0 && fsync(fd) < 0)
+                        r = negative_errno();
+                if (r < 0) {
+                        log_error_errno(r, "Cannot give %s its header and mode back: %s", u->path,
+                                        err.reason[0] ? err.reason : strerror(-r));
+                        ret = r; /* keep the log: the next start tries again */
+                        continue;
+                }
+                if (log_fd >= 0)
+                        remove_undo_log(s, i, id, false);
+        }
+        return ret;
 }
 
 /* Restores one file of a modified layer from its undo log, if there is one; then removes the log. */
@@ -775,6 +849,8 @@ static int journal_write(Store *s, Intent *i) {
                         json_object_object_add(e, "path", json_object_new_string(i->unlink_after[k].path));
                         json_object_object_add(e, "dev", json_object_new_uint64(i->unlink_after[k].dev));
                         json_object_object_add(e, "inode", json_object_new_uint64(i->unlink_after[k].inode));
+                        if (i->unlink_after[k].mode != MODE_INVALID)
+                                json_object_object_add(e, "mode", json_object_new_int((int) i->unlink_after[k].mode));
                         json_object_array_add(a, e);
                 }
                 json_object_object_add(o, "unlink_after", a);
@@ -825,6 +901,8 @@ int journal_end(Store *s, Intent *i) {
 
 int journal_abort(Store *s, Intent *i) {
         int r = journal_undo_modified(s, i);
+        if (r >= 0)
+                r = restore_moved_files(s, i);
         if (r < 0)
                 return r; /* the entry stays: the next start rolls back again */
         for (size_t k = 0; k < i->n_new; k++)
@@ -886,14 +964,22 @@ static int intent_from_json(struct json_object *o, Intent *i) {
                 if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) > INTENT_MAX_LAYERS)
                         return -EBADMSG;
                 for (size_t k = 0; k < json_object_array_length(v); k++) {
-                        struct json_object *e = json_object_array_get_idx(v, k), *p, *dv, *in;
+                        struct json_object *e = json_object_array_get_idx(v, k), *p, *dv, *in, *md;
+                        int64_t mode = -1;
                         if (!json_object_is_type(e, json_type_object) || !json_object_object_get_ex(e, "path", &p) ||
                             !json_object_is_type(p, json_type_string) || !json_object_object_get_ex(e, "dev", &dv) ||
                             !json_object_is_type(dv, json_type_int) || !json_object_object_get_ex(e, "inode", &in) ||
                             !json_object_is_type(in, json_type_int) || strlen(json_object_get_string(p)) >= 4096)
                                 return -EBADMSG;
+                        if (json_object_object_get_ex(e, "mode", &md)) {
+                                if (!json_object_is_type(md, json_type_int))
+                                        return -EBADMSG;
+                                mode = json_object_get_int64(md);
+                                if (mode < 0 || mode > 07777)
+                                        return -EBADMSG;
+                        }
                         r = intent_add_unlink(i, json_object_get_string(p), json_object_get_uint64(dv),
-                                              json_object_get_uint64(in));
+                                              json_object_get_uint64(in), mode < 0 ? MODE_INVALID : (mode_t) mode);
                         if (r < 0)
                                 return r == -EINVAL ? -EBADMSG : r;
                 }
@@ -1037,6 +1123,8 @@ static int replay_journal(Store *s) {
                 } else {
                         log_op(LOG_NOTICE, i.op, NULL, NULL, NULL, "Rolling back interrupted operation %s %s", i.op, i.id);
                         r = journal_undo_modified(s, &i);
+                        if (r >= 0)
+                                r = restore_moved_files(s, &i);
                         for (size_t k = 0; r >= 0 && k < i.n_new; k++)
                                 (void) store_delete_layer(s, i.new_layers[k]);
                 }

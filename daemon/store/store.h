@@ -72,6 +72,7 @@ typedef enum IntentCommit {
 } IntentCommit;
 
 #define INTENT_MAX_LAYERS 4096U
+#define MODE_INVALID ((mode_t) -1)
 #define INTENT_MAX_MODIFY 4U
 
 /* A layer changed in place: its records before and after, and an undo log of its file in the journal
@@ -98,6 +99,7 @@ typedef struct Intent {
         struct IntentUnlink {
                 char *path; /* absolute */
                 uint64_t dev, inode;
+                mode_t mode; /* the file's mode before the move, given back on roll-back (or MODE_INVALID) */
         } *unlink_after; /* names outside the store removed after the commit point (adopt with "move") */
         size_t n_unlink;
         char *commit_disk;   /* INTENT_COMMIT_CHAIN */
@@ -111,8 +113,10 @@ int intent_add_drop(Intent *i, const char *layer);
 /* For INTENT_COMMIT_CHAIN: the disk and its chain once the operation is done. */
 int intent_set_commit_chain(Intent *i, const char *disk, char **chain, size_t n);
 /* After the commit point (also when recovery completes the operation), `path` is removed if it is still
- * the same file (device and inode): the old name of a file moved into the store. */
-int intent_add_unlink(Intent *i, const char *path, uint64_t dev, uint64_t inode);
+ * the same file (device and inode): the old name of a file moved into the store. A roll-back gives the
+ * file (through the store's name of it, a new layer of the intent) its `mode` back, and its bytes from
+ * the layer's undo log if there is one (journal_undo_create(…, layer, false)). */
+int intent_add_unlink(Intent *i, const char *path, uint64_t dev, uint64_t inode, mode_t mode);
 void intent_unlink_names(Intent *i);
 /* Takes copies of both records. */
 int intent_add_modify(Intent *i, const Layer *before, const Layer *after);
@@ -131,7 +135,7 @@ int journal_abort(Store *s, Intent *i);
 int journal_undo_create(Store *s, const Intent *i, const char *layer, bool data);
 /* Rolls back each modified layer (file from its undo log, record "before") and removes the logs. */
 int journal_undo_modified(Store *s, Intent *i);
-/* Writes each modified layer's record "after" and removes the undo logs. */
+/* Writes each modified layer's record "after" and removes the undo logs (those of new layers too). */
 int journal_finish_modified(Store *s, Intent *i);
 
 /* Replaces the in-memory layer of the same id by a copy of `l` and writes its record. */

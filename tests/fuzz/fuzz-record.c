@@ -79,7 +79,8 @@ static void check_intent(struct json_object *o) {
             i.n_modify > INTENT_MAX_MODIFY || (i.commit == INTENT_COMMIT_CHAIN && !i.commit_disk))
                 abort();
         for (size_t k = 0; k < i.n_unlink; k++)
-                if (i.n_unlink > INTENT_MAX_LAYERS || !i.unlink_after[k].path || i.unlink_after[k].path[0] != '/')
+                if (i.n_unlink > INTENT_MAX_LAYERS || !i.unlink_after[k].path || i.unlink_after[k].path[0] != '/' ||
+                    (i.unlink_after[k].mode != MODE_INVALID && i.unlink_after[k].mode > 07777))
                         abort();
         for (size_t k = 0; k < i.n_modify; k++)
                 if (!streq(i.modify[k].before->id, i.modify[k].layer) || !streq(i.modify[k].after->id, i.modify[k].layer))

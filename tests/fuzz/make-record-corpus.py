@@ -34,7 +34,8 @@ def intent(op, commit, name, gen=0, new=(), drop=(), disk=None, chain=None, modi
     o = {"schema": 1, "op": op, "commit": commit, "commit_name": name, "commit_generation": gen,
          "new_layers": list(new), "drop_layers": list(drop)}
     if unlink:
-        o["unlink_after"] = [{"path": p, "dev": d, "inode": i} for p, d, i in unlink]
+        o["unlink_after"] = [{"path": u[0], "dev": u[1], "inode": u[2], **({"mode": u[3]} if len(u) > 3 else {})}
+                             for u in unlink]
     if disk:
         o["commit_disk"] = disk
         o["commit_chain"] = list(chain)
@@ -58,7 +59,7 @@ seeds = {
     "intent-import.json": intent("ImportImage", "layer-ready", A, new=(A,)),
     "intent-delete-image.json": intent("DeleteImage", "layer-deleted", C, drop=(C,)),
     "intent-adopt-move.json": intent("AdoptDomainXML", "vm", "vm1", 5, new=(C, D),
-                                     unlink=(("/var/lib/libvirt/images/top.qcow2", 2049, 131),
+                                     unlink=(("/var/lib/libvirt/images/top.qcow2", 2049, 131, 0o640),
                                              ("/srv/base image.raw", 2**64 - 1, 7))),
     "intent-commit.json": intent("Commit", "chain", "vm1", disk="vda", chain=(A,), drop=(B,),
                                  modify=((layer(A, catalog=None), layer(A, state="modifying", gen=2)),)),
@@ -78,6 +79,7 @@ bad = {
     "bad-trailing.json": json.dumps(vm()) + " {}",
     "bad-array.json": "[1, 2]",
     "bad-unlink-relative.json": json.dumps(intent("AdoptDomainXML", "vm", "vm1", unlink=(("images/x", 1, 2),))),
+    "bad-unlink-mode.json": json.dumps(intent("AdoptDomainXML", "vm", "vm1", unlink=(("/x", 1, 2, 0o10000),))),
     "bad-types.json": json.dumps(dict(layer(A), virtual_size=-1, generation="1")),
     "bad-unicode.json": '{"schema":1,"name":"v\\u0000m","op":"\\ud800","disks":[]}',
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "record.h"
+#include "store.h"
 #include "test-util.h"
 
 static int dirfd_tmp = -1;
@@ -175,6 +176,51 @@ static void test_roundtrip(void) {
         }
 }
 
+static int intent_text(const char *text, Intent *ret) {
+        struct json_object *o = json_tokener_parse(text);
+        int r;
+
+        CHECK(o != NULL);
+        r = intent_parse(o, ret);
+        json_object_put(o);
+        return r;
+}
+
+/* adopt with "move": each old name carries the file's mode, which a roll-back gives back. */
+static void test_intent_unlink_mode(void) {
+        static const char *head =
+                "{\"schema\":1,\"op\":\"adopt\",\"commit\":\"vm\",\"commit_name\":\"web\",\"commit_generation\":2,"
+                "\"new_layers\":[\"0123456789abcdef0123456789abcdef\"],\"drop_layers\":[],\"unlink_after\":"
+                "[{\"path\":\"/srv/t.qcow2\",\"dev\":2049,\"inode\":77";
+        static const struct {
+                const char *tail;
+                int r;
+                mode_t mode;
+        } cases[] = {
+                { ",\"mode\":416}]}", 0, 0640 },
+                { ",\"mode\":0}]}", 0, 0 },
+                { ",\"mode\":4095}]}", 0, 07777 },
+                { "}]}", 0, MODE_INVALID }, /* entries written before the mode was recorded */
+                { ",\"mode\":4096}]}", -EBADMSG, 0 },
+                { ",\"mode\":-1}]}", -EBADMSG, 0 },
+                { ",\"mode\":\"0640\"}]}", -EBADMSG, 0 },
+        };
+
+        for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+                char text[512];
+                Intent i = {};
+
+                snprintf(text, sizeof(text), "%s%s", head, cases[k].tail);
+                CHECK_EQ_INT(intent_text(text, &i), cases[k].r);
+                if (cases[k].r == 0) {
+                        CHECK_EQ_INT(i.n_unlink, 1);
+                        CHECK_EQ_INT(i.unlink_after[0].inode, 77);
+                        CHECK_EQ_INT(i.unlink_after[0].mode, cases[k].mode);
+                        intent_done(&i);
+                }
+        }
+}
+
 int main(void) {
         CHECK(mkdtemp(tmpdir) != NULL);
         dirfd_tmp = open(tmpdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -183,6 +229,7 @@ int main(void) {
         test_reader();
         test_layer_decoder();
         test_roundtrip();
+        test_intent_unlink_mode();
 
         close(dirfd_tmp);
         {
