@@ -721,9 +721,9 @@ int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, in
                 for (size_t k = 0; k < (top_only ? MIN(d->n_chain, (size_t) 1) : d->n_chain); k++) {
                         const char *id = d->chain[k];
                         Layer *l = store_find_layer(s, id), *below = NULL;
-                        _cleanup_close_ int fd = -EBADF;
+                        _cleanup_close_ int owned = -EBADF;
                         FormatError ferr = {};
-                        struct stat st;
+                        int fd;
 
                         if (!l) {
                                 PROBLEM("layer record is missing");
@@ -736,13 +736,12 @@ int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, in
                         } else if (l->backing)
                                 PROBLEM("bottom layer's record names a backing layer");
 
-                        /* The caller may already hold the top layer open (and checked) as `top_fd`. */
-                        if (k == 0 && top_fd >= 0) {
-                                fd = fcntl(top_fd, F_DUPFD_CLOEXEC, 3);
-                                if (fd < 0)
-                                        return op_error(err, negative_errno(), "cannot duplicate a file descriptor");
-                        } else
-                                fd = store_open_layer(s, l, O_RDONLY);
+                        /* The caller may already hold the top layer open (and checked) as `top_fd`: borrowed,
+                         * the reads below are positioned and leave the description as it was. */
+                        if (k == 0 && top_fd >= 0)
+                                fd = top_fd;
+                        else
+                                fd = owned = store_open_layer(s, l, O_RDONLY);
                         if (fd == -ENOENT) {
                                 PROBLEM("image file is missing");
                                 continue;
@@ -751,10 +750,11 @@ int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, in
                                 PROBLEM("image file is not the one recorded (type, owner, links or inode differ)");
                                 continue;
                         }
-                        if (fstat(fd, &st) < 0)
-                                return op_error(err, negative_errno(), "cannot stat a layer");
-
                         if (l->format == IMAGE_FORMAT_RAW) {
+                                struct stat st;
+
+                                if (fstat(fd, &st) < 0)
+                                        return op_error(err, negative_errno(), "cannot stat a layer");
                                 if ((uint64_t) st.st_size != l->virtual_size)
                                         PROBLEM("raw file size %" PRIu64 " differs from the recorded size %" PRIu64,
                                                 (uint64_t) st.st_size, l->virtual_size);

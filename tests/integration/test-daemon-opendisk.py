@@ -223,6 +223,22 @@ def main():
         ofd_lock(holder, 101)
         check_eq(env.error("OpenDisk", "vm", "d", opts())[0], "org.vdisk1.Error.InUse", "a locked top layer is InUse")
         os.close(holder)
+
+        # ---- the top header changed while nobody held the disk: OpenDisk reads it through the very fd it
+        # would hand out and refuses, without quarantining; the header put back, the disk opens again ----
+        top_path = os.path.join(env.store, str(top[1]))
+        info = json.loads(qemu_img("info", "--output=json", "-f", "qcow2", top_path).stdout)
+        check_eq(qemu_img("rebase", "-u", "-f", "qcow2", "-b", "canary", "-F", "raw", top_path).returncode, 0,
+                 "header rewritten behind the daemon's back")
+        for ro in (False, True):
+            err, msg = env.error("OpenDisk", "vm", "d", opts(read_only=ro))
+            check_eq(err, "org.vdisk1.Error.Corrupt", f"a changed top header is refused (read_only={ro})")
+            check(str(msg).startswith("Disk 'd' of VM 'vm' differs from its records: header's backing file name differs"),
+                  f"the refusal names the difference: {msg}")
+        check(env.canary_unchanged(), "canary unchanged")
+        check_eq(qemu_img("rebase", "-u", "-f", "qcow2", "-b", info["backing-filename"], "-F",
+                          info["backing-filename-format"], top_path).returncode, 0, "header put back")
+        check_eq(env.call("Verify", "vm"), [], "header put back: nothing to report, no quarantine")
         path, nodes, fds, lease, _ = open_all(env, "vm", "d")
 
         # ---- quarantine: the header was rewritten under the lease ----
