@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * "vdiskctl open": takes a lease on a disk (OpenDisk), collects all of its file descriptors (at most 16
- * arrive per message; Lease.GetFds pages the rest) and either becomes the hypervisor (exec with -add-fd
- * and -blockdev arguments) or holds the lease until SIGINT/SIGTERM. A lease lives as long as the bus
- * connection that took it, so in the exec case that connection is handed down to the hypervisor.
+ * "vdiskctl open": takes a lease on each given disk of a VM (OpenDisk), collects all of its file
+ * descriptors (at most 16 arrive per message; Lease.GetFds pages the rest) and either becomes the
+ * hypervisor (exec with -add-fd and -blockdev arguments) or holds the leases until SIGINT/SIGTERM. A
+ * lease lives as long as the bus connection that took it, so in the exec case that connection is handed
+ * down to the hypervisor.
  */
 
 #include <errno.h>
@@ -40,10 +41,20 @@ typedef struct DiskLease {
         const char *disk;
         char *path;
         json_object *blockdev; /* the array of -blockdev nodes, deepest first */
-        int *fds;              /* fd i of the lease is /dev/fdset/<i+1> */
+        int *fds;              /* fd i of the lease is /dev/fdset/<set_offset+i+1> */
         size_t n_fds;
         size_t n_alloc;
+        size_t set_offset; /* the fds of the leases before this one, for one hypervisor */
 } DiskLease;
+
+/* The leases of one "vdiskctl open": the disks as given (DISK[,DISK...]) and one lease each. */
+typedef struct DiskLeases {
+        const char *vm;
+        const char *disks;
+        char *names; /* a copy of `disks`, cut at the commas: what the DiskLease's disk fields point to */
+        DiskLease *l;
+        size_t n;
+} DiskLeases;
 
 static void disk_lease_done(DiskLease *l) {
         for (size_t i = 0; i < l->n_fds; i++)
@@ -53,6 +64,45 @@ static void disk_lease_done(DiskLease *l) {
         if (l->blockdev)
                 json_object_put(l->blockdev);
         *l = (DiskLease) {};
+}
+
+static void disk_leases_done(DiskLeases *ls) {
+        for (size_t j = 0; j < ls->n; j++)
+                disk_lease_done(&ls->l[j]);
+        free(ls->l);
+        free(ls->names);
+        *ls = (DiskLeases) {};
+}
+
+/* DISK[,DISK...]: disk names cannot contain a comma. Returns 0, or EXIT_USAGE after saying why. */
+static int disk_leases_parse(DiskLeases *ls, const char *verb, const char *vm, const char *disks) {
+        size_t n = 1;
+
+        for (const char *c = disks; *c; c++)
+                n += *c == ',';
+        ls->vm = vm;
+        ls->disks = disks;
+        ls->names = strdup(disks);
+        ls->l = calloc(n, sizeof(DiskLease));
+        if (!ls->names || !ls->l)
+                return log_oom();
+
+        for (char *name = ls->names, *next; name; name = next) {
+                next = strchr(name, ',');
+                if (next)
+                        *next++ = '\0';
+                if (isempty(name)) {
+                        log_usage(verb, _("Invalid disk list '%s': give disk names separated by commas."), disks);
+                        return EXIT_USAGE;
+                }
+                for (size_t j = 0; j < ls->n; j++)
+                        if (streq(ls->l[j].disk, name)) {
+                                log_usage(verb, _("Disk '%s' is named twice."), name);
+                                return EXIT_USAGE;
+                        }
+                ls->l[ls->n++] = (DiskLease) { .vm = vm, .disk = name };
+        }
+        return 0;
 }
 
 /* Takes over the fds of an "ah" from a reply: checked with fstat and duplicated (O_CLOEXEC) so that
@@ -109,6 +159,66 @@ static int disk_lease_parse_blockdev(DiskLease *l, const char *text) {
         for (size_t i = 0; i < json_object_array_length(o); i++)
                 if (!json_object_is_type(json_object_array_get_idx(o, i), json_type_object))
                         return log_bus_parse_error(-EBADMSG);
+        return 0;
+}
+
+static int json_replace_string(json_object *o, const char *key, const char *value) {
+        json_object *v = json_object_new_string(value);
+
+        if (!v || json_object_object_add(o, key, v) < 0) {
+                if (v)
+                        json_object_put(v);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+/* Several disks for one hypervisor: every lease numbers its fd sets from 1 and names its inner nodes
+ * as every other lease does (QEMU: "Duplicate nodes with node-name='vdisk-file-0'"). So the leases after
+ * the first are shifted: fd sets by the fds of the leases before them, and every node name but the
+ * disk's own (the top format node, which a -device refers to) gets the suffix "-<index>", in the nodes
+ * and in the references to them. A description naming a file other than /dev/fdset/<1..FdCount> is not
+ * vdiskd's: refused. */
+static int disk_lease_relabel(DiskLease *l, size_t set_offset, size_t index) {
+        static const char *const refs[] = { "node-name", "file", "backing", "data-file" };
+        size_t n_nodes = json_object_array_length(l->blockdev);
+
+        l->set_offset = set_offset;
+        for (size_t i = 0; i < n_nodes; i++) {
+                json_object *node = json_object_array_get_idx(l->blockdev, i), *v;
+                char buf[64];
+
+                if (json_object_object_get_ex(node, "filename", &v)) {
+                        const char *set = json_object_is_type(v, json_type_string) ?
+                                startswith(json_object_get_string(v), "/dev/fdset/") : NULL;
+                        unsigned long k;
+                        char *end;
+
+                        if (!set || !ascii_isdigit(set[0]))
+                                return log_bus_parse_error(-EBADMSG);
+                        errno = 0;
+                        k = strtoul(set, &end, 10);
+                        if (errno != 0 || *end || k == 0 || k > l->n_fds)
+                                return log_bus_parse_error(-EBADMSG);
+                        snprintf(buf, sizeof(buf), "/dev/fdset/%zu", (size_t) k + set_offset);
+                        if (json_replace_string(node, "filename", buf) < 0)
+                                return log_oom();
+                }
+
+                for (size_t r = 0; r < ELEMENTSOF(refs); r++) {
+                        const char *name;
+
+                        if (!json_object_object_get_ex(node, refs[r], &v) || !json_object_is_type(v, json_type_string))
+                                continue;
+                        name = json_object_get_string(v);
+                        if (streq(name, l->disk))
+                                continue;
+                        if ((size_t) snprintf(buf, sizeof(buf), "%s-%zu", name, index) >= sizeof(buf))
+                                return log_bus_parse_error(-EBADMSG);
+                        if (json_replace_string(node, refs[r], buf) < 0)
+                                return log_oom();
+                }
+        }
         return 0;
 }
 
@@ -195,6 +305,18 @@ static int disk_lease_release(sd_bus *bus, const DiskLease *l) {
         return 0;
 }
 
+/* Every lease is released even if one fails; returns the first failure's status. */
+static int disk_leases_release(sd_bus *bus, const DiskLeases *ls) {
+        int ret = 0;
+
+        for (size_t j = 0; j < ls->n; j++) {
+                int r = disk_lease_release(bus, &ls->l[j]);
+                if (ret == 0)
+                        ret = r;
+        }
+        return ret;
+}
+
 static void strv_free(char **v) {
         if (!v)
                 return;
@@ -207,12 +329,14 @@ static void strv_freep(char ***v) {
         strv_free(*v);
 }
 
-/* COMMAND ARGS... -add-fd fd=N,set=1 ... -blockdev {...} ... */
-static int build_command_line(const DiskLease *l, char **command, size_t n_command, char ***ret) {
+/* COMMAND ARGS... -add-fd fd=N,set=1 ... -blockdev {...} ..., disk after disk. */
+static int build_command_line(const DiskLeases *ls, char **command, size_t n_command, char ***ret) {
         _cleanup_(strv_freep) char **v = NULL;
-        size_t n_nodes = json_object_array_length(l->blockdev), k = 0;
+        size_t n = n_command + 1, k = 0;
 
-        v = calloc(n_command + 2 * l->n_fds + 2 * n_nodes + 1, sizeof(char *));
+        for (size_t j = 0; j < ls->n; j++)
+                n += 2 * ls->l[j].n_fds + 2 * json_object_array_length(ls->l[j].blockdev);
+        v = calloc(n, sizeof(char *));
         if (!v)
                 return log_oom();
 
@@ -220,24 +344,29 @@ static int build_command_line(const DiskLease *l, char **command, size_t n_comma
                 if (!(v[k++] = strdup(command[i])))
                         return log_oom();
 
-        for (size_t i = 0; i < l->n_fds; i++) {
-                if (!(v[k++] = strdup("-add-fd")))
-                        return log_oom();
-                if (asprintf(&v[k], "fd=%d,set=%zu", l->fds[i], i + 1) < 0) {
-                        v[k] = NULL;
-                        return log_oom();
+        for (size_t j = 0; j < ls->n; j++) {
+                const DiskLease *l = &ls->l[j];
+                size_t n_nodes = json_object_array_length(l->blockdev);
+
+                for (size_t i = 0; i < l->n_fds; i++) {
+                        if (!(v[k++] = strdup("-add-fd")))
+                                return log_oom();
+                        if (asprintf(&v[k], "fd=%d,set=%zu", l->fds[i], l->set_offset + i + 1) < 0) {
+                                v[k] = NULL;
+                                return log_oom();
+                        }
+                        k++;
                 }
-                k++;
-        }
 
-        for (size_t i = 0; i < n_nodes; i++) {
-                const char *s = json_object_to_json_string_ext(json_object_array_get_idx(l->blockdev, i),
-                                                               JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+                for (size_t i = 0; i < n_nodes; i++) {
+                        const char *s = json_object_to_json_string_ext(json_object_array_get_idx(l->blockdev, i),
+                                                                       JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 
-                if (!s)
-                        return log_oom();
-                if (!(v[k++] = strdup("-blockdev")) || !(v[k++] = strdup(s)))
-                        return log_oom();
+                        if (!s)
+                                return log_oom();
+                        if (!(v[k++] = strdup("-blockdev")) || !(v[k++] = strdup(s)))
+                                return log_oom();
+                }
         }
 
         *ret = TAKE_PTR(v);
@@ -299,7 +428,7 @@ static int fd_set_cloexec(int fd, bool cloexec) {
 
 /* Returns only on failure: the process becomes COMMAND, which inherits the fds and the bus connection
  * (and with it the lease, which ends when the last holder of that connection exits). */
-static int exec_command(sd_bus *bus, const DiskLease *l, char **argv) {
+static int exec_command(sd_bus *bus, const DiskLeases *ls, char **argv) {
         int fd, r;
 
         fd = sd_bus_get_fd(bus);
@@ -310,8 +439,9 @@ static int exec_command(sd_bus *bus, const DiskLease *l, char **argv) {
         r = sd_bus_flush(bus);
         if (r >= 0)
                 r = fd_set_cloexec(fd, false);
-        for (size_t i = 0; r >= 0 && i < l->n_fds; i++)
-                r = fd_set_cloexec(l->fds[i], false);
+        for (size_t j = 0; r >= 0 && j < ls->n; j++)
+                for (size_t i = 0; r >= 0 && i < ls->l[j].n_fds; i++)
+                        r = fd_set_cloexec(ls->l[j].fds[i], false);
         if (r < 0)
                 return log_error_errno(r, _("Failed to pass the file descriptors to '%s'"), argv[0]);
 
@@ -325,7 +455,7 @@ static int exec_command(sd_bus *bus, const DiskLease *l, char **argv) {
         return log_error_errno(r, _("Failed to run '%s'"), argv[0]);
 }
 
-static int print_lease(const DiskLease *l) {
+static int lease_to_json(const DiskLease *l, json_object **ret) {
         _cleanup_json_ json_object *o = NULL;
         json_object *fds;
 
@@ -346,7 +476,7 @@ static int print_lease(const DiskLease *l) {
 
                 if (!f ||
                     json_add_uint64(f, "fd", (uint64_t) l->fds[i]) < 0 ||
-                    json_add_uint64(f, "set", i + 1) < 0) {
+                    json_add_uint64(f, "set", l->set_offset + i + 1) < 0) {
                         if (f)
                                 json_object_put(f);
                         return log_oom();
@@ -363,8 +493,36 @@ static int print_lease(const DiskLease *l) {
             json_object_object_add(o, "blockdev", json_object_get(l->blockdev)) < 0)
                 return log_oom();
 
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+/* One disk: its object; several: an array of them. */
+static int print_leases(const DiskLeases *ls) {
+        _cleanup_json_ json_object *out = NULL;
+        int r;
+
+        if (ls->n == 1) {
+                r = lease_to_json(&ls->l[0], &out);
+                if (r < 0)
+                        return r;
+        } else {
+                out = json_object_new_array();
+                if (!out)
+                        return log_oom();
+                for (size_t j = 0; j < ls->n; j++) {
+                        json_object *o;
+
+                        r = lease_to_json(&ls->l[j], &o);
+                        if (r < 0)
+                                return r;
+                        if (json_array_append(out, o) < 0)
+                                return log_oom();
+                }
+        }
+
         /* Not --json=short: pretty, as --json alone. */
-        return json_print(o, arg_json == JSON_SHORT ? JSON_SHORT : JSON_PRETTY) < 0 ? log_oom() : 0;
+        return json_print(out, arg_json == JSON_SHORT ? JSON_SHORT : JSON_PRETTY) < 0 ? log_oom() : 0;
 }
 
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -373,28 +531,32 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
 
 /* The lease cannot outlive vdiskd nor the connection: either ending leaves nothing to hold. */
 static int on_vdiskd_gone(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        const DiskLease *l = userdata;
+        const DiskLeases *ls = userdata;
         const char *name, *old_owner, *new_owner;
 
         if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0 || !streq(name, VDISK_BUS_NAME) ||
             !isempty(new_owner))
                 return 0;
-        log_error(_("vdiskd stopped: the lease on disk '%s' of VM '%s' has ended."), l->disk, l->vm);
+        log_error(ngettext("vdiskd stopped: the lease on disk '%s' of VM '%s' has ended.",
+                           "vdiskd stopped: the leases on disks '%s' of VM '%s' have ended.", ls->n),
+                  ls->disks, ls->vm);
         return sd_event_exit(sd_bus_get_event(sd_bus_message_get_bus(m)), EXIT_ERROR);
 }
 
 static int on_disconnected(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        const DiskLease *l = userdata;
+        const DiskLeases *ls = userdata;
 
         if (!sd_bus_message_is_signal(m, "org.freedesktop.DBus.Local", "Disconnected"))
                 return 0;
-        log_error(_("The connection to the system bus was lost: the lease on disk '%s' of VM '%s' has ended."), l->disk,
-                  l->vm);
+        log_error(ngettext("The connection to the system bus was lost: the lease on disk '%s' of VM '%s' has ended.",
+                           "The connection to the system bus was lost: the leases on disks '%s' of VM '%s' have ended.",
+                           ls->n),
+                  ls->disks, ls->vm);
         return sd_event_exit(sd_bus_get_event(sd_bus_message_get_bus(m)), EXIT_ERROR);
 }
 
 /* SIGINT and SIGTERM are blocked already (before the lease was taken, so that none is lost). */
-static int hold_lease(sd_bus *bus, const DiskLease *l) {
+static int hold_leases(sd_bus *bus, const DiskLeases *ls) {
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *filter_slot = NULL;
         int r, code = EXIT_OK;
@@ -407,7 +569,7 @@ static int hold_lease(sd_bus *bus, const DiskLease *l) {
         if (r < 0)
                 return log_error_errno(r, _("Failed to set up the event loop"));
 
-        r = sd_bus_add_filter(bus, &filter_slot, on_disconnected, (void *) l);
+        r = sd_bus_add_filter(bus, &filter_slot, on_disconnected, (void *) ls);
         if (r < 0)
                 return log_error_errno(r, _("Failed to set up the event loop"));
 
@@ -418,7 +580,7 @@ static int hold_lease(sd_bus *bus, const DiskLease *l) {
         if (r < 0)
                 return log_error_errno(r, _("Failed to attach the bus connection to the event loop"));
 
-        r = print_lease(l);
+        r = print_leases(ls);
         if (r < 0)
                 goto finish;
         if (fflush(stdout) != 0) {
@@ -426,11 +588,15 @@ static int hold_lease(sd_bus *bus, const DiskLease *l) {
                 r = -EIO;
                 goto finish;
         }
-        log_error(_("Holding the lease on disk '%s' of VM '%s' until Ctrl-C or SIGTERM."), l->disk, l->vm);
+        log_error(ngettext("Holding the lease on disk '%s' of VM '%s' until Ctrl-C or SIGTERM.",
+                           "Holding the leases on disks '%s' of VM '%s' until Ctrl-C or SIGTERM.", ls->n),
+                  ls->disks, ls->vm);
 
         r = sd_event_loop(event);
         if (r < 0) {
-                r = log_error_errno(r, _("Failed to hold the lease on disk '%s' of VM '%s'"), l->disk, l->vm);
+                r = log_error_errno(r, ngettext("Failed to hold the lease on disk '%s' of VM '%s'",
+                                                "Failed to hold the leases on disks '%s' of VM '%s'", ls->n),
+                                    ls->disks, ls->vm);
                 goto finish;
         }
         code = r;
@@ -440,22 +606,23 @@ finish:
         if (r < 0)
                 return r;
         if (code != EXIT_OK)
-                return code; /* the lease is gone already */
-        return disk_lease_release(bus, l);
+                return code; /* the leases are gone already */
+        return disk_leases_release(bus, ls);
 }
 
 int verb_open(int argc, char *argv[]) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *gone_slot = NULL;
         _cleanup_(strv_freep) char **command_line = NULL;
-        _cleanup_(disk_lease_done) DiskLease l = {
-                .vm = argv[1],
-                .disk = argv[2],
-        };
+        _cleanup_(disk_leases_done) DiskLeases ls = {};
         char **command = argv + 3;
         size_t n_command = (size_t) (argc - 3);
         sigset_t mask;
         int r;
+
+        r = disk_leases_parse(&ls, argv[0], argv[1], argv[2]);
+        if (r != 0)
+                return r;
 
         if (arg_print && n_command == 0) {
                 log_usage(argv[0], _("--print needs a COMMAND after '--': it prints the command line that would run it."));
@@ -481,19 +648,27 @@ int verb_open(int argc, char *argv[]) {
                                      "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
                                      "interface='org.freedesktop.DBus',member='NameOwnerChanged',"
                                      "arg0='" VDISK_BUS_NAME "'",
-                                     on_vdiskd_gone, &l);
+                                     on_vdiskd_gone, &ls);
                 if (r < 0)
                         return log_error_errno(r, _("Failed to set up the event loop"));
         }
 
-        r = disk_lease_open(bus, &l);
-        if (r != 0)
-                return r;
+        /* One after the other: a refusal ends them all, as the connection that holds them closes. */
+        for (size_t j = 0, fds = 0; j < ls.n; fds += ls.l[j].n_fds, j++) {
+                r = disk_lease_open(bus, &ls.l[j]);
+                if (r != 0)
+                        return r;
+                if (j > 0) {
+                        r = disk_lease_relabel(&ls.l[j], fds, j);
+                        if (r < 0)
+                                return r;
+                }
+        }
 
         if (n_command == 0)
-                return hold_lease(bus, &l);
+                return hold_leases(bus, &ls);
 
-        r = build_command_line(&l, command, n_command, &command_line);
+        r = build_command_line(&ls, command, n_command, &command_line);
         if (r < 0)
                 return r;
 
@@ -502,8 +677,8 @@ int verb_open(int argc, char *argv[]) {
                 r = print_command_line(command_line);
                 if (r < 0)
                         return r;
-                return disk_lease_release(bus, &l);
+                return disk_leases_release(bus, &ls);
         }
 
-        return exec_command(bus, &l, command_line);
+        return exec_command(bus, &ls, command_line);
 }

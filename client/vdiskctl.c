@@ -250,24 +250,28 @@ static const Verb verbs[] = {
           N_("Prints the libvirt <disk> element of disk DISK of VM VM, with the complete chain of backing\n"
              "stores and their formats."),
           options_json, verb_xml },
-        { "open", "VM DISK [-- COMMAND...]", 2, UINT_MAX, SECTION_DISKS,
-          N_("Run a hypervisor on a disk, or hold its lease"),
+        { "open", "VM DISK[,DISK...] [-- COMMAND...]", 2, UINT_MAX, SECTION_DISKS,
+          N_("Run a hypervisor on disks, or hold their leases"),
           N_("Opens disk DISK of VM VM through vdiskd and takes a lease on it: vdiskd passes the files of the\n"
              "chain as file descriptors (the active layer read-write unless --read-only, the others read-only)\n"
              "and describes them as QEMU -blockdev nodes. While a read-write lease is held, the disk cannot be\n"
-             "changed or deleted (InUse).\n"
+             "changed or deleted (InUse). Several disks of the VM, separated by commas, are opened one after\n"
+             "the other for one hypervisor: the fd sets and the inner node names of the second and later disks\n"
+             "are renumbered so that they do not collide; each disk's top node keeps the disk's name.\n"
              "\n"
              "With COMMAND, vdiskctl becomes COMMAND (exec) and appends '-add-fd fd=N,set=I' for every file\n"
              "descriptor and '-blockdev JSON' for every node, e.g.\n"
-             "  vdiskctl open vm1 root -- qemu-system-x86_64 -m 2G -device virtio-blk-pci,drive=root\n"
-             "COMMAND inherits the bus connection that holds the lease, so the lease lives as long as the\n"
-             "launched process: it ends when COMMAND exits. The exit status is then that of COMMAND; 4 if\n"
+             "  vdiskctl open vm1 root,data -- qemu-system-x86_64 -m 2G \\\n"
+             "      -device virtio-blk-pci,drive=root -device virtio-blk-pci,drive=data\n"
+             "COMMAND inherits the bus connection that holds the leases, so they live as long as the\n"
+             "launched process: they end when COMMAND exits. The exit status is then that of COMMAND; 4 if\n"
              "COMMAND cannot be started. With --print, vdiskctl prints the command line instead, one argument\n"
-             "per line and quoted for the shell, and exits: the lease ends then, and with it the file\n"
+             "per line and quoted for the shell, and exits: the leases end then, and with them the file\n"
              "descriptors the command line names.\n"
              "\n"
-             "Without COMMAND, vdiskctl prints the nodes and its file descriptors as JSON and holds the lease\n"
-             "until Ctrl-C (SIGINT) or SIGTERM, then releases it."),
+             "Without COMMAND, vdiskctl prints the nodes and its file descriptors as JSON (one object per disk,\n"
+             "in an array when there are several) and holds the leases until Ctrl-C (SIGINT) or SIGTERM, then\n"
+             "releases them."),
           options_open, verb_open },
         { "adopt", "VM FILE", 2, 2, SECTION_DISKS,
           N_("Take an existing disk chain into the store"),

@@ -185,6 +185,11 @@ check_eq(complete("vdiskctl", "chain", "web", "ro"), ["root", "rootfs"], "chain 
 check_eq(complete("vdiskctl", "--json", "chain", "--no-legend", "web", "d"), ["data"],
          "chain DISK after options before and after the command")
 check_eq(complete("vdiskctl", "open", "--read-only", "web", "r"), ["root", "rootfs"], "open DISK after an option")
+check_eq(complete("vdiskctl", "open", "web", "root,"), ["root,data", "root,rootfs"],
+         "open DISK,DISK: the disks after the comma, without those already named")
+check_eq(complete("vdiskctl", "open", "web", "data,root,r"), ["data,root,rootfs"], "open DISK,DISK,DISK: prefix 'r'")
+check_eq(complete("vdiskctl", "open", "web", "data,root,rootfs,"), [], "open: every disk named, nothing left")
+check_eq(complete("vdiskctl", "chain", "web", "root,"), [], "chain takes one DISK: no list")
 check_eq(complete("vdiskctl", "chain", "db", ""), [], "chain DISK of a VM without disks: nothing")
 check_eq(complete("vdiskctl", "chain", "web2", ""), [], "chain DISK of a VM the caller may not see: nothing")
 check_eq(complete("vdiskctl", "chain", "web", "root", ""), [], "chain: nothing after DISK")

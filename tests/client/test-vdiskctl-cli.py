@@ -101,7 +101,7 @@ for cmd, options in COMMANDS.items():
     check(q.returncode == 0 and q.stdout == p.stdout, f"'--help {cmd}' is '{cmd} --help'", q)
 
 p = run("open", "--help")
-check(p.stdout.startswith("Usage: vdiskctl open VM DISK [OPTIONS...] [-- COMMAND...]\n"),
+check(p.stdout.startswith("Usage: vdiskctl open VM DISK[,DISK...] [OPTIONS...] [-- COMMAND...]\n"),
       "open --help puts the options before '-- COMMAND'", p)
 check("lease" in p.stdout and "exits" in p.stdout, "open --help says how long the lease lives", p)
 

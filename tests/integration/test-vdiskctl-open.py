@@ -3,7 +3,8 @@
 vdiskd describes them, also past 16 fds); with a COMMAND vdiskctl execs it with the fds and its bus
 connection, so the lease lives exactly as long as the launched process (a Python child checks its fds:
 open, right access modes, the store's files; Snapshot is InUse meanwhile); a real QEMU opens every node
-from the fdsets; --read-only; holding mode until SIGINT/SIGTERM; vdiskd's refusals exit 3.
+from the fdsets; several disks for one hypervisor (fd sets and node names renumbered, a real QEMU opens
+all three); --read-only; holding mode until SIGINT/SIGTERM; vdiskd's refusals exit 3.
 
 Usage: test-vdiskctl-open.py VDISKD (VDISKCTL in the environment). Exits 77 after all other checks if
 qemu-system-x86_64 is missing (only the QEMU case needs it)."""
@@ -300,6 +301,123 @@ def case_qemu(env):
     return True
 
 
+def relabel(nodes, set_offset, index, disk):
+    """What vdiskctl must make of a second (third ...) disk's description: fd sets shifted by the fds
+    before it, inner node names suffixed with the disk's position, the top node's name kept."""
+    out = []
+    for nd in nodes:
+        nd = dict(nd)
+        if "filename" in nd:
+            nd["filename"] = f"/dev/fdset/{int(nd['filename'].rsplit('/', 1)[1]) + set_offset}"
+        for key in ("node-name", "file", "backing", "data-file"):
+            if isinstance(nd.get(key), str) and nd[key] != disk:
+                nd[key] = f"{nd[key]}-{index}"
+        out.append(nd)
+    return out
+
+
+def case_many_disks(env):
+    """Several disks of a VM for one hypervisor: fd sets and inner node names must not collide (two
+    plain leases both use set 1 and the node name vdisk-file-0, which QEMU refuses)."""
+    env.call("CreateDisk", "vm", "data", "", dbus.UInt64(64 << 20), opts(data_file=True))
+    env.call("CreateDisk", "vm", "swap", "base", dbus.UInt64(0), opts())
+    disks = ["d", "data", "swap"]
+
+    def expected(disks):
+        """(nodes for the disks in this order, fds per disk, nodes per disk): taken anew before each
+        step, since a successful snapshot_error() check adds a layer."""
+        refs = [reference(env, "vm", dk) for dk in disks]
+        n_fds = [len(env.call("GetChain", "vm", dk)) + (dk == "data") for dk in disks]
+        want, offset = [], 0
+        for i, (dk, nodes) in enumerate(zip(disks, refs)):
+            want += nodes if i == 0 else relabel(nodes, offset, i, dk)
+            offset += n_fds[i]
+        return want, n_fds, [len(r) for r in refs]
+
+    want, n_fds, _ = expected(disks)
+    p = run("open", "vm", ",".join(disks), "--print", "--", "qemu-system-x86_64")
+    if not check_eq(p.returncode, 0, f"three disks: --print exits 0 ({describe(p)})"):
+        return
+    _, fds, got = parse_command_line(shlex.split(p.stdout))
+    check_eq([s for _, s in fds], list(range(1, sum(n_fds) + 1)), "three disks: fd sets 1..N over all disks")
+    check_eq(len({fd for fd, _ in fds}), sum(n_fds), "three disks: distinct fds")
+    check_eq(got, want, "three disks: the first disk's nodes as vdiskd gave them, the others renumbered")
+    names = [nd["node-name"] for nd in got]
+    check_eq(len(set(names)), len(names), "three disks: every node name is unique")
+    check(all(dk in names for dk in disks), "three disks: each top node keeps its disk's name")
+    for dk in disks:
+        check_eq(snapshot_error(env, disk=dk), None, f"three disks: after --print the lease on {dk} has ended")
+
+    # Refusals: before any lease (usage) and after the first (a missing disk: all leases end).
+    for arg, code, text in (("d,d", 2, "Disk 'd' is named twice."),
+                            ("d,", 2, "Invalid disk list 'd,': give disk names separated by commas."),
+                            (",d", 2, "Invalid disk list ',d': give disk names separated by commas."),
+                            ("d,nope", 3, "Failed to open disk 'nope' of VM 'vm'")):
+        q = run("open", "vm", arg, "--print", "--", "true")
+        check_eq(q.returncode, code, f"open vm {arg} exits {code} ({describe(q)})")
+        check(text in q.stderr, f"open vm {arg} says {text!r} ({q.stderr.strip()!r})")
+        check_eq(q.stdout, "", f"open vm {arg}: nothing on stdout")
+    wait_snapshot_works(env, "the lease on d ended with the refusal of the next disk")
+
+    # Holding several: one JSON array, the sets continued, both leases released on SIGINT.
+    want, n_fds, n_nodes = expected(["d", "data"])
+    h = subprocess.Popen([VDISKCTL, "--json=short", "open", "vm", "d,data"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=vdiskctl_env())
+    try:
+        arr = read_json(h.stdout, time.time() + 60)
+        if check(isinstance(arr, list) and len(arr) == 2, f"hold two disks: a JSON array of two leases ({arr!r:.200})"):
+            check_eq([o["disk"] for o in arr], ["d", "data"], "hold two disks: in the order given")
+            check_eq([f["set"] for o in arr for f in o["fds"]], list(range(1, n_fds[0] + n_fds[1] + 1)),
+                     "hold two disks: sets continue over the disks")
+            check_eq([len(o["blockdev"]) for o in arr], n_nodes, "hold two disks: each disk's nodes")
+            check_eq(arr[0]["blockdev"] + arr[1]["blockdev"], want, "hold two disks: the second disk's nodes renumbered")
+        check_eq(snapshot_error(env, disk="data"), INUSE, "hold two disks: the second disk is leased")
+        h.send_signal(signal.SIGINT)
+        out, err = h.communicate(timeout=60)
+        check_eq(h.returncode, 0, f"hold two disks: exits 0 on SIGINT ({err.strip()!r})")
+        check("Holding the leases on disks 'd,data' of VM 'vm'" in err, f"hold two disks: says so ({err.strip()!r})")
+        for dk in ("d", "data"):
+            check_eq(snapshot_error(env, disk=dk), None, f"hold two disks: {dk} released before exit")
+    finally:
+        if h.poll() is None:
+            h.kill()
+            h.communicate()
+
+    # A real QEMU with all three disks.
+    if not shutil.which("qemu-system-x86_64"):
+        return
+    want, n_fds, _ = expected(disks)
+    names = [nd["node-name"] for nd in want]
+    q = subprocess.Popen([VDISKCTL, "open", "vm", ",".join(disks), "--", "qemu-system-x86_64", "-nodefaults",
+                          "-display", "none", "-machine", "none", "-S", "-qmp", "stdio"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=vdiskctl_env(), cwd=env.tmp)
+    greeting = read_json(q.stdout, time.time() + 60)
+    check(isinstance(greeting, dict) and "QMP" in greeting, "qemu, three disks: QMP greeting")
+    for dk in disks:
+        check_eq(snapshot_error(env, disk=dk), INUSE, f"qemu, three disks: {dk} is InUse while QEMU runs")
+    cmds = [{"execute": "qmp_capabilities"}, {"execute": "query-named-block-nodes", "arguments": {"flat": True}},
+            {"execute": "quit"}]
+    try:
+        out, err = q.communicate("\n".join(json.dumps(c) for c in cmds) + "\n", timeout=60)
+    except subprocess.TimeoutExpired:
+        q.kill()
+        out, err = q.communicate()
+    replies = [json.loads(x) for x in out.splitlines() if x.strip().startswith("{")]
+    result = [r for r in replies if isinstance(r.get("return"), list)]
+    if check(result, f"qemu, three disks: answered query-named-block-nodes ({err.strip()[-400:]!r})"):
+        named = {nd["node-name"]: nd for nd in result[0]["return"]}
+        check_eq(sorted(named), sorted(names), "qemu, three disks: exactly the described nodes")
+        files = sorted(nd["file"] for nd in result[0]["return"] if nd["drv"] == "file")
+        check_eq(files, sorted(f"/dev/fdset/{i}" for i in range(1, sum(n_fds) + 1)),
+                 "qemu, three disks: every fd set used once")
+        for dk in disks:
+            check_eq(named.get(dk, {}).get("ro"), False, f"qemu, three disks: {dk}'s top node is writable")
+    check_eq(q.returncode, 0, "qemu, three disks: quit cleanly")
+    for dk in disks:
+        wait_snapshot_works(env, f"qemu, three disks: {dk} can be snapshot after QEMU exited", disk=dk)
+
+
 def case_hold(env, sig, json_mode=None):
     label = f"hold ({signal.Signals(sig).name}{', --json=' + json_mode if json_mode else ''})"
     nodes = reference(env, "vm", "d")
@@ -404,6 +522,7 @@ def main():
 
         case_print(env)
         case_print_many(env)
+        case_many_disks(env)
         case_exec(env)
         qemu_ran = case_qemu(env)
         case_exec(env, read_only=True)
