@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "bus.h"
 #include "manager.h"
 
 #define DEFAULT_CONFIG "/etc/vdisk/vdiskd.conf"
@@ -34,9 +35,6 @@ typedef struct Idle {
         bool releasing;
 } Idle;
 
-static bool manager_busy(Manager *m) {
-        return m->n_leases > 0 || m->n_jobs > 0;
-}
 
 static int idle_activity(sd_bus_message *msg, void *userdata, sd_bus_error *ret_error) {
         Idle *idle = userdata;
@@ -234,7 +232,7 @@ static int run(int argc, char *argv[]) {
         if (r >= 0)
                 r = bus_lease_register(m);
         if (r >= 0)
-                r = manager_watch_names(m);
+                r = bus_watch_names(m);
         if (r >= 0)
                 r = sd_bus_add_object_manager(m->bus, NULL, VDISK_MANAGER_PATH);
         if (r >= 0)

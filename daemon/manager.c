@@ -155,22 +155,69 @@ int manager_new(const Config *config, Manager **ret) {
                 manager_free(m);
                 return r;
         }
+        job_registry_init(&m->jobs, m->event);
         *ret = m;
         return 0;
 }
 
-void manager_free_jobs(Manager *m);
-
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
-        manager_free_jobs(m);
-        manager_free_leases(m);
-        auth_free_cache(m);
+        job_registry_done(&m->jobs);
+        lease_registry_done(&m->leases);
+        caller_cache_done(&m->callers);
         sd_bus_flush_close_unref(m->bus);
         store_free(m->store);
         sd_event_unref(m->event);
         config_done(&m->config);
         free(m);
         return NULL;
+}
+
+bool manager_busy(const Manager *m) {
+        return m->leases.n_leases > 0 || m->jobs.n_jobs > 0;
+}
+
+const Caller *caller_cache_get(const CallerCache *c, const char *name) {
+        for (size_t i = 0; name && i < c->n_entries; i++)
+                if (streq(c->entries[i].name, name))
+                        return &c->entries[i].caller;
+        return NULL;
+}
+
+void caller_cache_forget(CallerCache *c, const char *name) {
+        for (size_t i = 0; i < c->n_entries; i++)
+                if (streq(c->entries[i].name, name)) {
+                        free(c->entries[i].name);
+                        c->entries[i] = c->entries[--c->n_entries];
+                        return;
+                }
+}
+
+void caller_cache_done(CallerCache *c) {
+        for (size_t i = 0; i < c->n_entries; i++)
+                free(c->entries[i].name);
+        free(c->entries);
+        *c = (CallerCache) {};
+}
+
+void caller_cache_put(CallerCache *c, const char *name, const Caller *caller) {
+        struct CallerEntry *a;
+        char *copy;
+
+        if (!name || name[0] != ':')
+                return;
+        /* Full (callers that never left?): start over rather than grow without bound. */
+        if (c->n_entries >= CALLER_CACHE_MAX)
+                caller_cache_done(c);
+        copy = strdup(name);
+        a = reallocarray(c->entries, c->n_entries + 1, sizeof(struct CallerEntry));
+        if (!copy || !a) {
+                free(copy);
+                if (a)
+                        c->entries = a;
+                return;
+        }
+        c->entries = a;
+        c->entries[c->n_entries++] = (struct CallerEntry) { .name = copy, .caller = *caller };
 }

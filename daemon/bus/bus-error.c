@@ -1,50 +1,63 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+/* errno → org.vdisk1.Error.*: the one place where D-Bus error names are chosen. */
+
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "bus.h"
 #include "log.h"
-#include "manager.h"
 
-/* errno → org.vdisk1.Error.*: the one place where D-Bus error names are chosen. */
-static const char *error_name(int r) {
+const char *bus_error_name(int r) {
         switch (-r) {
         case ENOENT:
-                return "org.vdisk1.Error.NotFound";
+                return VDISK_ERROR_NOT_FOUND;
         case EEXIST:
-                return "org.vdisk1.Error.AlreadyExists";
+                return VDISK_ERROR_ALREADY_EXISTS;
         case EBUSY:
-                return "org.vdisk1.Error.InUse";
+                return VDISK_ERROR_IN_USE;
         case EMEDIUMTYPE:
-                return "org.vdisk1.Error.UnsafeImage";
+                return VDISK_ERROR_UNSAFE_IMAGE;
         case EBADMSG:
-                return "org.vdisk1.Error.Corrupt";
+                return VDISK_ERROR_CORRUPT;
         case EOPNOTSUPP:
-                return "org.vdisk1.Error.NotSupported";
+                return VDISK_ERROR_NOT_SUPPORTED;
         case ELOOP:
-                return "org.vdisk1.Error.ChainTooDeep";
+                return VDISK_ERROR_CHAIN_TOO_DEEP;
         case E2BIG:
         case EMFILE: /* out of fds: a limit, whose message says which */
         case ENFILE:
-                return "org.vdisk1.Error.LimitExceeded";
+                return VDISK_ERROR_LIMIT_EXCEEDED;
         case ECANCELED:
-                return "org.vdisk1.Error.Cancelled";
+                return VDISK_ERROR_CANCELLED;
         case ENOSPC:
         case EDQUOT:
-                return "org.vdisk1.Error.NoSpace";
+                return VDISK_ERROR_NO_SPACE;
         case EINVAL:
-                return SD_BUS_ERROR_INVALID_ARGS;
+                return VDISK_ERROR_INVALID_ARGS;
         case EACCES:
         case EPERM:
-                return SD_BUS_ERROR_ACCESS_DENIED;
+                return VDISK_ERROR_ACCESS_DENIED;
         default:
                 return SD_BUS_ERROR_FAILED;
         }
 }
 
 int bus_error_from_op(sd_bus_error *error, int r, const char *reason) {
-        const char *name = error_name(r);
+        const char *name = bus_error_name(r);
 
         if (streq(name, SD_BUS_ERROR_FAILED))
                 log_error_errno(r, "Operation failed: %s", reason && *reason ? reason : "unknown error");
         return sd_bus_error_setf(error, name, "%s", reason && *reason ? reason : strerror(-r));
+}
+
+int bus_errorf(sd_bus_error *error, int r, const char *fmt, ...) {
+        char text[512];
+        va_list ap;
+
+        va_start(ap, fmt);
+        (void) vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        return bus_error_from_op(error, r, text);
 }

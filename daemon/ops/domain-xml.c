@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "domain-xml.h"
+#include "image-lock.h"
 #include "log.h"
 #include "undo.h"
 
@@ -540,28 +541,6 @@ static void adoption_done(Adoption *a) {
         domain_xml_disk_done(&a->disk);
 }
 
-/* Holds the image for a consistent read, following QEMU's lock protocol (bytes 100 + permission for
- * what a user holds, 200 + permission for what it refuses to share): we hold CONSISTENT_READ and
- * refuse WRITE and RESIZE to others; a user already holding WRITE or RESIZE (a running VM's active
- * layer) makes it -EBUSY. Readers, such as VMs using the file as a backing file, may stay. */
-static int lock_for_copy(int fd) {
-        static const off_t hold[] = { 100, 201, 203 }, test[] = { 101, 103 };
-
-        for (size_t i = 0; i < ELEMENTSOF(hold); i++) {
-                struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = hold[i], .l_len = 1 };
-                if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
-                        return errno == EAGAIN || errno == EACCES ? -EBUSY : negative_errno();
-        }
-        for (size_t i = 0; i < ELEMENTSOF(test); i++) {
-                struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = test[i], .l_len = 1 };
-                if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
-                        return negative_errno();
-                if (fl.l_type != F_UNLCK)
-                        return -EBUSY;
-        }
-        return 0; /* the locks go with the description when it is closed */
-}
-
 /* Opens a layer's file: its directory (following the path as given), then the file itself without
  * following a symlink, with the type checked before the open (opening a device can have effects). */
 static int source_open(Adoption *a, size_t i, OpError *err) {
@@ -674,7 +653,7 @@ static int source_validate(Adoption *a, size_t i, OpError *err) {
         if ((uint64_t) src->st.st_size > a->lim->max_virtual_size + ADOPT_FILE_SLACK)
                 return op_error(err, -E2BIG, "%s has %" PRIu64 " bytes, more than any image of at most %" PRIu64 " bytes (MaxVirtualSize) can take",
                                 src->label, (uint64_t) src->st.st_size, a->lim->max_virtual_size);
-        r = a->move ? image_lock_for_change(src->fd) : lock_for_copy(src->fd);
+        r = a->move ? image_lock_for_change(src->fd) : image_lock_for_read(src->fd);
         if (r == -EBUSY)
                 return op_error(err, -EBUSY, "%s is in use by a QEMU", src->label);
         if (r < 0)

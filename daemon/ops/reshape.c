@@ -34,6 +34,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "image-lock.h"
 #include "log.h"
 #include "ops.h"
 #include "qcow2-edit.h"

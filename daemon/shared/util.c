@@ -98,40 +98,7 @@ void crash_point(const char *point) {
         }
 }
 
-static int ofd_lock(int fd, short type, int cmd, off_t byte, short *ret_type) {
-        struct flock fl = { .l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1 };
-        if (fcntl(fd, cmd, &fl) < 0)
-                return negative_errno();
-        if (ret_type)
-                *ret_type = fl.l_type;
-        return 0;
-}
-
-int image_lock_for_change(int fd) {
-        /* QEMU's protocol (RAW_LOCK_PERM_BASE 100, RAW_LOCK_SHARED_BASE 200): hold CONSISTENT_READ,
-         * WRITE and RESIZE (100, 101, 103), refuse to share WRITE and RESIZE (201, 203); then test
-         * whether anyone refuses what we hold (200, 201, 203) or holds what we refuse (101, 103). */
-        static const off_t hold[] = { 100, 101, 103, 201, 203 }, test[] = { 200, 201, 203, 101, 103 };
-        int r;
-
-        for (size_t i = 0; i < ELEMENTSOF(hold); i++) {
-                r = ofd_lock(fd, F_RDLCK, F_OFD_SETLK, hold[i], NULL);
-                if (r < 0)
-                        goto fail;
-        }
-        for (size_t i = 0; i < ELEMENTSOF(test); i++) {
-                short type;
-                r = ofd_lock(fd, F_WRLCK, F_OFD_GETLK, test[i], &type);
-                if (r < 0)
-                        goto fail;
-                if (type != F_UNLCK) {
-                        r = -EBUSY;
-                        goto fail;
-                }
-        }
-        return 0;
-fail:
-        for (size_t i = 0; i < ELEMENTSOF(hold); i++)
-                (void) ofd_lock(fd, F_UNLCK, F_OFD_SETLK, hold[i], NULL);
-        return r == -EAGAIN || r == -EACCES ? -EBUSY : r;
+const char *startswith(const char *s, const char *prefix) {
+        size_t n = strlen(prefix);
+        return strncmp(s, prefix, n) == 0 ? s + n : NULL;
 }

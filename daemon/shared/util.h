@@ -35,7 +35,6 @@ static inline bool streq(const char *a, const char *b) {
 /* Optional fault injection for crash tests: VDISKD_CRASH_AT=<point> makes the daemon SIGKILL itself there. */
 void crash_point(const char *point);
 
-/* Takes QEMU's image locks for an offline change on this open file description (qcow2.md, daemon
- * protocol step 3): -EBUSY if a QEMU (or anyone following its protocol) uses the image. Released
- * when the description is closed. */
-int image_lock_for_change(int fd);
+/* The rest of `s` after `prefix`, or NULL if it does not start with it. */
+const char *startswith(const char *s, const char *prefix) _pure_;
+

@@ -110,7 +110,15 @@ class Env:
             time.sleep(0.05)
         os.chmod(self.socket, 0o777)
         os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = self.address
-        self.bus = dbus.bus.BusConnection(self.address)
+        # The socket exists once bound, a moment before dbus-daemon listens on it (seen under load).
+        for attempt in range(100):
+            try:
+                self.bus = dbus.bus.BusConnection(self.address)
+                break
+            except dbus.exceptions.DBusException:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
         self.daemon = None
         self.log = os.path.join(self.tmp, "vdiskd.log")
 

@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lease.h"
+#include "vdisk-bus.h"
+#include "log.h"
+#include "ops.h"
+#include "util.h"
+
+Lease *lease_free(Lease *l) {
+        if (!l)
+                return NULL;
+        for (size_t i = 0; i < l->n_fds; i++)
+                safe_close(l->fds[i]);
+        free(l->fds);
+        free(l->vm);
+        free(l->disk);
+        free(l->holder);
+        free(l);
+        return NULL;
+}
+
+void lease_forget_fds(Lease *l, size_t first, size_t count) {
+        for (size_t i = first; i < first + count && i < l->n_fds; i++)
+                l->fds[i] = safe_close(l->fds[i]);
+}
+
+void lease_registry_done(LeaseRegistry *reg) {
+        for (size_t i = 0; i < reg->n_leases; i++)
+                lease_free(reg->leases[i]);
+        free(reg->leases);
+        *reg = (LeaseRegistry) {};
+}
+
+int lease_registry_add(LeaseRegistry *reg, Lease *l) {
+        Lease **a = reallocarray(reg->leases, reg->n_leases + 1, sizeof(Lease *));
+        if (!a)
+                return -ENOMEM;
+        reg->leases = a;
+        reg->leases[reg->n_leases++] = l;
+        return 0;
+}
+
+void lease_registry_remove(LeaseRegistry *reg, Lease *l) {
+        for (size_t i = 0; i < reg->n_leases; i++)
+                if (reg->leases[i] == l) {
+                        memmove(reg->leases + i, reg->leases + i + 1, (reg->n_leases - i - 1) * sizeof(Lease *));
+                        reg->n_leases--;
+                        return;
+                }
+}
+
+Lease *lease_registry_find(const LeaseRegistry *reg, const char *id) {
+        for (size_t i = 0; i < reg->n_leases; i++)
+                if (streq(reg->leases[i]->id, id))
+                        return reg->leases[i];
+        return NULL;
+}
+
+size_t lease_registry_count_holder(const LeaseRegistry *reg, const char *holder) {
+        size_t n = 0;
+        for (size_t i = 0; i < reg->n_leases; i++)
+                n += streq(reg->leases[i]->holder, holder);
+        return n;
+}
+
+size_t lease_registry_held_fds(const LeaseRegistry *reg, const char *holder) {
+        size_t n = 0;
+        for (size_t i = 0; i < reg->n_leases; i++)
+                if (!holder || streq(reg->leases[i]->holder, holder))
+                        for (size_t k = 0; k < reg->leases[i]->n_fds; k++)
+                                n += reg->leases[i]->fds[k] >= 0;
+        return n;
+}
+
+const Lease *lease_registry_conflict(const LeaseRegistry *reg, const char *vm, const char *disk, bool read_only) {
+        for (size_t i = 0; i < reg->n_leases; i++) {
+                const Lease *o = reg->leases[i];
+                if (streq(o->vm, vm) && (!disk || streq(o->disk, disk)) && (!o->read_only || !read_only))
+                        return o;
+        }
+        return NULL;
+}
+
+int lease_check_idle(const LeaseRegistry *leases, const JobRegistry *jobs, const char *vm, const char *disk, bool any_lease,
+                     OpError *err) {
+        const Lease *l = lease_registry_conflict(leases, vm, disk, !any_lease);
+        const Job *j;
+
+        if (l)
+                return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is open %s by %s (pid %d)", l->disk, l->vm,
+                                l->read_only ? "read-only" : "read-write", l->holder, (int) l->holder_pid);
+        j = job_registry_find_running(jobs, vm, disk);
+        if (j)
+                return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is busy with a %s job (" VDISK_JOB_PREFIX "/%" PRIu64 ")", j->disk,
+                                vm, j->operation, j->number);
+        return 0;
+}
+
+static int first_problem(const char *disk, const char *layer, const char *text, void *userdata) {
+        char **first = userdata;
+        if (!*first) {
+                *first = strdup(text);
+                if (!*first)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
+        log_op(LOG_INFO, "lease", l->vm, l->disk, NULL, "Lease " VDISK_LEASE_PREFIX "/%s of disk '%s' of VM '%s' ended (%s)", l->id, l->disk, l->vm,
+               why);
+        if (!l->read_only && store_find_vm(s, l->vm)) {
+                _cleanup_free_ char *problem = NULL;
+                OpError err = {};
+
+                /* Only the top layer was writable: backing layers went out O_RDONLY. */
+                if (op_verify(s, l->vm, l->disk, true, -EBADF, first_problem, &problem, &err) >= 0 && problem) {
+                        char reason[512];
+                        snprintf(reason, sizeof(reason), "headers changed under a read-write lease: %s", problem);
+                        (void) op_quarantine(s, l->vm, l->disk, reason, &err);
+                }
+        }
+        lease_registry_remove(reg, l);
+        lease_free(l);
+}
+
+void lease_registry_holder_gone(Store *s, LeaseRegistry *reg, const char *holder) {
+        for (size_t i = 0; i < reg->n_leases;) {
+                if (streq(reg->leases[i]->holder, holder)) {
+                        lease_end(s, reg, reg->leases[i], "holder left the bus"); /* removes it from the array */
+                        continue;
+                }
+                i++;
+        }
+}

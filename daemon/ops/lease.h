@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Leases as plain data: who holds which disk, in which mode, and the fds opened for it that the holder
+ * has not fetched yet. At most one read-write lease per disk, or any number of read-only ones. A lease
+ * names its disk by VM and disk name; that is an identity because neither DeleteVM nor DeleteDisk is
+ * allowed while the disk has any lease, read-only ones included (lease_check_idle(…, any_lease)), so a
+ * leased disk cannot be replaced by another of the same name.
+ * The bus face (bus/bus-lease.c) publishes each lease as an object; nothing here knows D-Bus.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "job.h"
+#include "record.h"
+#include "store.h"
+
+#define LEASE_MAX_FDS_PER_MESSAGE 16U
+
+typedef struct Lease {
+        char id[LAYER_ID_LEN + 1]; /* random: the last element of its object path */
+        char *vm, *disk;
+        bool read_only;
+        char *holder; /* unique bus name of the holder's connection */
+        uid_t holder_uid;
+        pid_t holder_pid;
+        int *fds; /* top first, each layer's data file right after it; -EBADF once handed out */
+        size_t n_fds;
+} Lease;
+
+typedef struct LeaseRegistry {
+        Lease **leases;
+        size_t n_leases;
+} LeaseRegistry;
+
+Lease *lease_free(Lease *l);
+/* Closes the daemon's copies of fds [first, first + count) once they are on their way to the holder:
+ * a hypervisor's image locks live on these open file descriptions and must go with the hypervisor. */
+void lease_forget_fds(Lease *l, size_t first, size_t count);
+
+void lease_registry_done(LeaseRegistry *reg);
+int lease_registry_add(LeaseRegistry *reg, Lease *l);
+void lease_registry_remove(LeaseRegistry *reg, Lease *l);
+Lease *lease_registry_find(const LeaseRegistry *reg, const char *id);
+/* The leases of one holder, and the fds not yet fetched of one holder's leases (of all if NULL). */
+size_t lease_registry_count_holder(const LeaseRegistry *reg, const char *holder);
+size_t lease_registry_held_fds(const LeaseRegistry *reg, const char *holder);
+/* A lease of `disk` of `vm` (any disk of the VM if `disk` is NULL) that excludes a new one: any lease
+ * if `read_only` is false, a read-write one if it is true. NULL if there is none. */
+const Lease *lease_registry_conflict(const LeaseRegistry *reg, const char *vm, const char *disk, bool read_only);
+
+/* Whether a disk (any disk of `vm` if `disk` is NULL) may change offline: -EBUSY, naming the holder or
+ * the job, while a job runs on it or a lease excludes writers (`any_lease`: also read-only leases). */
+int lease_check_idle(const LeaseRegistry *leases, const JobRegistry *jobs, const char *vm, const char *disk, bool any_lease,
+                     OpError *err);
+
+/* Ends a lease and frees it. After a read-write lease, the headers a hypervisor could write are
+ * checked against the records again; a difference quarantines the disk. */
+void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why);
+/* The holder's connection went away: ends all its leases. */
+void lease_registry_holder_gone(Store *s, LeaseRegistry *reg, const char *holder);

@@ -1,0 +1,261 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image-lock.h"
+#include "log.h"
+#include "open-disk.h"
+#include "util.h"
+#include "vdisk-bus.h"
+
+/* The fds a lease of the disk opens: one per layer, and one per data file. */
+static size_t chain_fd_count(Store *s, const Disk *d) {
+        size_t n = 0;
+        for (size_t k = 0; k < d->n_chain; k++) {
+                Layer *layer = store_find_layer(s, d->chain[k]);
+                n += layer && layer->data_file ? 2 : 1;
+        }
+        return n;
+}
+
+static int add_node(struct json_object *nodes, struct json_object *node) {
+        if (!node || json_object_array_add(nodes, node) < 0) {
+                json_object_put(node);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+static struct json_object *file_node(const char *name, size_t fdset, bool ro) {
+        struct json_object *o = json_object_new_object();
+        char path[32];
+
+        if (!o)
+                return NULL;
+        snprintf(path, sizeof(path), "/dev/fdset/%zu", fdset);
+        if (json_object_object_add(o, "node-name", json_object_new_string(name)) < 0 ||
+            json_object_object_add(o, "driver", json_object_new_string("file")) < 0 ||
+            json_object_object_add(o, "filename", json_object_new_string(path)) < 0 ||
+            json_object_object_add(o, "read-only", json_object_new_boolean(ro)) < 0)
+                return json_object_put(o), NULL;
+        return o;
+}
+
+/* The format node of layer k: named after the disk at the top, "vdisk-layer-<k>" below it. */
+static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, bool ro) {
+        struct json_object *o = json_object_new_object();
+        char name[48], file[48], below[48], data[48];
+
+        if (!o)
+                return NULL;
+        snprintf(name, sizeof(name), "vdisk-layer-%zu", k);
+        snprintf(file, sizeof(file), "vdisk-file-%zu", k);
+        snprintf(data, sizeof(data), "vdisk-data-%zu", k);
+        snprintf(below, sizeof(below), "vdisk-layer-%zu", k + 1);
+        if (json_object_object_add(o, "node-name", json_object_new_string(k == 0 ? d->name : name)) < 0 ||
+            json_object_object_add(o, "driver", json_object_new_string(image_format_to_string(l->format))) < 0 ||
+            json_object_object_add(o, "file", json_object_new_string(file)) < 0)
+                return json_object_put(o), NULL;
+        if (l->format == IMAGE_FORMAT_QCOW2) {
+                /* The data file in its parent's mode; QEMU never opens the name in the header. */
+                if (l->data_file && json_object_object_add(o, "data-file", json_object_new_string(data)) < 0)
+                        return json_object_put(o), NULL;
+                /* Every backing node named explicitly; the deepest has none (null, not absent). */
+                if (json_object_object_add(o, "backing", k + 1 < d->n_chain ? json_object_new_string(below) : NULL) < 0)
+                        return json_object_put(o), NULL;
+        }
+        if (json_object_object_add(o, "read-only", json_object_new_boolean(ro)) < 0)
+                return json_object_put(o), NULL;
+        return o;
+}
+
+int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret) {
+        _cleanup_free_ size_t *fd_index = NULL;
+        struct json_object *nodes;
+        const char *text;
+        size_t n = 0;
+        int r = 0;
+
+        /* fds are top first, each layer's data file right after it. */
+        fd_index = calloc(d->n_chain, sizeof(size_t));
+        if (!fd_index)
+                return -ENOMEM;
+        for (size_t k = 0; k < d->n_chain; k++) {
+                Layer *l = store_find_layer(s, d->chain[k]);
+                if (!l)
+                        return -EBADMSG;
+                fd_index[k] = n;
+                n += l->data_file ? 2 : 1;
+        }
+
+        nodes = json_object_new_array();
+        if (!nodes)
+                return -ENOMEM;
+        for (size_t k = d->n_chain; r >= 0 && k-- > 0;) {
+                Layer *l = store_find_layer(s, d->chain[k]);
+                bool ro = k > 0 || read_only;
+                char name[32];
+
+                snprintf(name, sizeof(name), "vdisk-file-%zu", k);
+                r = add_node(nodes, file_node(name, fd_index[k] + 1, ro));
+                if (r >= 0 && l->data_file) {
+                        snprintf(name, sizeof(name), "vdisk-data-%zu", k);
+                        r = add_node(nodes, file_node(name, fd_index[k] + 2, ro));
+                }
+                if (r >= 0)
+                        r = add_node(nodes, format_node(d, l, k, ro));
+        }
+        text = r >= 0 ? json_object_to_json_string_ext(nodes, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
+        *ret = text ? strdup(text) : NULL;
+        json_object_put(nodes);
+        if (r < 0)
+                return r;
+        return *ret ? 0 : -ENOMEM;
+}
+
+static int first_problem(const char *disk, const char *layer, const char *text, void *userdata) {
+        char **first = userdata;
+        if (!*first) {
+                *first = strdup(text);
+                if (!*first)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+/* Refusals that need no file opened: quarantine, jobs, limits, the one-writer rule. */
+static int check_admissible(const Limits *lim, const LeaseRegistry *leases, const JobRegistry *jobs,
+                            const OpenDiskRequest *req, const Disk *d, size_t n_fds, OpError *err) {
+        const Job *j;
+        const Lease *o;
+
+        if (d->quarantine)
+                return op_error(err, -EBADMSG, "Disk '%s' of VM '%s' is quarantined: %s", req->disk, req->vm, d->quarantine);
+        j = job_registry_find_running(jobs, req->vm, req->disk);
+        if (j)
+                return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is busy with a %s job (" VDISK_JOB_PREFIX "/%" PRIu64 ")",
+                                req->disk, req->vm, j->operation, j->number);
+        if (leases->n_leases >= lim->max_leases)
+                return op_error(err, -E2BIG, "Too many open leases (limit %" PRIu32 ")", lim->max_leases);
+        if (lease_registry_count_holder(leases, req->holder) >= lim->max_leases_per_caller)
+                return op_error(err, -E2BIG, "You hold the maximum number of leases (%" PRIu32 ")", lim->max_leases_per_caller);
+
+        /* Fds beyond the first message stay open here until fetched: bounded in total and per caller. */
+        if (n_fds > LEASE_MAX_FDS_PER_MESSAGE) {
+                size_t held = n_fds - LEASE_MAX_FDS_PER_MESSAGE;
+
+                if (lease_registry_held_fds(leases, NULL) + held > lim->max_lease_fds)
+                        return op_error(err, -E2BIG, "Too many file descriptors are held for leases (limit %" PRIu32 ")",
+                                        lim->max_lease_fds);
+                if (lease_registry_held_fds(leases, req->holder) + held > lim->max_lease_fds_per_caller)
+                        return op_error(err, -E2BIG,
+                                        "You hold too many file descriptors of leases not yet fetched with GetFds "
+                                        "(this lease would keep %zu, limit %" PRIu32 "); fetch or release them first",
+                                        held, lim->max_lease_fds_per_caller);
+        }
+
+        /* One writer, or any number of readers. */
+        o = lease_registry_conflict(leases, req->vm, req->disk, req->read_only);
+        if (o)
+                return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is open %s by %s (pid %d)", req->disk, req->vm,
+                                o->read_only ? "read-only" : "read-write", o->holder, (int) o->holder_pid);
+        return 0;
+}
+
+/* Opens every layer (and data file) of the chain into l->fds; the top is tested for QEMU's locks. */
+static int open_chain(Store *s, const OpenDiskRequest *req, const Disk *d, Lease *l, OpError *err) {
+        for (size_t k = 0; k < d->n_chain; k++) {
+                Layer *layer = store_find_layer(s, d->chain[k]);
+                int flags = k == 0 && !req->read_only ? O_RDWR : O_RDONLY;
+                int fd, r;
+
+                if (!layer)
+                        return op_error(err, -EBADMSG, "The record of layer %s is missing", d->chain[k]);
+                fd = store_open_layer(s, layer, flags);
+                l->fds[l->n_fds++] = fd;
+                if (fd < 0)
+                        return op_error(err, fd == -ENOENT ? -EBADMSG : fd, "Cannot open layer %s of the disk", layer->id);
+                if (layer->data_file) {
+                        int dfd = store_open_data_file(s, layer, flags);
+                        l->fds[l->n_fds++] = dfd;
+                        if (dfd < 0)
+                                return op_error(err, dfd == -ENOENT ? -EBADMSG : dfd,
+                                                "Cannot open the data file of layer %s of the disk", layer->id);
+                }
+                if (k == 0 && !req->read_only) {
+                        r = image_lock_test_any(fd);
+                        if (r < 0)
+                                return op_error(err, r, "Cannot test the image locks");
+                        if (r > 0)
+                                return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is locked by another process (a running QEMU?)",
+                                                req->disk, req->vm);
+                }
+        }
+        return 0;
+}
+
+int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRegistry *jobs, const OpenDiskRequest *req,
+                 Lease **ret, char **ret_blockdev, OpError *err) {
+        _cleanup_free_ char *blockdev = NULL, *problem = NULL;
+        Lease *l;
+        Disk *d;
+        size_t n_fds;
+        int r;
+
+        r = op_find_disk(s, req->vm, req->disk, NULL, &d, err);
+        if (r < 0)
+                return r;
+        n_fds = chain_fd_count(s, d);
+        r = check_admissible(lim, leases, jobs, req, d, n_fds, err);
+        if (r < 0)
+                return r;
+
+        l = calloc(1, sizeof(Lease));
+        if (!l)
+                return -ENOMEM;
+        *l = (Lease) {
+                .read_only = req->read_only,
+                .vm = strdup(req->vm),
+                .disk = strdup(req->disk),
+                .holder = strdup(req->holder),
+                .holder_uid = req->holder_uid,
+                .holder_pid = req->holder_pid,
+                .fds = calloc(n_fds, sizeof(int)),
+        };
+        if (!l->vm || !l->disk || !l->holder || !l->fds) {
+                lease_free(l);
+                return -ENOMEM;
+        }
+        r = layer_id_new(l->id);
+        if (r >= 0)
+                r = open_chain(s, req, d, l, err);
+        if (r < 0) {
+                lease_free(l);
+                return r;
+        }
+
+        /* Hand out only what matches the records. Backing layers are never writable by anyone (catalog
+         * images and former tops, all handed out O_RDONLY), so the top layer's header is what can differ;
+         * it is read through the very description that is handed out. */
+        r = op_verify(s, req->vm, req->disk, true, l->fds[0], first_problem, &problem, err);
+        if (r >= 0 && problem)
+                r = op_error(err, -EBADMSG, "Disk '%s' of VM '%s' differs from its records: %s", req->disk, req->vm, problem);
+        if (r >= 0)
+                r = open_disk_blockdev(s, d, req->read_only, &blockdev);
+        if (r >= 0)
+                r = lease_registry_add(leases, l);
+        if (r < 0) {
+                lease_free(l);
+                return r;
+        }
+        log_op(LOG_INFO, "open", req->vm, req->disk, d->chain[0], "Disk '%s' of VM '%s' opened %s by %s (uid %u, pid %d): %zu fds",
+               req->disk, req->vm, req->read_only ? "read-only" : "read-write", req->holder, (unsigned) req->holder_uid,
+               (int) req->holder_pid, l->n_fds);
+        *ret = l;
+        *ret_blockdev = TAKE_PTR(blockdev);
+        return 0;
+}

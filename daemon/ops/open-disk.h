@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * OpenDisk: everything it decides. A disk's chain handed out as freshly opened file descriptions (top
+ * read-write unless read-only, backing layers O_RDONLY, each layer's data file right after it) plus an
+ * explicit QEMU -blockdev description, under a lease. Refused while the disk is quarantined, busy with
+ * a job, leased in a conflicting mode, locked by another QEMU, or different from its records; and
+ * when a limit on leases or held fds would be passed.
+ */
+
+#include "lease.h"
+#include "ops.h"
+
+typedef struct OpenDiskRequest {
+        const char *vm, *disk;
+        bool read_only;
+        const char *holder; /* unique bus name */
+        uid_t holder_uid;
+        pid_t holder_pid;
+} OpenDiskRequest;
+
+/* On success the new lease is in `leases` (its fds still all held) and `*ret_blockdev` is a JSON array of
+ * -blockdev nodes, deepest first, fd i of the lease being "/dev/fdset/<i+1>". */
+int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRegistry *jobs, const OpenDiskRequest *req,
+                 Lease **ret, char **ret_blockdev, OpError *err);
+
+/* The -blockdev description of disk `d`'s chain (exposed for tests). */
+int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret);
