@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 /*
- * C helper of run-b127.py (B2 and B7 of ../shared/benchmarks.md): an sd-bus client that times
+ * C helper of run-b127.py (B2 and B7 of docs/benchmarks.md): an sd-bus client that times
  * Snapshot calls without an interpreter in the way, the durability floor (write a temporary file,
  * fsync it, rename it over the record, fsync the directory), and the daemon's start time.
  *

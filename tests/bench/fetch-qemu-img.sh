@@ -1,6 +1,6 @@
 #!/bin/sh
 # SPDX-License-Identifier: LGPL-2.1-or-later
-# Fetches qemu-img from bookworm-backports (the newest peer of ../shared/benchmarks.md) without
+# Fetches qemu-img from bookworm-backports (the newest peer of docs/benchmarks.md) without
 # installing anything: apt downloads qemu-utils into a private apt state, dpkg -x unpacks it.
 # Usage: fetch-qemu-img.sh DIR   -> DIR/root/usr/bin/qemu-img (cached: nothing is fetched twice)
 set -eu

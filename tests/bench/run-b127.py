@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """B1 (chain listing and verification), B2 (snapshot) and B7 (durability and scale) of
-../shared/benchmarks.md, against qemu-img 7.2 (Debian 12) and qemu-img 10.0.2 (bookworm-backports,
+docs/benchmarks.md, against qemu-img 7.2 (Debian 12) and qemu-img 10.0.2 (bookworm-backports,
 fetched by fetch-qemu-img.sh without installing), side by side in one run.
 
 Everything runs on a private dbus-daemon (vdisktest.Env) with the real vdiskd on temporary stores; the
@@ -658,7 +658,7 @@ def main():
     if cfg.pairs is None:
         cfg.pairs = 5 if cfg.quick else 7
     if cfg.pairs < 5:
-        log("note: fewer than 5 pairs is below what benchmarks.md asks for")
+        log("note: fewer than 5 pairs is below what docs/benchmarks.md asks for")
     only = set(cfg.only.split(",")) if cfg.only else {"B1", "B2", "B7"}
     for tool in (SYSTEM_QEMU_IMG, "dbus-daemon"):
         if not shutil.which(tool):

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""B3 (safe rebase), B4 (commit) and B5 (flatten) of ../shared/benchmarks.md: vdiskd's Rebase/Commit
+"""B3 (safe rebase), B4 (commit) and B5 (flatten) of docs/benchmarks.md: vdiskd's Rebase/Commit
 jobs against qemu-img 7.2 (Debian 12) and qemu-img 10.0.2 (bookworm-backports, fetched by
 fetch-qemu-img.sh without installing), on identical copies of the same chains, interleaved.
 
@@ -616,7 +616,7 @@ def medians(result):
     return out, vd
 
 
-# Targets of benchmarks.md: (workload, peer command label or None for all, metric, kind, value)
+# Targets of docs/benchmarks.md: (workload, peer command label or None for all, metric, kind, value)
 TARGETS = [
     ("B3a", None, "write_bytes", "eq", 1.0), ("B3a", None, "read_bytes", "le", 0.6), ("B3a", None, "wall", "le", 0.8),
     ("B3b", None, "write_bytes", "eq", 1.0), ("B3b", None, "read_bytes", "le", 0.6), ("B3b", None, "wall", "le", 0.8),
@@ -657,7 +657,7 @@ def render(cfg, results, peers, machine):
     L.append("```")
     L.append("")
     L.append("(`tests/bench/fetch-qemu-img.sh DIR` fetches qemu-img 10.0.2 from bookworm-backports into DIR by "
-             "the recipe of benchmarks.md; the runner calls it.)")
+             "the recipe of [docs/benchmarks.md](../../docs/benchmarks.md); the runner calls it.)")
     L.append("")
     L.append("## Machine and peers")
     L.append("")

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""B6 of ../shared/benchmarks.md: OpenDisk of 1-, 10- and 100-layer chains against the D-Bus floor
+"""B6 of docs/benchmarks.md: OpenDisk of 1-, 10- and 100-layer chains against the D-Bus floor
 (Peer.Ping to vdiskd on the same private bus with stock fd limits), 10,000 calls each, interleaved.
 Usage: run-b6.py VDISKD BENCH-OPENDISK [CALLS] [PAIRS]"""
 
@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dbus  # noqa: E402
 from vdisktest import Env, opts  # noqa: E402
 
-# Targets of benchmarks.md: one fd, and a full message of 16 fds (a 16-layer chain).
+# Targets of docs/benchmarks.md: one fd, and a full message of 16 fds (a 16-layer chain).
 TARGETS = {1: 1.3, 16: 2.0}
 
 

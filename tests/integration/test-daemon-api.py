@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""org.vdisk1.Manager against ../shared/dbus-api.md: every implemented method, property and the Job
-object; every error name; bad inputs from security.md (exact error name, store unchanged); the
+"""org.vdisk1.Manager against docs/dbus-api.md: every implemented method, property and the Job
+object; every error name; bad inputs from docs/security.md (exact error name, store unchanged); the
 authorization table (root, VM owner, anyone else, admin group); records across restarts, refusal to
 start on future-schema or malformed records, and clean-up of orphans and journal leftovers at start.
 
@@ -545,7 +545,7 @@ try:
             check_eq(json.loads(res).get("virtual-size") if isinstance(res, str) else res, MiB,
                      f"Inspect as uid {user}: describes the file")
 
-    # ---------------------------------------------------------------- bad inputs (security.md)
+    # ----------------------------------------------------------- bad inputs (docs/security.md)
     bad_names = {"empty": "", "slash": "a/b", "dotdot": "..", "dot": ".", "leading dot": ".hidden",
                  "leading dash": "-x", "newline": "a\nb", "tab": "a\tb", "control char": "a\x01b", "escape": "\x1b[0m",
                  "space": "a b", "non-ASCII": "d\u00e9j\u00e0", "65 chars": "x" * 65, "4 KiB": "x" * 4096,

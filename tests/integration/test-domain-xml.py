@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""GetDomainXML and AdoptDomainXML (../shared/dbus-api.md, issue 6 "Domain XML").
+"""GetDomainXML and AdoptDomainXML (docs/dbus-api.md, docs/design.md "Operations").
 
 GetDomainXML: the exact structure of the <disk> element (parsed, compared with GetChain) for chains of
 1, 3 and 50 layers and for a layer with an external data file; the element placed in a minimal domain
@@ -18,7 +18,7 @@ read (an external entity naming a FIFO would hang the daemon if it opened it). C
 injected point, copying and moving: after a restart the disk is wholly there or wholly absent, no
 orphan is left, and the caller's data survives.
 
-Crafted images only ever name files inside the test's temporary directory (security.md)."""
+Crafted images only ever name files inside the test's temporary directory (docs/security.md)."""
 
 import hashlib
 import json

@@ -60,8 +60,8 @@ E = "org.vdisk1.Error."
 LIMIT, TOODEEP, INVALID = E + "LimitExceeded", E + "ChainTooDeep", "org.freedesktop.DBus.Error.InvalidArgs"
 OWNER = 65534
 
-# Built-in caps of the daemon (daemon/bus/bus-manager.c, shared/util.h, ops/domain-xml.h, store/record.h,
-# store/store.h).
+# Built-in caps of the daemon (daemon/bus/bus-manager.c, daemon/shared/util.h, daemon/ops/domain-xml.h,
+# daemon/store/record.h, daemon/store/store.h).
 OPTIONS_MAX = 16
 NAME_MAX_LEN = 64
 DOMAIN_XML_MAX_SIZE = 1 << 20

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""vdiskd keeps no capability once it serves (vdiskd(8), PRIVILEGES; security.md rule 12).
+"""vdiskd keeps no capability once it serves (vdiskd(8), PRIVILEGES; docs/security.md rule 12).
 
 Started as root with a full capability set, the running vdiskd has empty inheritable, permitted,
 effective, bounding and ambient sets, and still uid 0; they stay empty after it has served calls

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Rebase (safe, unsafe, flatten) and Commit against ../shared/dbus-api.md and design.md.
+"""Rebase (safe, unsafe, flatten) and Commit against docs/dbus-api.md and docs/design.md.
 
 1. Randomized differential runs (seeded: VDISK_TEST_SEED=N reproduces a run, VDISK_TEST_OPS sets the
    number of operations): chains of depth 2..20 over raw and qcow2 catalog images (cluster sizes 4 KiB

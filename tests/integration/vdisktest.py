@@ -37,7 +37,7 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configur
 </busconfig>
 """
 
-# In-signatures of org.vdisk1.Manager (../shared/dbus-api.md).
+# In-signatures of org.vdisk1.Manager (docs/dbus-api.md).
 SIGNATURES = {
     "CreateImage": "ssta{sv}", "ImportImage": "ssha{sv}", "DeleteImage": "s", "ListImages": "",
     "CreateVM": "sua{sv}", "DeleteVM": "s", "ListVMs": "", "CreateDisk": "sssta{sv}", "DeleteDisk": "ss",

@@ -9,7 +9,7 @@ qemu-img sees it.
 Every image is built here, by qemu-img/qemu-io (or by this script for the few things qemu-img
 refuses to build), inside a private temporary directory; qemu-img and qemu-io only ever open
 those images and the backing files built next to them, with the temporary directory as working
-directory. A canary file in that directory must stay untouched (security.md, "Testing safely").
+directory. A canary file in that directory must stay untouched (docs/security.md, "Testing safely").
 
 For each qcow2 image:
   info   `vdisk-img info --format=qcow2 --check` vs `qemu-img info --output=json`

@@ -18,7 +18,7 @@ must be accepted by QEMU 7.2 as it is meant to be.
   * set-backing on a qemu-created overlay: to a raw sibling, then removed.
   * --data-file (and --data-file-raw): qemu-img info shows the data file, check is clean.
 
-SAFETY (security.md, "Testing safely"): everything happens in a private temporary directory that
+SAFETY (docs/security.md, "Testing safely"): everything happens in a private temporary directory that
 is the working directory of qemu-img and qemu-io; names written into images are bare sibling names
 of files in that directory (never absolute, never ".."); a canary file there is checked after every
 case; qemu-img is never given `-o` options that name files.
@@ -147,7 +147,7 @@ class Case:
                 backing_fmt or ABSENT)
         if fmt == 'qcow2':
             data = qi.get('format-specific', {}).get('data', {})
-            # The writer's rules (qcow2.md): v3, 16-bit refcounts, no lazy refcounts, not dirty/corrupt.
+            # The writer's rules (docs/qcow2.md): v3, 16-bit refcounts, no lazy refcounts, not dirty/corrupt.
             for key, want in (('compat', '1.1'), ('refcount-bits', 16), ('lazy-refcounts', False),
                               ('corrupt', False), ('extended-l2', False), ('compression-type', 'zlib')):
                 self.eq(f'qemu-img info {name} format-specific.data.{key}', data.get(key, ABSENT), want)
