@@ -8,13 +8,7 @@
 
 #include "macro.h"
 
-#define VDISK_BUS_NAME "org.vdisk1"
-#define VDISK_MANAGER_PATH "/org/vdisk1"
-#define VDISK_MANAGER_INTERFACE "org.vdisk1.Manager"
-#define VDISK_JOB_INTERFACE "org.vdisk1.Job"
-#define VDISK_ERROR_PREFIX "org.vdisk1.Error."
-#define VDISK_ERROR_NO_SPACE "org.vdisk1.Error.NoSpace"
-#define VDISK_ERROR_CANCELLED "org.vdisk1.Error.Cancelled"
+#include "vdisk-bus.h" /* the bus and error names, shared with vdiskd */
 
 /* Calls that copy or walk whole images may take long; everything else uses sd-bus' default (25 s). */
 #define BUS_TIMEOUT_DEFAULT UINT64_C(0)

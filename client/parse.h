@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
+#include "vdisk-bus.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
 #include "macro.h"
 
-#define VDISK_JOB_PATH_PREFIX "/org/vdisk1/job/"
+#define VDISK_JOB_PATH_PREFIX VDISK_JOB_PREFIX "/"
 
 /* Up to this many digits after a decimal point in a size ("1.5G"); keeps frac × 2^40 below 2^64. */
 #define SIZE_FRACTION_DIGITS_MAX 6U

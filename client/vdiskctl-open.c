@@ -27,7 +27,6 @@
 #include "string-util.h"
 #include "vdiskctl.h"
 
-#define VDISK_LEASE_INTERFACE "org.vdisk1.Lease"
 
 /* What GetFds hands out per call; the daemon caps it the same way (one message's worth of fds on a
  * stock system bus). */

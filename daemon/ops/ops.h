@@ -3,10 +3,9 @@
 
 /*
  * Operations over the store and the format engine. Each returns 0 or a negative errno with a
- * one-line reason in `err` (FormatError); the bus layer maps errno classes to D-Bus error names:
- *   ENOENT NotFound · EEXIST AlreadyExists · EBUSY InUse · EMEDIUMTYPE UnsafeImage · EBADMSG Corrupt ·
- *   EOPNOTSUPP NotSupported · ELOOP ChainTooDeep · E2BIG LimitExceeded · ECANCELED Cancelled ·
- *   ENOSPC/EDQUOT NoSpace · EINVAL InvalidArgs
+ * one-line reason in `err` (FormatError). The errno says what kind of failure it is (ENOENT: not
+ * found, EBUSY: in use, EBADMSG: corrupt, …); the bus face gives it its D-Bus error name in one place,
+ * daemon/bus/bus-error.c (tested by tests/unit/test-auth.c).
  */
 
 #include <sys/types.h>
