@@ -96,7 +96,7 @@ static int method_delete_vm(sd_bus_message *msg, Manager *m, const Caller *c, sd
         CHECK(sd_bus_message_read(msg, "s", &name));
         CHECK(bus_check_name("VM", name, error));
         /* Any lease, read-only ones included: a leased disk must not be replaced by another of its name. */
-        r = lease_check_idle(&m->leases, &m->jobs, name, NULL, true, &err);
+        r = lease_check_idle(m->store, &m->leases, &m->jobs, name, NULL, true, &err);
         if (r >= 0)
                 r = op_delete_vm(m->store, name, &err);
         if (r < 0)
@@ -157,7 +157,7 @@ static int method_delete_disk(sd_bus_message *msg, Manager *m, const Caller *c, 
         CHECK(sd_bus_message_read(msg, "ss", &vm, &disk));
         CHECK(bus_check_name("VM", vm, error));
         CHECK(bus_check_name("disk", disk, error));
-        r = lease_check_idle(&m->leases, &m->jobs, vm, disk, true, &err);
+        r = lease_check_idle(m->store, &m->leases, &m->jobs, vm, disk, true, &err);
         if (r >= 0)
                 r = op_delete_disk(m->store, vm, disk, &err);
         if (r < 0)
@@ -227,7 +227,7 @@ static int method_snapshot(sd_bus_message *msg, Manager *m, const Caller *c, sd_
         CHECK(bus_read_options(msg, NULL, error));
         CHECK(bus_check_name("VM", vm, error));
         CHECK(bus_check_name("disk", disk, error));
-        r = lease_check_idle(&m->leases, &m->jobs, vm, disk, false, &err);
+        r = lease_check_idle(m->store, &m->leases, &m->jobs, vm, disk, false, &err);
         if (r >= 0)
                 r = op_snapshot(m->store, &m->config.limits, vm, disk, layer, &err);
         if (r < 0)
@@ -366,7 +366,7 @@ static int start_reshape(Manager *m, sd_bus_message *msg, const Caller *c, Resha
         Job *job;
         int r;
 
-        r = lease_check_idle(&m->leases, &m->jobs, vm, disk, false, &err);
+        r = lease_check_idle(m->store, &m->leases, &m->jobs, vm, disk, false, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
         if (job_registry_running(&m->jobs) >= m->config.limits.max_jobs)

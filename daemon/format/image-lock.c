@@ -82,3 +82,18 @@ int image_lock_test_any(int fd) {
         }
         return 0;
 }
+
+int image_lock_test_writer(int fd) {
+        static const off_t test[] = { PERM_BASE + PERM_WRITE, PERM_BASE + PERM_RESIZE };
+
+        for (size_t i = 0; i < ELEMENTSOF(test); i++) {
+                short type = F_UNLCK;
+                int r = ofd_lock(fd, F_WRLCK, F_OFD_GETLK, test[i], 1, &type);
+
+                if (r < 0)
+                        return r;
+                if (type != F_UNLCK)
+                        return 1;
+        }
+        return 0;
+}

@@ -23,3 +23,7 @@ int image_lock_for_read(int fd);
 /* Whether any other description holds any QEMU lock byte (100-104, 200-204) of the file: 1 yes, 0 no.
  * Takes no lock (OpenDisk hands the description out; the hypervisor takes its own locks). */
 int image_lock_test_any(int fd);
+
+/* Whether any other description holds WRITE or RESIZE (bytes 101, 103): a running QEMU writing the file.
+ * 1 yes, 0 no. Takes no lock. */
+int image_lock_test_writer(int fd);

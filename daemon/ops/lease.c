@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "image-lock.h"
 #include "lease.h"
 #include "vdisk-bus.h"
 #include "log.h"
@@ -85,10 +87,33 @@ const Lease *lease_registry_conflict(const LeaseRegistry *reg, const char *vm, c
         return NULL;
 }
 
-int lease_check_idle(const LeaseRegistry *leases, const JobRegistry *jobs, const char *vm, const char *disk, bool any_lease,
-                     OpError *err) {
+/* -EBUSY if another process writes the top layer of `d` (QEMU's lock bytes); a file that cannot be
+ * opened is left to the operation, which reports it as it finds it. */
+static int check_top_unlocked(Store *s, const char *vm, const Disk *d, OpError *err) {
+        _cleanup_close_ int fd = -EBADF;
+        Layer *top = d->n_chain > 0 ? store_find_layer(s, d->chain[0]) : NULL;
+        int r;
+
+        if (!top)
+                return 0;
+        fd = store_open_layer(s, top, O_RDONLY);
+        if (fd < 0)
+                return 0;
+        r = image_lock_test_writer(fd);
+        if (r < 0)
+                return op_error(err, r, "Cannot test the image locks of layer %s", top->id);
+        if (r > 0)
+                return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is locked by another process (a running QEMU?)", d->name,
+                                vm);
+        return 0;
+}
+
+int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *jobs, const char *vm, const char *disk,
+                     bool any_lease, OpError *err) {
         const Lease *l = lease_registry_conflict(leases, vm, disk, !any_lease);
         const Job *j;
+        Vm *v;
+        int r;
 
         if (l)
                 return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is open %s by %s (pid %d)", l->disk, l->vm,
@@ -97,6 +122,14 @@ int lease_check_idle(const LeaseRegistry *leases, const JobRegistry *jobs, const
         if (j)
                 return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is busy with a %s job (" VDISK_JOB_PREFIX "/%" PRIu64 ")", j->disk,
                                 vm, j->operation, j->number);
+        v = store_find_vm(s, vm);
+        for (size_t i = 0; v && i < v->n_disks; i++) {
+                if (disk && !streq(v->disks[i].name, disk))
+                        continue;
+                r = check_top_unlocked(s, vm, &v->disks[i], err);
+                if (r < 0)
+                        return r;
+        }
         return 0;
 }
 

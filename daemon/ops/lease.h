@@ -53,10 +53,11 @@ size_t lease_registry_held_fds(const LeaseRegistry *reg, const char *holder);
  * if `read_only` is false, a read-write one if it is true. NULL if there is none. */
 const Lease *lease_registry_conflict(const LeaseRegistry *reg, const char *vm, const char *disk, bool read_only);
 
-/* Whether a disk (any disk of `vm` if `disk` is NULL) may change offline: -EBUSY, naming the holder or
- * the job, while a job runs on it or a lease excludes writers (`any_lease`: also read-only leases). */
-int lease_check_idle(const LeaseRegistry *leases, const JobRegistry *jobs, const char *vm, const char *disk, bool any_lease,
-                     OpError *err);
+/* Whether a disk (any disk of `vm` if `disk` is NULL) may change offline: -EBUSY, naming the holder, the
+ * job or the lock, while a lease excludes it (`any_lease`: also read-only leases), a job runs on it, or
+ * another process holds QEMU's write locks on its top layer (a QEMU started without vdisk). */
+int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *jobs, const char *vm, const char *disk,
+                     bool any_lease, OpError *err);
 
 /* Ends a lease and frees it. After a read-write lease, the headers a hypervisor could write are
  * checked against the records again; a difference quarantines the disk. */

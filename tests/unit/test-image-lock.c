@@ -55,6 +55,7 @@ int main(void) {
         b = open(path, O_RDWR | O_CLOEXEC);
         lock_like_a_writer(a);
         CHECK_EQ_INT(image_lock_test_any(b), 1);
+        CHECK_EQ_INT(image_lock_test_writer(b), 1);
         CHECK_EQ_INT(image_lock_for_read(b), -EBUSY);
         CHECK_EQ_INT(image_lock_for_change(b), -EBUSY);
         /* A refused change leaves no lock behind: once the VM is gone, the file is free. */
@@ -72,6 +73,7 @@ int main(void) {
         a = open(path, O_RDONLY | O_CLOEXEC);
         b = open(path, O_RDWR | O_CLOEXEC);
         lock_like_a_reader(a);
+        CHECK_EQ_INT(image_lock_test_writer(b), 0);
         CHECK_EQ_INT(image_lock_for_change(b), -EBUSY);
         CHECK_EQ_INT(image_lock_for_read(b), 0);
         close(a);
