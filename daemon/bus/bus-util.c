@@ -64,6 +64,13 @@ int bus_read_options(sd_bus_message *m, const OptionSpec *specs, sd_bus_error *e
 }
 
 int bus_check_name(const char *what, const char *name, sd_bus_error *error) {
+        if (streq(what, "disk")) {
+                if (disk_name_is_valid(name))
+                        return 0;
+                /* A disk's name is its top node's name in QEMU's -blockdev. */
+                return bus_errorf(error, -EINVAL, "Invalid disk name: must match " DISK_NAME_RULE
+                                  " (a QEMU node name: a letter first, at most 31 characters)");
+        }
         if (name_is_valid(name))
                 return 0;
         /* Never echo what might be binary junk or a path: say what was wrong with it. */

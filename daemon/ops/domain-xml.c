@@ -196,8 +196,8 @@ static int check_disk_element(xmlNode *root, char **ret_target, OpError *err) {
         dev = get_prop(target, "dev");
         if (!dev)
                 return op_error(err, -EINVAL, "<target> has no dev attribute: it names the new disk");
-        if (!name_is_valid((const char *) dev))
-                return op_error(err, -EINVAL, "<target dev> is not a valid disk name: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$");
+        if (!disk_name_is_valid((const char *) dev))
+                return op_error(err, -EINVAL, "<target dev> is not a valid disk name: must match " DISK_NAME_RULE);
         *ret_target = strdup((const char *) dev);
         return *ret_target ? 0 : op_error(err, -ENOMEM, "out of memory");
 }

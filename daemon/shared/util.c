@@ -13,6 +13,16 @@
 #include "log.h"
 #include "util.h"
 
+bool disk_name_is_valid(const char *s) {
+        size_t n;
+
+        if (!name_is_valid(s))
+                return false;
+        n = strlen(s);
+        /* A disk's name is the node name of its top layer in QEMU: a letter first, at most 31 characters. */
+        return n <= DISK_NAME_MAX_LEN && ((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z'));
+}
+
 bool name_is_valid(const char *s) {
         size_t n;
 

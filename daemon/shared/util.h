@@ -9,6 +9,11 @@
 
 /* Names of VMs, disks and catalog images: ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ */
 #define NAME_MAX_LEN 64U
+/* Names of new disks: also valid QEMU node names, ^[A-Za-z][A-Za-z0-9_.-]{0,30}$. Disks recorded
+ * before this rule keep their names in the records (the store still loads). */
+#define DISK_NAME_MAX_LEN 31U
+#define DISK_NAME_RULE "^[A-Za-z][A-Za-z0-9_.-]{0,30}$"
+bool disk_name_is_valid(const char *s) _pure_;
 bool name_is_valid(const char *s) _pure_;
 
 /* Layer ids: 32 lower-case hex digits from getrandom(). */

@@ -31,7 +31,7 @@ images, hashed) and the daemon still serving. Proved here:
   limit, the store untouched; at exactly the limit it starts and serves the other records.
 - Records the daemon writes itself: a VM whose (unprivileged) owner keeps snapshotting must never
   get a VM record larger than the daemon will read back, or vdiskd would not start again. The VM is
-  planted with 6,500 disks of one layer (MaxDisksPerVM raised), its record 16 snapshots short of
+  planted with about 8,200 disks of one layer (MaxDisksPerVM raised), its record 16 snapshots short of
   RECORD_MAX_SIZE; with the default limits the same record is 24 disks of ~990 layers. And DeleteVM
   of a VM with more private layers than one journal intent may name (INTENT_MAX_LAYERS) either
   works or is refused with a message naming that limit, nothing changed.
@@ -64,6 +64,7 @@ OWNER = 65534
 # daemon/store/record.h, daemon/store/store.h).
 OPTIONS_MAX = 16
 NAME_MAX_LEN = 64
+DISK_NAME_MAX_LEN = 31  # disk names are QEMU node names: ^[A-Za-z][A-Za-z0-9_.-]{0,30}$
 DOMAIN_XML_MAX_SIZE = 1 << 20
 RECORD_MAX_SIZE = 1 << 20
 RECORD_MAX_DEPTH = 8
@@ -468,22 +469,32 @@ def test_arguments():
                 say="refused at the first entry")
         check(time.monotonic() - t0 < 10, f"... refused within 10 s ({time.monotonic() - t0:.2f} s)")
 
-        # Names: 64 bytes work everywhere, 65 and 1 MiB are InvalidArgs naming the rule, never echoed.
+        # Names: 64 bytes work for VMs and images, 31 for disks (QEMU node names); one more and 1 MiB are
+        # InvalidArgs naming the rule, never echoed.
         n64, n65, n1m = "n" * NAME_MAX_LEN, "n" * (NAME_MAX_LEN + 1), "n" * MiB
+        d31, d32 = "d" * DISK_NAME_MAX_LEN, "d" * (DISK_NAME_MAX_LEN + 1)
         accepted(env, "CreateImage with a 64-byte name", "CreateImage", n64, "qcow2", t(MiB), opts())
         accepted(env, "CreateVM with a 64-byte name", "CreateVM", n64, u(0), opts())
-        accepted(env, "CreateDisk with 64-byte VM, disk and image names", "CreateDisk", n64, n64, n64, t(0), opts())
-        check_eq(len(env.call("GetChain", n64, n64)), 2, "GetChain with 64-byte names")
-        rule = "{0,63}"
+        accepted(env, "CreateDisk with 64-byte VM and image names and a 31-byte disk name", "CreateDisk", n64, d31, n64,
+                 t(0), opts())
+        check_eq(len(env.call("GetChain", n64, d31)), 2, "GetChain with 64-byte VM and 31-byte disk names")
+        rule, disk_rule = "{0,63}", "^[A-Za-z][A-Za-z0-9_.-]{0,30}$"
+        for long_disk, what in ((d32, "32-byte"), ("1" + "d" * 10, "digit-first"), (n1m, "1 MiB")):
+            for label, method, args in [
+                    ("CreateDisk disk name", "CreateDisk", (n64, long_disk, "", t(MiB), opts())),
+                    ("GetChain disk name", "GetChain", (n64, long_disk)),
+                    ("Snapshot disk name", "Snapshot", (n64, long_disk, opts())),
+                    ("OpenDisk disk name", "OpenDisk", (n64, long_disk, opts()))]:
+                err, msg = refused(env, f"{what} {label}", INVALID, [disk_rule], method, *args,
+                                   say="the message gives the disk name rule (a QEMU node name)")
+                check(long_disk[:DISK_NAME_MAX_LEN] not in str(msg), f"{what} {label}: the name is not echoed")
         for long_name, what in ((n65, "65-byte"), (n1m, "1 MiB")):
             for label, method, args in [
                     ("CreateImage name", "CreateImage", (long_name, "qcow2", t(MiB), opts())),
                     ("CreateVM name", "CreateVM", (long_name, u(0), opts())),
                     ("CreateDisk VM name", "CreateDisk", (long_name, "d", "", t(MiB), opts())),
-                    ("CreateDisk disk name", "CreateDisk", (n64, long_name, "", t(MiB), opts())),
                     ("CreateDisk image name", "CreateDisk", (n64, "d", long_name, t(0), opts())),
-                    ("GetChain disk name", "GetChain", (n64, long_name)),
-                    ("Snapshot VM name", "Snapshot", (long_name, n64, opts())),
+                    ("Snapshot VM name", "Snapshot", (long_name, d31, opts())),
                     ("DeleteVM name", "DeleteVM", (long_name,))]:
                 err, msg = refused(env, f"{what} {label}", INVALID, [rule], method, *args,
                                    say="the message gives the rule, 64 bytes at most")
@@ -606,13 +617,13 @@ def test_records():
 
 
 def plant_vm(env, name, owner, n_disks, record_max):
-    """Writes the records of a VM with up to n_disks disks (64-byte names) of one private layer each, as many as
+    """Writes the records of a VM with up to n_disks disks (31-byte names) of one private layer each, as many as
     keep its record, in the layout vdiskd writes, within record_max bytes; and empty image files (start-up and
     Snapshot read no layer's content). Returns the number of disks."""
     rdir, idir = os.path.join(env.store, "records"), os.path.join(env.store, "images")
 
     def layout(n):
-        disks = [(f"{i:06d}".rjust(NAME_MAX_LEN, "d"), [hashlib.sha256(f"{name}/{i}".encode()).hexdigest()[:32]])
+        disks = [(f"{i:06d}".rjust(DISK_NAME_MAX_LEN, "d"), [hashlib.sha256(f"{name}/{i}".encode()).hexdigest()[:32]])
                  for i in range(n)]
         # json-c's JSON_C_TO_STRING_PRETTY: two blanks a level, nothing after ':'.
         return disks, json.dumps(vm_record(name, owner, disks), indent=2, separators=(",", ":"))
@@ -653,15 +664,15 @@ print(json.dumps(out))
 
 def test_records_written():
     print("== records the daemon writes: VM record size, journal intent size", flush=True)
-    # A VM of 64-byte-named disks (MaxDisksPerVM raised to hold them), its record 16 snapshots short of
+    # A VM of 31-byte-named disks (MaxDisksPerVM raised to hold them), its record 16 snapshots short of
     # RECORD_MAX_SIZE, owned by an unprivileged uid who may snapshot its disks. (With the default limits the same
     # record is 24 disks of ~990 layers, within MaxDisksPerVM 64 and MaxChainDepth 1024: too slow to build here.)
-    env = Env(VDISKD, "[Limits]\nMaxDisksPerVM=10000\n")
+    env = Env(VDISKD, "[Limits]\nMaxDisksPerVM=20000\n")
     try:
         env.start()
         env.stop()
         t0 = time.monotonic()
-        n_disks = plant_vm(env, "fat", OWNER, 10000, RECORD_MAX_SIZE - 16 * 44)
+        n_disks = plant_vm(env, "fat", OWNER, 20000, RECORD_MAX_SIZE - 16 * 44)
         rec = os.path.join(env.store, "records", "vm-fat.json")
         size0 = os.path.getsize(rec)
         print(f"     planted VM 'fat': {n_disks} disks, vm-fat.json {size0} bytes ({time.monotonic() - t0:.1f} s)",
@@ -678,7 +689,7 @@ def test_records_written():
         results = []
         for _ in range(10):
             code = SNAPSHOTTER % {"uid": OWNER, "address": env.address, "count": 40, "vm": "fat",
-                                  "disks": [f"{i:06d}".rjust(NAME_MAX_LEN, "d") for i in range(8)]}
+                                  "disks": [f"{i:06d}".rjust(DISK_NAME_MAX_LEN, "d") for i in range(8)]}
             p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
             if not check(p.returncode == 0, f"the owner's Snapshot client ran ({p.stderr.strip()[-300:]})"):
                 break
