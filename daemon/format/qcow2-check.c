@@ -355,24 +355,32 @@ static int walk_l1(Walk *w, uint64_t l1_offset, uint32_t l1_size, bool active, c
         return 0;
 }
 
+/*
+ * The snapshot table: entries start 8-byte aligned, but QEMU writes no padding after the last one, so
+ * the table (and often the file) ends right after the last entry's name. The table's clusters are
+ * counted once, up to the last byte read, whether or not an entry turned out to be invalid.
+ */
 static int walk_snapshots(Walk *w) {
         const Qcow2Header *h = w->h;
-        uint64_t off = h->snapshots_offset, total = 0;
+        uint64_t off = h->snapshots_offset, end = h->snapshots_offset;
         uint8_t fixed[40];
-        int r;
+        int r = 0;
 
         for (uint32_t i = 0; i < h->nb_snapshots; i++) {
                 uint64_t l1_offset, entry;
                 uint32_t l1_size, extra;
                 uint16_t id_len, name_len;
 
+                if (i > 0)
+                        off = (off + 7) & ~UINT64_C(7);
                 if (off > h->file_size || sizeof(fixed) > h->file_size - off) {
                         problem(w, QCOW2_PROBLEM_SNAPSHOT_TABLE, off, "snapshot %" PRIu32 " lies past the end of the file", i);
-                        return 0;
+                        break;
                 }
                 r = format_pread_full(w->fd, fixed, sizeof(fixed), off);
                 if (r < 0)
                         return format_error(w->err, r, "cannot read the snapshot table");
+                end = off + sizeof(fixed);
 
                 l1_offset = be64_read(fixed);
                 l1_size = be32_read(fixed + 8);
@@ -383,21 +391,20 @@ static int walk_snapshots(Walk *w) {
                 if (extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA) {
                         problem(w, QCOW2_PROBLEM_SNAPSHOT_TABLE, off, "snapshot %" PRIu32 " has %" PRIu32 " bytes of extra data", i,
                                 extra);
-                        return 0;
+                        break;
                 }
                 if (h->version >= 3 && extra < 16) {
                         problem(w, QCOW2_PROBLEM_SNAPSHOT_TABLE, off, "snapshot %" PRIu32 " lacks the version 3 extra data", i);
-                        return 0;
+                        break;
                 }
                 entry = sizeof(fixed) + (uint64_t) extra + id_len + name_len;
-                entry = (entry + 7) & ~UINT64_C(7);
-                total += entry;
-                if (total > QCOW2_MAX_SNAPSHOTS_BYTES)
+                if (off + entry - h->snapshots_offset > QCOW2_MAX_SNAPSHOTS_BYTES)
                         return format_error(w->err, -E2BIG, "snapshot table is larger than 64 MiB");
                 if (entry > h->file_size - off) {
                         problem(w, QCOW2_PROBLEM_SNAPSHOT_TABLE, off, "snapshot %" PRIu32 " extends past the end of the file", i);
-                        return 0;
+                        break;
                 }
+                end = off + entry;
 
                 r = walk_l1(w, l1_offset, l1_size, false, "snapshot L1 table");
                 if (r < 0)
@@ -405,7 +412,7 @@ static int walk_snapshots(Walk *w) {
                 off += entry;
         }
 
-        mark(w, h->snapshots_offset, total, USE_META, "snapshot table");
+        mark(w, h->snapshots_offset, end - h->snapshots_offset, USE_META, "snapshot table");
         return 0;
 }
 

@@ -676,13 +676,42 @@ static void test_snapshot_table(uint32_t cb) {
         /* A valid snapshot without an L1 table: the walk accounts for the snapshot table. */
         expect_clean(&img, "valid snapshot table");
 
-        /* 2000 bytes of extra data: over QEMU's limit; the table is then not accounted (leak). */
+        /* 2000 bytes of extra data: over QEMU's limit. The table is still accounted: no leak. */
         put_be32(img.fd, snap + 36, 2000);
-        expect_problems(&img, "snapshot extra 2000", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap, 1, 1);
+        expect_problems(&img, "snapshot extra 2000", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap, 1, 0);
 
         /* Version 3 needs at least 16 bytes of extra data. */
         put_be32(img.fd, snap + 36, 8);
-        expect_problems(&img, "snapshot extra 8", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap, 1, 1);
+        expect_problems(&img, "snapshot extra 8", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap, 1, 0);
+        img_done(&img);
+
+        /*
+         * Two entries of 59 and 58 bytes: the second starts 8-byte aligned (at +64), and the file ends
+         * right after its name, without the padding QEMU never writes after the last entry.
+         */
+        img_make(&img, cb, FIXTURE_SIZE, FIXTURE_DATA);
+        snap = img.file_size;
+        grow_file(&img, 1);
+        write_snapshot(&img, snap, 16);
+        put_be16(img.fd, snap + 14, 2); /* name "s\0": 59 bytes */
+        write_snapshot(&img, snap + 64, 16);
+        if (ftruncate(img.fd, (off_t) (snap + 64 + 58)) < 0) {
+                perror("ftruncate");
+                exit(EXIT_FAILURE);
+        }
+        img.file_size = snap + 64 + 58;
+        set_refcount(&img, snap, 1);
+        put_be32(img.fd, 60, 2);
+        put_be64(img.fd, 64, snap);
+        expect_clean(&img, "snapshot table ending the file without padding");
+
+        /* One byte less: the last entry's name is cut off. */
+        if (ftruncate(img.fd, (off_t) (snap + 64 + 57)) < 0) {
+                perror("ftruncate");
+                exit(EXIT_FAILURE);
+        }
+        img.file_size = snap + 64 + 57;
+        expect_problems(&img, "snapshot table cut short", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap + 64, 1, 0);
         img_done(&img);
 }
 

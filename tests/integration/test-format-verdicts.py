@@ -1,0 +1,164 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Inspect and ImportImage give the same verdict on images compared with QEMU 7.2's (issue 16):
+valid images QEMU writes (internal snapshots ending the file) are accepted by both; images QEMU
+refuses or cannot read (dirty, corrupt bit, unknown backing format, truncated compressed clusters,
+files a format probe would take for VMDK or qcow2) are refused by both, Import with the exact error
+name and nothing left in the store.
+
+Images are made by qemu-img/qemu-io in the test's temporary directory; corruptions are written here.
+Crafted names only name the canary."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import dbus
+
+from vdisktest import Env, check, check_eq, finish, opts, qemu_img, require
+
+KiB, MiB = 1 << 10, 1 << 20
+UNSAFE = "org.vdisk1.Error.UnsafeImage"
+CORRUPT = "org.vdisk1.Error.Corrupt"
+INVALID = "org.freedesktop.DBus.Error.InvalidArgs"
+
+require("qemu-io")
+env = Env(sys.argv[1])
+
+
+def path(name):
+    return os.path.join(env.tmp, name)
+
+
+def run(argv):
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=env.tmp)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {p.stdout} {p.stderr}")
+    return p
+
+
+def qimg(*args):
+    return run(["qemu-img", *args])
+
+
+def qio(file, *cmds, fmt="qcow2"):
+    argv = ["qemu-io", "-f", fmt]
+    for c in cmds:
+        argv += ["-c", c]
+    p = run(argv + [file])
+    if "error" in p.stdout.lower() or "failed" in p.stdout.lower():
+        raise RuntimeError(f"qemu-io {cmds}: {p.stdout}")
+
+
+def patch(file, offset, data):
+    with open(file, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def read_at(file, offset, n):
+    with open(file, "rb") as f:
+        f.seek(offset)
+        return f.read(n)
+
+
+def qcow2(name, size="1M", *extra, writes=()):
+    f = path(name)
+    qimg("create", "-f", "qcow2", *extra, f, size)
+    if writes:
+        qio(f, *writes)
+    return f
+
+
+def inspect(file, fmt):
+    with open(file, "rb") as fh:
+        err, res = env.try_call("Inspect", dbus.types.UnixFd(fh.fileno()), fmt)
+    check_eq(err, None, f"Inspect {file}: no error")
+    return json.loads(str(res)) if err is None else {}
+
+
+def image_names():
+    return {str(i[0]) for i in env.call("ListImages")}
+
+
+n_imports = 0
+
+
+def upload(file, fmt):
+    global n_imports
+    n_imports += 1
+    name = f"img-{n_imports}"
+    before = env.snapshot_store()
+    err, msg = env.import_file(name, fmt, file)
+    return name, before, err, msg
+
+
+def accepted(label, file, fmt="qcow2"):
+    """Inspect says valid without problems, and ImportImage accepts the file."""
+    j = inspect(file, fmt)
+    check_eq((j.get("valid"), j.get("problems")), (True, []), f"{label}: Inspect valid, no problems")
+    name, _, err, msg = upload(file, fmt)
+    check_eq((err, msg if err else None), (None, None), f"{label}: ImportImage accepts it")
+    check(name in image_names(), f"{label}: imported image listed")
+    check(env.canary_unchanged(), f"{label}: canary unchanged")
+
+
+def refused(label, file, fmt, want, reason):
+    """Inspect says not valid and lists `reason` among its problems; ImportImage fails with `want`, its
+    message contains `reason`, and nothing changed in the store."""
+    j = inspect(file, fmt)
+    check(j.get("valid") is False and any(reason in p for p in j.get("problems", [])),
+          f"{label}: Inspect not valid, problem mentions {reason!r} ({j.get('valid')}, {j.get('problems')})")
+    name, before, err, msg = upload(file, fmt)
+    check_eq(err, want, f"{label}: ImportImage refused with {want} ({msg})")
+    check(reason in str(msg), f"{label}: Import's message mentions {reason!r} ({msg!r})")
+    check_eq(env.snapshot_store(), before, f"{label}: nothing left in the store")
+    check(name not in image_names(), f"{label}: not listed")
+    check(env.canary_unchanged(), f"{label}: canary unchanged")
+
+
+try:
+    env.start()
+
+    # ------------------------------------------------------------------ 1. internal snapshots
+    # QEMU pads snapshot table entries to 8 bytes except the last; the table often ends the file.
+    f = qcow2("snap1.qcow2", writes=["write -P 0x11 0 64k"])
+    qimg("snapshot", "-c", "s1", f)
+    size = os.path.getsize(f)
+    check(size % 8 != 0, f"snapshot after data: the file ends inside the last entry's padding ({size})")
+    accepted("snapshot after writing data", f)
+
+    f = qcow2("snap20.qcow2", writes=["write -P 0x11 0 64k"])
+    for i in range(20):
+        qimg("snapshot", "-c", f"s{i}", f)
+    accepted("20 snapshots", f)
+
+    f = qcow2("snapdel.qcow2", writes=["write -P 0x11 0 64k"])
+    for i in range(3):
+        qimg("snapshot", "-c", f"s{i}", f)
+    qimg("snapshot", "-d", "s1", f)
+    accepted("3 snapshots, the middle one deleted", f)
+
+    f = qcow2("snapvm.qcow2")
+    qio(f, "write -b -P 0x22 0 64k")
+    qimg("snapshot", "-c", "s1", f)
+    accepted("vmstate written, then a snapshot", f)
+
+    # 40 + 24 bytes of extra data + id "1" + a 7-byte name: exactly 72 bytes, no padding at all.
+    f = qcow2("snap72.qcow2", writes=["write -P 0x11 0 64k"])
+    qimg("snapshot", "-c", "snap-72", f)
+    off = struct.unpack(">Q", read_at(f, 64, 8))[0]
+    extra, = struct.unpack(">I", read_at(f, off + 36, 4))
+    idl, nl = struct.unpack(">HH", read_at(f, off + 12, 4))
+    check_eq(40 + extra + idl + nl, 72, "snapshot entry of exactly 72 bytes")
+    accepted("snapshot entry of exactly 72 bytes", f)
+
+    # ... and a table cut inside the last name is still refused.
+    f = qcow2("snapcut.qcow2", writes=["write -P 0x11 0 64k"])
+    qimg("snapshot", "-c", "s1", f)
+    os.truncate(f, os.path.getsize(f) - 1)
+    refused("snapshot table cut inside the last name", f, "qcow2", CORRUPT, "snapshot 0 extends past the end of the file")
+finally:
+    env.close()
+finish()
