@@ -36,7 +36,8 @@ typedef struct Walk {
         FormatError *err;
         uint64_t nb_clusters;
         uint32_t *refs;   /* recomputed references */
-        uint32_t *ondisk; /* refcounts read from the refcount blocks */
+        uint32_t *ondisk; /* refcounts read from the refcount blocks, UINT32_MAX if that or more */
+        uint8_t *rt;      /* the refcount table, to read refcounts wider than 32 bits again */
         uint8_t *use;
         uint8_t *table;   /* one cluster */
         uint64_t max_l2_reads;
@@ -171,11 +172,11 @@ static int load_refcounts(Walk *w) {
         const Qcow2Header *h = w->h;
         uint64_t rt_bytes = (uint64_t) h->refcount_table_clusters << h->cluster_bits;
         uint64_t per_block = (h->cluster_size * 8) >> h->refcount_order;
-        _cleanup_free_ uint8_t *rt = NULL;
         uint64_t beyond = 0;
+        uint8_t *rt;
         int r;
 
-        rt = malloc(rt_bytes);
+        rt = w->rt = malloc(rt_bytes);
         if (!rt)
                 return format_error(w->err, -ENOMEM, "out of memory");
         r = format_pread_full(w->fd, rt, rt_bytes, h->refcount_table_offset);
@@ -223,6 +224,27 @@ static int load_refcounts(Walk *w) {
                         "%" PRIu64 " clusters past the end of the file have a non-zero refcount", beyond);
         }
         return 0;
+}
+
+/*
+ * The exact on-disk refcount of cluster c, for messages: ondisk[] saturates at UINT32_MAX, which
+ * only 64-bit refcounts can exceed; those are read again from their refcount block.
+ */
+static uint64_t exact_refcount(Walk *w, uint64_t c) {
+        const Qcow2Header *h = w->h;
+        uint64_t per_block = (h->cluster_size * 8) >> h->refcount_order, e, off;
+        uint8_t b[8];
+
+        if (c >= w->nb_clusters)
+                return 0;
+        if (w->ondisk[c] < UINT32_MAX || h->refcount_order < 6 || !w->rt)
+                return w->ondisk[c];
+        /* The entry was read once through this table entry, so both are in bounds. */
+        e = be64_read(w->rt + (c / per_block) * 8);
+        off = (e & QCOW2_REFT_OFFSET_MASK) + (c % per_block) * 8;
+        if (format_pread_full(w->fd, b, sizeof(b), off) < 0)
+                return w->ondisk[c];
+        return be64_read(b);
 }
 
 static uint32_t ondisk_refcount(Walk *w, uint64_t offset) {
@@ -282,8 +304,8 @@ static int walk_l2(Walk *w, uint64_t l2_offset, uint64_t l1_index, bool active) 
                                 break;
                         if (active && (ondisk_refcount(w, e.host_offset) == 1) != e.copied)
                                 problem(w, QCOW2_PROBLEM_COPIED_FLAG, e.host_offset,
-                                        "data cluster 0x%" PRIx64 " has refcount %" PRIu32 " but COPIED is %s", e.host_offset,
-                                        ondisk_refcount(w, e.host_offset), e.copied ? "set" : "clear");
+                                        "data cluster 0x%" PRIx64 " has refcount %" PRIu64 " but COPIED is %s", e.host_offset,
+                                        exact_refcount(w, e.host_offset >> h->cluster_bits), e.copied ? "set" : "clear");
                         break;
 
                 case QCOW2_CLUSTER_ZERO_PLAIN:
@@ -346,8 +368,8 @@ static int walk_l1(Walk *w, uint64_t l1_offset, uint32_t l1_size, bool active, c
                 if (!mark(w, off, h->cluster_size, USE_L2, "L2 table"))
                         continue;
                 if (active && (ondisk_refcount(w, off) == 1) != !!(e & QCOW2_OFLAG_COPIED))
-                        problem(w, QCOW2_PROBLEM_COPIED_FLAG, off, "L2 table 0x%" PRIx64 " has refcount %" PRIu32 " but COPIED is %s",
-                                off, ondisk_refcount(w, off), (e & QCOW2_OFLAG_COPIED) ? "set" : "clear");
+                        problem(w, QCOW2_PROBLEM_COPIED_FLAG, off, "L2 table 0x%" PRIx64 " has refcount %" PRIu64 " but COPIED is %s",
+                                off, exact_refcount(w, off >> h->cluster_bits), (e & QCOW2_OFLAG_COPIED) ? "set" : "clear");
                 r = walk_l2(w, off, i, active);
                 if (r < 0)
                         return r;
@@ -506,18 +528,18 @@ static void compare_refcounts(Walk *w) {
                         continue;
                 if (have < want)
                         problem(w, QCOW2_PROBLEM_REFCOUNT_MISMATCH, c << w->h->cluster_bits,
-                                "cluster 0x%" PRIx64 " has refcount %" PRIu32 " but %" PRIu32 " references",
-                                c << w->h->cluster_bits, have, want);
+                                "cluster 0x%" PRIx64 " has refcount %" PRIu64 " but %" PRIu32 " references",
+                                c << w->h->cluster_bits, exact_refcount(w, c), want);
                 else
                         problem(w, QCOW2_PROBLEM_LEAK, c << w->h->cluster_bits,
-                                "cluster 0x%" PRIx64 " has refcount %" PRIu32 " but %" PRIu32 " references (leaked)",
-                                c << w->h->cluster_bits, have, want);
+                                "cluster 0x%" PRIx64 " has refcount %" PRIu64 " but %" PRIu32 " references (leaked)",
+                                c << w->h->cluster_bits, exact_refcount(w, c), want);
         }
 }
 
 int qcow2_check(int fd, const Qcow2Header *h, const Qcow2Limits *limits, Qcow2CheckResult *ret, FormatError *err) {
         _cleanup_free_ uint32_t *refs = NULL, *ondisk = NULL;
-        _cleanup_free_ uint8_t *use = NULL, *table = NULL;
+        _cleanup_free_ uint8_t *use = NULL, *table = NULL, *rt = NULL;
         Qcow2CheckResult res = {};
         uint64_t max_clusters;
         Walk w;
@@ -554,6 +576,7 @@ int qcow2_check(int fd, const Qcow2Header *h, const Qcow2Limits *limits, Qcow2Ch
         mark(&w, 0, h->cluster_size, USE_META, "header");
 
         r = load_refcounts(&w);
+        rt = w.rt;
         if (r >= 0)
                 r = walk_l1(&w, h->l1_table_offset, h->l1_size, true, "active L1 table");
         if (r >= 0)

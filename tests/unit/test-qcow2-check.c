@@ -715,6 +715,44 @@ static void test_snapshot_table(uint32_t cb) {
         img_done(&img);
 }
 
+/* Refcounts wider than 32 bits are reported with their value, not a saturated 4294967295. */
+static void test_refcount_64(void) {
+        Img img;
+        Qcow2CheckResult res;
+        FormatError err = {};
+        bool found = false;
+
+        /* Rewrite the writer's 16-bit refcount block as a 64-bit one (refcount_order 6). */
+        img_make(&img, 16, FIXTURE_SIZE, FIXTURE_DATA);
+        {
+                uint16_t v[64];
+                uint8_t b[2];
+
+                for (uint64_t c = 0; c < img.nb_clusters && c < ELEMENTSOF(v); c++) {
+                        pread_exact(img.fd, b, sizeof(b), img.rb_off + c * 2);
+                        v[c] = be16_read(b);
+                }
+                for (uint64_t c = 0; c < img.nb_clusters && c < ELEMENTSOF(v); c++)
+                        put_be64(img.fd, img.rb_off + c * 8, v[c]);
+        }
+        put_be32(img.fd, 96, 6);
+        expect_clean(&img, "64-bit refcounts");
+
+        put_be64(img.fd, img.rb_off + (img.data_off / img.cs) * 8, (UINT64_C(1) << 32) + 5);
+        CHECK_EQ_INT(img_check(&img, NULL, &res, &err), 0);
+        CHECK_EQ_INT(res.leaks, 1);
+        for (uint64_t i = 0; i < res.n_problems; i++)
+                if (res.problems[i].kind == QCOW2_PROBLEM_LEAK && res.problems[i].offset == img.data_off) {
+                        CHECK_CONTAINS(res.problems[i].text, "has refcount 4294967301 but 1 references");
+                        found = true;
+                } else if (res.problems[i].kind == QCOW2_PROBLEM_COPIED_FLAG && res.problems[i].offset == img.data_off)
+                        CHECK_CONTAINS(res.problems[i].text, "has refcount 4294967301 but COPIED is set");
+        CHECK(found);
+        CHECK(has_problem(&res, QCOW2_PROBLEM_COPIED_FLAG, img.data_off));
+        qcow2_check_result_done(&res);
+        img_done(&img);
+}
+
 static void test_limits(void) {
         Img img;
         Qcow2CheckResult res = {};
@@ -1105,6 +1143,7 @@ int main(void) {
                 test_snapshot_table(corrupt_bits[i]);
                 test_map_entries(corrupt_bits[i]);
         }
+        test_refcount_64();
         test_limits();
         test_map_fresh();
         test_map_data();
