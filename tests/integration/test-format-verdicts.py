@@ -159,6 +159,31 @@ try:
     qimg("snapshot", "-c", "s1", f)
     os.truncate(f, os.path.getsize(f) - 1)
     refused("snapshot table cut inside the last name", f, "qcow2", CORRUPT, "snapshot 0 extends past the end of the file")
+
+    # ------------------------------------------------------------------ 3. raw files a probe takes for another format
+    # VMDK text descriptors need not start with "# Disk DescriptorFile": QEMU's probe skips '#' lines and
+    # blank lines and accepts version=1|2|3. A tool probing such a "raw" image would open the extents it
+    # names (here the canary). Any QFI magic is qcow (version 1) or qcow2 (any other) to QEMU's probes.
+    crafted = [
+        ("VMDK descriptor starting with version=1", "vmdk",
+         b'version=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "canary" 0\n'),
+        ("VMDK descriptor after a comment and a blank line, CRLF", "vmdk",
+         b'# hello\n  \r\nversion=2\r\nRW 2048 FLAT "canary" 0\r\n'),
+        ("qcow2 magic with version 4", "qcow2", b"QFI\xfb\0\0\0\x04"),
+        ("qcow2 magic with version 0", "qcow2", b"QFI\xfb\0\0\0\0"),
+    ]
+    for i, (label, sig, data) in enumerate(crafted):
+        f = path(f"probe-{i}.raw")
+        with open(f, "wb") as out:
+            out.write(data.ljust(MiB, b"\0"))
+        if sig == "vmdk" or data[7] == 4:
+            # The premise: QEMU's probe (no -f) picks the other format for this file.
+            p = subprocess.run(["qemu-img", "info", "--output=json", f], capture_output=True, text=True, cwd=env.tmp)
+            said = p.stdout + p.stderr
+            check(('"format": "vmdk"' in said or "VMDK" in said) if sig == "vmdk" else "qcow2 version" in said,
+                  f"{label}: qemu-img's probe takes it for {sig} ({said.strip()[:120]!r})")
+        refused(f"raw upload: {label}", f, "raw", UNSAFE, f"signature of: {sig}")
+
 finally:
     env.close()
 finish()
