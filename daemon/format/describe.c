@@ -60,6 +60,13 @@ static int describe_qcow2(int fd, const DescribeOptions *opts, struct json_objec
         json_object_object_add(obj, "format-specific", qcow2_specific(&h));
         json_object_object_add(obj, "encrypted", json_object_new_boolean(h.crypt_method != QCOW2_CRYPT_NONE));
 
+        /* The same refusals as ImportImage's (op_validate_upload): Inspect and Import agree. */
+        if (qcow2_header_verdict(&h, &err) < 0) {
+                add_problem(problems, err.reason);
+                *valid = false;
+                err = (FormatError) {};
+        }
+
         if (opts->check) {
                 Qcow2CheckResult res = {};
                 struct json_object *check = json_object_new_object();
@@ -127,6 +134,10 @@ int image_describe(int fd, ImageFormat declared, const DescribeOptions *opts, st
                 json_object_object_add(obj, "virtual-size", json_object_new_int64((int64_t) st.st_size));
                 if ((uint64_t) st.st_size % FORMAT_SECTOR_SIZE != 0) {
                         add_problem(problems, "file size is not a multiple of 512");
+                        valid = false;
+                } else if (st.st_size == 0) {
+                        /* As ImportImage: an empty disk is refused, like a qcow2 of virtual size 0. */
+                        add_problem(problems, "raw image is empty");
                         valid = false;
                 }
         }

@@ -863,12 +863,10 @@ static int validate_image(int fd, ImageFormat f, const Limits *lim, bool allow_b
                                 allow_backing ? "vdisk takes over none it did not create" : "uploads must be self-contained");
         if (h.crypt_method != QCOW2_CRYPT_NONE)
                 return op_error(err, -EOPNOTSUPP, "encrypted images are not supported");
-        if (h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
-                return op_error(err, -EBADMSG, "image is marked dirty (refcounts may be stale)");
-        if (h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
-                return op_error(err, -EBADMSG, "image is marked corrupt");
-        if (h.size == 0)
-                return op_error(err, -EBADMSG, "image has a virtual size of 0");
+        /* Corrupt or dirty bit, unknown backing format, virtual size 0: what Inspect also calls invalid. */
+        r = qcow2_header_verdict(&h, &ferr);
+        if (r < 0)
+                return op_error(err, r, "%s", ferr.reason);
 
         r = qcow2_check(fd, &h, &qlim, &res, &ferr);
         if (r < 0)

@@ -184,6 +184,54 @@ try:
                   f"{label}: qemu-img's probe takes it for {sig} ({said.strip()[:120]!r})")
         refused(f"raw upload: {label}", f, "raw", UNSAFE, f"signature of: {sig}")
 
+    # ------------------------------------------------------------------ 2. dirty bit, virtual size 0
+    # Refused by both, with how to repair: the store never keeps a dirty image.
+    f = qcow2("lazy-dirty.qcow2", "1M", "-o", "lazy_refcounts=on", writes=["write -P 0x11 0 64k"])
+    p = subprocess.run(["qemu-img", "check", f], capture_output=True, text=True)
+    check_eq(p.returncode, 0, "lazy-refcounts image: qemu-img check finds nothing")
+    patch(f, 79, bytes([read_at(f, 79, 1)[0] | 1]))  # incompatible bit 0: dirty
+    refused("lazy-refcounts image with the dirty bit and exact refcounts", f, "qcow2", CORRUPT, "qemu-img check -r all")
+
+    f = path("lazy-crash.qcow2")
+    qimg("create", "-f", "qcow2", "-o", "lazy_refcounts=on", f, "1M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "abort", f], capture_output=True, cwd=env.tmp)
+    check(read_at(f, 79, 1)[0] & 1, "lazy-refcounts image after a crash: dirty bit set")
+    refused("lazy-refcounts image left dirty by a crash", f, "qcow2", CORRUPT, "marked dirty")
+
+    f = qcow2("zero-size.qcow2", "0")
+    refused("qcow2 of virtual size 0", f, "qcow2", CORRUPT, "virtual size of 0")
+    f = path("empty.raw")
+    open(f, "wb").close()
+    refused("empty raw file", f, "raw", CORRUPT, "raw image is empty")
+
+    # ------------------------------------------------------------------ 5. corrupt bit, unknown backing format
+    f = qcow2("corrupt-bit.qcow2", "1M", writes=["write -P 0x11 0 64k"])
+    patch(f, 79, bytes([read_at(f, 79, 1)[0] | 2]))  # incompatible bit 1: corrupt
+    p = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read 0 4k", f], capture_output=True, text=True, cwd=env.tmp)
+    check("image is corrupt; cannot be opened read/write" in (p.stdout + p.stderr).lower(),
+          f"corrupt bit: QEMU refuses to open it read-write ({(p.stdout + p.stderr).strip()[:100]!r})")
+    refused("image with only the corrupt bit", f, "qcow2", CORRUPT, "marked corrupt")
+
+    # iotest 114: a backing format QEMU has no driver for. With the backing name (the canary), Import
+    # refuses the backing file first; without it, the format name alone is refused.
+    f = path("backing-foo.qcow2")
+    qimg("create", "-f", "qcow2", "-u", "-b", "canary", "-F", "raw", f, "1M")
+    data = read_at(f, 0, 4096)
+    ext = data.index(struct.pack(">II", 0xE2792ACA, 3))
+    patch(f, ext + 8, b"foo")
+    p = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", "read 0 4k", f], capture_output=True, text=True, cwd=env.tmp)
+    check("foo" in p.stdout + p.stderr, f"backing format foo: QEMU cannot open it ({(p.stdout + p.stderr).strip()[:100]!r})")
+    j = inspect(f, "qcow2")
+    check(j.get("valid") is False and "backing file format is neither raw nor qcow2" in j.get("problems", []),
+          f"backing format foo: Inspect not valid with the reason ({j.get('problems')})")
+    check_eq(j.get("backing-filename-format"), "foo", "backing format foo: reported as qemu-img info does")
+    name, before, err, msg = upload(f, "qcow2")
+    check_eq(err, UNSAFE, f"backing format foo with a backing file: ImportImage UnsafeImage ({msg})")
+    check_eq(env.snapshot_store(), before, "backing format foo with a backing file: nothing left in the store")
+    patch(f, 8, bytes(12))  # backing_file_offset and backing_file_size: no backing name
+    refused("backing format foo without a backing name", f, "qcow2", UNSAFE, "backing file format is neither raw nor qcow2")
+    check(env.canary_unchanged(), "canary unchanged after the backing-format cases")
+
 finally:
     env.close()
 finish()
