@@ -230,10 +230,10 @@ int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f
         r = check_size(lim, size, err);
         if (r < 0)
                 return r;
-        if (cluster_size != 0) {
+        if (cluster_size != OP_CLUSTER_SIZE_DEFAULT) {
                 if (f != IMAGE_FORMAT_QCOW2)
                         return op_error(err, -EINVAL, "cluster_size applies to qcow2 only");
-                if (cluster_size & (cluster_size - 1) || cluster_size < 512 || cluster_size > (2U << 20))
+                if (cluster_size == 0 || cluster_size & (cluster_size - 1) || cluster_size < 512 || cluster_size > (2U << 20))
                         return op_error(err, -EINVAL, "cluster_size must be a power of two from 512 to 2097152");
                 args.qcow2.cluster_bits = (uint32_t) __builtin_ctz(cluster_size);
         }

@@ -232,6 +232,22 @@ try:
     refused("backing format foo without a backing name", f, "qcow2", UNSAFE, "backing file format is neither raw nor qcow2")
     check(env.canary_unchanged(), "canary unchanged after the backing-format cases")
 
+    # ------------------------------------------------------------------ 14. CreateImage cluster_size 0
+    # A power of two from 512: 0 is InvalidArgs, not "the default" (which is the absent option).
+    for fmt in ("qcow2", "raw"):
+        before = env.snapshot_store()
+        err, msg = env.try_call("CreateImage", f"cs0-{fmt}", fmt, dbus.UInt64(MiB), opts(cluster_size=0))
+        check_eq(err, INVALID, f"CreateImage {fmt} with cluster_size 0: InvalidArgs ({msg})")
+        check_eq(env.snapshot_store(), before, f"CreateImage {fmt} with cluster_size 0: store unchanged")
+        check(f"cs0-{fmt}" not in image_names(), f"CreateImage {fmt} with cluster_size 0: not listed")
+    for label, o, want in [("absent", opts(), 65536), ("512", opts(cluster_size=512), 512)]:
+        err, layer = env.try_call("CreateImage", f"cs-{label}", "qcow2", dbus.UInt64(MiB), o)
+        check_eq(err, None, f"CreateImage qcow2 with cluster_size {label}: created")
+        if err is None:
+            f = os.path.join(env.store, "images", f"{layer}.qcow2")
+            check_eq(1 << struct.unpack(">I", read_at(f, 20, 4))[0], want,
+                     f"CreateImage qcow2 with cluster_size {label}: cluster size {want}")
+
 finally:
     env.close()
 finish()
