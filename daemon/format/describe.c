@@ -135,10 +135,6 @@ int image_describe(int fd, ImageFormat declared, const DescribeOptions *opts, st
                 if ((uint64_t) st.st_size % FORMAT_SECTOR_SIZE != 0) {
                         add_problem(problems, "file size is not a multiple of 512");
                         valid = false;
-                } else if (st.st_size == 0) {
-                        /* As ImportImage: an empty disk is refused, like a qcow2 of virtual size 0. */
-                        add_problem(problems, "raw image is empty");
-                        valid = false;
                 }
         }
 

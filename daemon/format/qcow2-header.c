@@ -414,8 +414,6 @@ int qcow2_header_verdict(const Qcow2Header *h, FormatError *err) {
                                     (h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) ? ": lazy refcounts were not written back" : "");
         if (h->has_backing_format && strcmp(h->backing_format, "raw") != 0 && strcmp(h->backing_format, "qcow2") != 0)
                 return format_error(err, -EMEDIUMTYPE, "backing file format is neither raw nor qcow2");
-        if (h->size == 0)
-                return format_error(err, -EBADMSG, "image has a virtual size of 0");
         return 0;
 }
 

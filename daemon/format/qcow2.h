@@ -144,7 +144,7 @@ int qcow2_header_read(int fd, const Qcow2Limits *limits, Qcow2Header *ret, Forma
  * What makes a well-formed header unusable to vdisk, shared by Inspect's verdict and the checks of
  * uploads so that both agree: the corrupt bit (QEMU refuses to open the image read-write), the
  * dirty bit (refcounts may be stale: lazy refcounts not written back), a backing format other than
- * raw and qcow2 (QEMU cannot open the chain), a virtual size of 0. Returns 0, -EBADMSG (damaged:
+ * raw and qcow2 (QEMU cannot open the chain). A virtual size of 0 is valid, as to QEMU. Returns 0, -EBADMSG (damaged:
  * Corrupt) or -EMEDIUMTYPE (names something vdisk cannot follow: UnsafeImage), with the first
  * reason in err (which says how to repair, where qemu-img can).
  */

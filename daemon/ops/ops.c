@@ -863,7 +863,7 @@ static int validate_image(int fd, ImageFormat f, const Limits *lim, bool allow_b
                                 allow_backing ? "vdisk takes over none it did not create" : "uploads must be self-contained");
         if (h.crypt_method != QCOW2_CRYPT_NONE)
                 return op_error(err, -EOPNOTSUPP, "encrypted images are not supported");
-        /* Corrupt or dirty bit, unknown backing format, virtual size 0: what Inspect also calls invalid. */
+        /* Corrupt or dirty bit, unknown backing format: what Inspect also calls invalid. */
         r = qcow2_header_verdict(&h, &ferr);
         if (r < 0)
                 return op_error(err, r, "%s", ferr.reason);
