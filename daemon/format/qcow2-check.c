@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "bytes.h"
 #include "qcow2-internal.h"
@@ -40,6 +41,8 @@ typedef struct Walk {
         uint8_t *rt;      /* the refcount table, to read refcounts wider than 32 bits again */
         uint8_t *use;
         uint8_t *table;   /* one cluster */
+        uint8_t *zin;     /* a compressed cluster's bytes (at most 2 clusters), allocated on first use */
+        uint8_t *zout;    /* its decompressed content (one cluster) */
         uint64_t max_l2_reads;
 } Walk;
 
@@ -252,6 +255,43 @@ static uint32_t ondisk_refcount(Walk *w, uint64_t offset) {
         return c < w->nb_clusters ? w->ondisk[c] : 0;
 }
 
+/*
+ * Whether a deflate-compressed cluster decompresses, as QEMU's read does, from the bytes its
+ * descriptor covers into a whole cluster: QEMU inflates raw deflate with a 4 KiB window and
+ * fails the read (EIO) when less than a cluster comes out. Bytes past the end of the file read as
+ * zeros, as they do in QEMU (its own last compressed cluster usually ends there).
+ * Returns 1 if it does, 0 if not, < 0 on an I/O or allocation error.
+ */
+static int compressed_cluster_ok(Walk *w, uint64_t offset, uint64_t size) {
+        const Qcow2Header *h = w->h;
+        z_stream z = {};
+        uint64_t avail;
+        int r;
+
+        if (!w->zin) {
+                w->zin = malloc(2 * h->cluster_size);
+                w->zout = malloc(h->cluster_size);
+                if (!w->zin || !w->zout)
+                        return -ENOMEM;
+        }
+        size = MIN(size, 2 * h->cluster_size); /* the descriptor's field cannot say more */
+        avail = offset < h->file_size ? MIN(size, h->file_size - offset) : 0;
+        r = format_pread_full(w->fd, w->zin, avail, offset);
+        if (r < 0)
+                return r;
+        memset(w->zin + avail, 0, size - avail);
+
+        if (inflateInit2(&z, -12) != Z_OK)
+                return -ENOMEM;
+        z.next_in = w->zin;
+        z.avail_in = (uInt) size;
+        z.next_out = w->zout;
+        z.avail_out = (uInt) h->cluster_size;
+        r = inflate(&z, Z_FINISH);
+        (void) inflateEnd(&z);
+        return (r == Z_STREAM_END || r == Z_BUF_ERROR) && z.avail_out == 0;
+}
+
 static int walk_l2(Walk *w, uint64_t l2_offset, uint64_t l1_index, bool active) {
         const Qcow2Header *h = w->h;
         uint64_t n = qcow2_l2_entries(h);
@@ -289,9 +329,20 @@ static int walk_l2(Walk *w, uint64_t l2_offset, uint64_t l1_index, bool active) 
                                         "compressed cluster for guest offset 0x%" PRIx64 " lies past the end of the file", guest);
                                 break;
                         }
-                        mark(w, e.host_offset, e.compressed_size, USE_DATA, "compressed cluster");
                         if (active)
                                 w->res->compressed_clusters++;
+                        if (!mark(w, e.host_offset, e.compressed_size, USE_DATA, "compressed cluster"))
+                                break;
+                        /* zstd clusters are not decompressed here (vdisk has no zstd decoder). */
+                        if (h->compression_type != QCOW2_COMPRESSION_DEFLATE)
+                                break;
+                        r = compressed_cluster_ok(w, e.host_offset, e.compressed_size);
+                        if (r < 0)
+                                return format_error(w->err, r, "cannot check the compressed cluster at 0x%" PRIx64, e.host_offset);
+                        if (r == 0)
+                                problem(w, QCOW2_PROBLEM_INVALID_ENTRY, e.host_offset,
+                                        "compressed cluster for guest offset 0x%" PRIx64 " does not decompress to a whole cluster from its %" PRIu64 " bytes",
+                                        guest, e.compressed_size);
                         break;
 
                 case QCOW2_CLUSTER_NORMAL:
@@ -539,7 +590,7 @@ static void compare_refcounts(Walk *w) {
 
 int qcow2_check(int fd, const Qcow2Header *h, const Qcow2Limits *limits, Qcow2CheckResult *ret, FormatError *err) {
         _cleanup_free_ uint32_t *refs = NULL, *ondisk = NULL;
-        _cleanup_free_ uint8_t *use = NULL, *table = NULL, *rt = NULL;
+        _cleanup_free_ uint8_t *use = NULL, *table = NULL, *rt = NULL, *zin = NULL, *zout = NULL;
         Qcow2CheckResult res = {};
         uint64_t max_clusters;
         Walk w;
@@ -585,6 +636,8 @@ int qcow2_check(int fd, const Qcow2Header *h, const Qcow2Limits *limits, Qcow2Ch
                 r = walk_bitmaps(&w);
         if (r >= 0 && h->has_crypto_ext)
                 mark(&w, h->crypto_offset, h->crypto_length, USE_META, "encryption header");
+        zin = w.zin;
+        zout = w.zout;
         if (r < 0) {
                 qcow2_check_result_done(&res);
                 return r;

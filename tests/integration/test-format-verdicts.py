@@ -230,6 +230,42 @@ try:
     refused("backing format foo without a backing name", f, "qcow2", UNSAFE, "backing file format is neither raw nor qcow2")
     check(env.canary_unchanged(), "canary unchanged after the backing-format cases")
 
+    # ------------------------------------------------------------------ 4. compressed clusters (iotest 214)
+    # Two compressed 2 MiB clusters; QEMU's own last one already reaches past the end of the file.
+    base = qcow2("compressed.qcow2", "8M", "-o", "cluster_size=2M,compression_type=zlib",
+                 writes=["write -c -P 0x11 0 2M", "write -c -P 0x11 2M 2M"])
+    check_eq(struct.unpack(">QQ", read_at(base, 0x800000, 16)), (0x4008000000a00000, 0x4008000000a00802),
+             "iotest 214 layout: the two compressed L2 entries, 5 sectors each")
+    accepted("two compressed clusters written by qemu-io", base)
+    f = path("compressed-mixed.qcow2")
+    src = path("mixed.raw")
+    with open(src, "wb") as out:
+        out.write(os.urandom(MiB) + bytes(range(256)) * 4096 + b"\0" * MiB)
+    qimg("convert", "-c", "-O", "qcow2", "-o", "cluster_size=4096", src, f)
+    accepted("qemu-img convert -c with 4 KiB clusters", f)
+
+    # Size field reduced to 4 sectors: the stream is cut, QEMU's read fails with EIO, and qemu-img check
+    # sees nothing wrong (its refcounts are right). vdisk inflates it as QEMU does.
+    f = path("compressed-short.qcow2")
+    with open(base, "rb") as i, open(f, "wb") as o:
+        o.write(i.read())
+    patch(f, 0x800000, b"\x40\x06")
+    p = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x11 0 4M", f], capture_output=True, text=True, cwd=env.tmp)
+    check("Input/output error" in p.stdout + p.stderr, f"iotest 214, 4 sectors: QEMU's read fails ({p.stdout.strip()[:80]!r})")
+    check_eq(subprocess.run(["qemu-img", "check", f], capture_output=True).returncode, 0,
+             "iotest 214, 4 sectors: qemu-img check finds nothing")
+    refused("compressed cluster whose size field cuts its data", f, "qcow2", CORRUPT,
+            "does not decompress to a whole cluster")
+
+    # Size field at its maximum (8192 sectors): the data would reach past the end of the file.
+    f = path("compressed-long.qcow2")
+    with open(base, "rb") as i, open(f, "wb") as o:
+        o.write(i.read())
+    patch(f, 0x800000, b"\x7f\xfe")
+    patch(f, 0x800008, b"\x7f\xfe")
+    refused("compressed cluster whose size field reaches past the end of the file", f, "qcow2", CORRUPT,
+            "extends past the end of the file")
+
     # ------------------------------------------------------------------ 14. CreateImage cluster_size 0
     # A power of two from 512: 0 is InvalidArgs, not "the default" (which is the absent option).
     for fmt in ("qcow2", "raw"):

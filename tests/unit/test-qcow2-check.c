@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "bytes.h"
 #include "qcow2.h"
@@ -104,6 +105,41 @@ static void grow_file(Img *img, uint64_t clusters) {
         }
         img->file_size += clusters * img->cs;
         img->nb_clusters += clusters;
+}
+
+/*
+ * Writes at `off` a raw deflate stream (4 KiB window, as QEMU writes them) of one cluster whose first
+ * `random` bytes are pseudo-random and the rest `fill`; returns the stream's length.
+ */
+static size_t put_deflate(int fd, uint64_t cs, uint64_t off, size_t random, uint8_t fill) {
+        uint8_t *in = malloc(cs), *out = malloc(2 * cs);
+        uint32_t x = 12345;
+        z_stream z = {};
+        size_t n;
+
+        if (!in || !out || deflateInit2(&z, 9, Z_DEFLATED, -12, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+                fprintf(stderr, "deflate setup failed\n");
+                exit(EXIT_FAILURE);
+        }
+        memset(in, fill, cs);
+        for (size_t i = 0; i < random && i < cs; i++) {
+                x = x * 1103515245 + 12345;
+                in[i] = (uint8_t) (x >> 16);
+        }
+        z.next_in = in;
+        z.avail_in = (uInt) cs;
+        z.next_out = out;
+        z.avail_out = (uInt) (2 * cs);
+        if (deflate(&z, Z_FINISH) != Z_STREAM_END) {
+                fprintf(stderr, "deflate failed\n");
+                exit(EXIT_FAILURE);
+        }
+        n = 2 * cs - z.avail_out;
+        (void) deflateEnd(&z);
+        pwrite_exact(fd, out, n, off);
+        free(in);
+        free(out);
+        return n;
 }
 
 /* Entry addresses; the writer uses 16-bit refcounts and a single refcount block. */
@@ -444,6 +480,7 @@ static void test_l2_corruptions(uint32_t cb) {
          * of data cluster 0 still matches its one reference.
          */
         img_make(&img, cb, FIXTURE_SIZE, FIXTURE_DATA);
+        CHECK(put_deflate(img.fd, img.cs, img.data_off + img.cs - 100, 0, 0x11) <= 100);
         put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | (img.data_off + img.cs - 100));
         {
                 Qcow2CheckResult res;
@@ -715,6 +752,44 @@ static void test_snapshot_table(uint32_t cb) {
         img_done(&img);
 }
 
+/*
+ * A compressed cluster must inflate to a whole cluster from the bytes its descriptor covers (QEMU's
+ * read fails with EIO otherwise; iotest 214). Streams of about 1 KiB in data cluster 0.
+ */
+static void test_compressed_data(void) {
+        Img img;
+        uint32_t x = 62 - (16 - 8);
+        size_t n;
+        uint64_t sectors;
+
+        img_make(&img, 16, FIXTURE_SIZE, FIXTURE_DATA);
+        n = put_deflate(img.fd, img.cs, img.data_off, 1000, 0);
+        CHECK(n > 1000 && n < 2048);
+        sectors = (n + 511) / 512;
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | ((sectors - 1) << x) | img.data_off);
+        {
+                Qcow2CheckResult res;
+                FormatError err = {};
+
+                CHECK_EQ_INT(img_check(&img, NULL, &res, &err), 0);
+                CHECK_EQ_INT(res.corruptions, 0);
+                CHECK_EQ_INT(res.leaks, 0);
+                CHECK_EQ_INT(res.compressed_clusters, 1);
+                qcow2_check_result_done(&res);
+        }
+
+        /* One sector less: the stream is cut. */
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | ((sectors - 2) << x) | img.data_off);
+        expect_problems(&img, "compressed stream cut by its descriptor", QCOW2_PROBLEM_INVALID_ENTRY, img.data_off, 1, 0);
+
+        /* Bytes that are no deflate stream (0xff...: a block of the reserved type 3). */
+        put_be64(img.fd, img.data_off, UINT64_C(0xffffffffffffffff));
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | ((sectors - 1) << x) | img.data_off);
+        expect_problems(&img, "compressed cluster that is not a deflate stream", QCOW2_PROBLEM_INVALID_ENTRY, img.data_off,
+                        1, 0);
+        img_done(&img);
+}
+
 /* Refcounts wider than 32 bits are reported with their value, not a saturated 4294967295. */
 static void test_refcount_64(void) {
         Img img;
@@ -888,6 +963,8 @@ static void test_map_entries(uint32_t cb) {
          * Compressed, one sector each, with host streams that are contiguous (data_off and
          * data_off + 512): still two extents. The second has 1 additional sector.
          */
+        CHECK(put_deflate(img.fd, img.cs, img.data_off, 0, 0x22) <= 512);
+        CHECK(put_deflate(img.fd, img.cs, img.data_off + 512, 0, 0x33) <= 1024);
         put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | img.data_off);
         put_be64(img.fd, l2e_addr(&img, 1), QCOW2_OFLAG_COMPRESSED | (UINT64_C(1) << x) | (img.data_off + 512));
         CHECK_EQ_INT(img_map(&img, &m, &err), 0);
@@ -1144,6 +1221,7 @@ int main(void) {
                 test_map_entries(corrupt_bits[i]);
         }
         test_refcount_64();
+        test_compressed_data();
         test_limits();
         test_map_fresh();
         test_map_data();
