@@ -22,7 +22,7 @@ static int op_reply_error(sd_bus_error *error, int r, const OpError *err) {
 
 static int method_create_image(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
         const char *name, *format, *template_name = "blank";
-        uint32_t cluster_size = 0;
+        uint32_t cluster_size = OP_CLUSTER_SIZE_DEFAULT;
         uint64_t size;
         ImageFormat f = _IMAGE_FORMAT_INVALID;
         OpError err = {};

@@ -60,6 +60,13 @@ static int describe_qcow2(int fd, const DescribeOptions *opts, struct json_objec
         json_object_object_add(obj, "format-specific", qcow2_specific(&h));
         json_object_object_add(obj, "encrypted", json_object_new_boolean(h.crypt_method != QCOW2_CRYPT_NONE));
 
+        /* The same refusals as ImportImage's (op_validate_upload): Inspect and Import agree. */
+        if (qcow2_header_verdict(&h, &err) < 0) {
+                add_problem(problems, err.reason);
+                *valid = false;
+                err = (FormatError) {};
+        }
+
         if (opts->check) {
                 Qcow2CheckResult res = {};
                 struct json_object *check = json_object_new_object();

@@ -35,20 +35,51 @@ static bool has_bytes(const uint8_t *buf, size_t size, size_t offset, const void
 
 #define HAS(buf, size, offset, lit) has_bytes(buf, size, offset, lit, sizeof(lit) - 1)
 
+/*
+ * A VMDK text descriptor as QEMU's probe sees one: lines starting with '#' are skipped, so are blank
+ * lines, then the first other line must be "version=1", "2" or "3", ending in "\n" or "\r\n". QEMU
+ * skips only blank lines made of spaces; here any line of spaces, tabs and '\r' is blank, and the
+ * whole head is scanned (QEMU looks at 2 KiB): a superset, so that no file QEMU takes for VMDK passes.
+ */
+static bool is_vmdk_descriptor(const uint8_t *buf, size_t size) {
+        size_t p = 0;
+
+        while (p < size) {
+                size_t q = p;
+
+                if (buf[p] == '#') {
+                        while (p < size && buf[p] != '\n')
+                                p++;
+                        p++;
+                        continue;
+                }
+                while (q < size && (buf[q] == ' ' || buf[q] == '\t' || buf[q] == '\r'))
+                        q++;
+                if (q < size && buf[q] == '\n') {
+                        p = q + 1;
+                        continue;
+                }
+                if (size - p < 10 || memcmp(buf + p, "version=", 8) != 0 || buf[p + 8] < '1' || buf[p + 8] > '3')
+                        return false;
+                return buf[p + 9] == '\n' || (buf[p + 9] == '\r' && size - p >= 11 && buf[p + 10] == '\n');
+        }
+        return false;
+}
+
 unsigned probe_signatures(const uint8_t *head, size_t head_size, const uint8_t *tail, size_t tail_size) {
         unsigned mask = 0;
 
+        /* QEMU's qcow probe takes version 1, its qcow2 probe any version >= 2: refuse any QFI magic. */
         if (HAS(head, head_size, 0, "QFI\xfb") && head_size >= 8) {
-                uint32_t version = be32_read(head + 4);
-                if (version == 1)
+                if (be32_read(head + 4) == 1)
                         mask |= 1U << PROBE_QCOW1;
-                else if (version == 2 || version == 3)
+                else
                         mask |= 1U << PROBE_QCOW2;
         }
         if (HAS(head, head_size, 0, "QED\0"))
                 mask |= 1U << PROBE_QED;
         if (HAS(head, head_size, 0, "KDMV") || HAS(head, head_size, 0, "COWD") ||
-            HAS(head, head_size, 0, "# Disk DescriptorFile"))
+            HAS(head, head_size, 0, "# Disk DescriptorFile") || is_vmdk_descriptor(head, head_size))
                 mask |= 1U << PROBE_VMDK;
         if (head_size >= 0x44 && le32_read(head + 0x40) == UINT32_C(0xbeda107f))
                 mask |= 1U << PROBE_VDI;

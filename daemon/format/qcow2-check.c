@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <zlib.h>
 
 #include "bytes.h"
 #include "qcow2-internal.h"
@@ -36,9 +37,12 @@ typedef struct Walk {
         FormatError *err;
         uint64_t nb_clusters;
         uint32_t *refs;   /* recomputed references */
-        uint32_t *ondisk; /* refcounts read from the refcount blocks */
+        uint32_t *ondisk; /* refcounts read from the refcount blocks, UINT32_MAX if that or more */
+        uint8_t *rt;      /* the refcount table, to read refcounts wider than 32 bits again */
         uint8_t *use;
         uint8_t *table;   /* one cluster */
+        uint8_t *zin;     /* a compressed cluster's bytes (at most 2 clusters), allocated on first use */
+        uint8_t *zout;    /* its decompressed content (one cluster) */
         uint64_t max_l2_reads;
 } Walk;
 
@@ -171,11 +175,11 @@ static int load_refcounts(Walk *w) {
         const Qcow2Header *h = w->h;
         uint64_t rt_bytes = (uint64_t) h->refcount_table_clusters << h->cluster_bits;
         uint64_t per_block = (h->cluster_size * 8) >> h->refcount_order;
-        _cleanup_free_ uint8_t *rt = NULL;
         uint64_t beyond = 0;
+        uint8_t *rt;
         int r;
 
-        rt = malloc(rt_bytes);
+        rt = w->rt = malloc(rt_bytes);
         if (!rt)
                 return format_error(w->err, -ENOMEM, "out of memory");
         r = format_pread_full(w->fd, rt, rt_bytes, h->refcount_table_offset);
@@ -225,9 +229,67 @@ static int load_refcounts(Walk *w) {
         return 0;
 }
 
+/*
+ * The exact on-disk refcount of cluster c, for messages: ondisk[] saturates at UINT32_MAX, which
+ * only 64-bit refcounts can exceed; those are read again from their refcount block.
+ */
+static uint64_t exact_refcount(Walk *w, uint64_t c) {
+        const Qcow2Header *h = w->h;
+        uint64_t per_block = (h->cluster_size * 8) >> h->refcount_order, e, off;
+        uint8_t b[8];
+
+        if (c >= w->nb_clusters)
+                return 0;
+        if (w->ondisk[c] < UINT32_MAX || h->refcount_order < 6 || !w->rt)
+                return w->ondisk[c];
+        /* The entry was read once through this table entry, so both are in bounds. */
+        e = be64_read(w->rt + (c / per_block) * 8);
+        off = (e & QCOW2_REFT_OFFSET_MASK) + (c % per_block) * 8;
+        if (format_pread_full(w->fd, b, sizeof(b), off) < 0)
+                return w->ondisk[c];
+        return be64_read(b);
+}
+
 static uint32_t ondisk_refcount(Walk *w, uint64_t offset) {
         uint64_t c = offset >> w->h->cluster_bits;
         return c < w->nb_clusters ? w->ondisk[c] : 0;
+}
+
+/*
+ * Whether a deflate-compressed cluster decompresses, as QEMU's read does, from the bytes its
+ * descriptor covers into a whole cluster: QEMU inflates raw deflate with a 4 KiB window and
+ * fails the read (EIO) when less than a cluster comes out. Bytes past the end of the file read as
+ * zeros, as they do in QEMU (its own last compressed cluster usually ends there).
+ * Returns 1 if it does, 0 if not, < 0 on an I/O or allocation error.
+ */
+static int compressed_cluster_ok(Walk *w, uint64_t offset, uint64_t size) {
+        const Qcow2Header *h = w->h;
+        z_stream z = {};
+        uint64_t avail;
+        int r;
+
+        if (!w->zin) {
+                w->zin = malloc(2 * h->cluster_size);
+                w->zout = malloc(h->cluster_size);
+                if (!w->zin || !w->zout)
+                        return -ENOMEM;
+        }
+        size = MIN(size, 2 * h->cluster_size); /* the descriptor's field cannot say more */
+        avail = offset < h->file_size ? MIN(size, h->file_size - offset) : 0;
+        r = format_pread_full(w->fd, w->zin, avail, offset);
+        if (r < 0)
+                return r;
+        memset(w->zin + avail, 0, size - avail);
+
+        if (inflateInit2(&z, -12) != Z_OK)
+                return -ENOMEM;
+        z.next_in = w->zin;
+        z.avail_in = (uInt) size;
+        z.next_out = w->zout;
+        z.avail_out = (uInt) h->cluster_size;
+        r = inflate(&z, Z_FINISH);
+        (void) inflateEnd(&z);
+        return (r == Z_STREAM_END || r == Z_BUF_ERROR) && z.avail_out == 0;
 }
 
 static int walk_l2(Walk *w, uint64_t l2_offset, uint64_t l1_index, bool active) {
@@ -267,9 +329,20 @@ static int walk_l2(Walk *w, uint64_t l2_offset, uint64_t l1_index, bool active) 
                                         "compressed cluster for guest offset 0x%" PRIx64 " lies past the end of the file", guest);
                                 break;
                         }
-                        mark(w, e.host_offset, e.compressed_size, USE_DATA, "compressed cluster");
                         if (active)
                                 w->res->compressed_clusters++;
+                        if (!mark(w, e.host_offset, e.compressed_size, USE_DATA, "compressed cluster"))
+                                break;
+                        /* zstd clusters are not decompressed here (vdisk has no zstd decoder). */
+                        if (h->compression_type != QCOW2_COMPRESSION_DEFLATE)
+                                break;
+                        r = compressed_cluster_ok(w, e.host_offset, e.compressed_size);
+                        if (r < 0)
+                                return format_error(w->err, r, "cannot check the compressed cluster at 0x%" PRIx64, e.host_offset);
+                        if (r == 0)
+                                problem(w, QCOW2_PROBLEM_INVALID_ENTRY, e.host_offset,
+                                        "compressed cluster for guest offset 0x%" PRIx64 " does not decompress to a whole cluster from its %" PRIu64 " bytes",
+                                        guest, e.compressed_size);
                         break;
 
                 case QCOW2_CLUSTER_NORMAL:
@@ -282,8 +355,8 @@ static int walk_l2(Walk *w, uint64_t l2_offset, uint64_t l1_index, bool active) 
                                 break;
                         if (active && (ondisk_refcount(w, e.host_offset) == 1) != e.copied)
                                 problem(w, QCOW2_PROBLEM_COPIED_FLAG, e.host_offset,
-                                        "data cluster 0x%" PRIx64 " has refcount %" PRIu32 " but COPIED is %s", e.host_offset,
-                                        ondisk_refcount(w, e.host_offset), e.copied ? "set" : "clear");
+                                        "data cluster 0x%" PRIx64 " has refcount %" PRIu64 " but COPIED is %s", e.host_offset,
+                                        exact_refcount(w, e.host_offset >> h->cluster_bits), e.copied ? "set" : "clear");
                         break;
 
                 case QCOW2_CLUSTER_ZERO_PLAIN:
@@ -346,8 +419,8 @@ static int walk_l1(Walk *w, uint64_t l1_offset, uint32_t l1_size, bool active, c
                 if (!mark(w, off, h->cluster_size, USE_L2, "L2 table"))
                         continue;
                 if (active && (ondisk_refcount(w, off) == 1) != !!(e & QCOW2_OFLAG_COPIED))
-                        problem(w, QCOW2_PROBLEM_COPIED_FLAG, off, "L2 table 0x%" PRIx64 " has refcount %" PRIu32 " but COPIED is %s",
-                                off, ondisk_refcount(w, off), (e & QCOW2_OFLAG_COPIED) ? "set" : "clear");
+                        problem(w, QCOW2_PROBLEM_COPIED_FLAG, off, "L2 table 0x%" PRIx64 " has refcount %" PRIu64 " but COPIED is %s",
+                                off, exact_refcount(w, off >> h->cluster_bits), (e & QCOW2_OFLAG_COPIED) ? "set" : "clear");
                 r = walk_l2(w, off, i, active);
                 if (r < 0)
                         return r;
@@ -355,24 +428,32 @@ static int walk_l1(Walk *w, uint64_t l1_offset, uint32_t l1_size, bool active, c
         return 0;
 }
 
+/*
+ * The snapshot table: entries start 8-byte aligned, but QEMU writes no padding after the last one, so
+ * the table (and often the file) ends right after the last entry's name. The table's clusters are
+ * counted once, up to the last byte read, whether or not an entry turned out to be invalid.
+ */
 static int walk_snapshots(Walk *w) {
         const Qcow2Header *h = w->h;
-        uint64_t off = h->snapshots_offset, total = 0;
+        uint64_t off = h->snapshots_offset, end = h->snapshots_offset;
         uint8_t fixed[40];
-        int r;
+        int r = 0;
 
         for (uint32_t i = 0; i < h->nb_snapshots; i++) {
                 uint64_t l1_offset, entry;
                 uint32_t l1_size, extra;
                 uint16_t id_len, name_len;
 
+                if (i > 0)
+                        off = (off + 7) & ~UINT64_C(7);
                 if (off > h->file_size || sizeof(fixed) > h->file_size - off) {
                         problem(w, QCOW2_PROBLEM_SNAPSHOT_TABLE, off, "snapshot %" PRIu32 " lies past the end of the file", i);
-                        return 0;
+                        break;
                 }
                 r = format_pread_full(w->fd, fixed, sizeof(fixed), off);
                 if (r < 0)
                         return format_error(w->err, r, "cannot read the snapshot table");
+                end = off + sizeof(fixed);
 
                 l1_offset = be64_read(fixed);
                 l1_size = be32_read(fixed + 8);
@@ -383,21 +464,20 @@ static int walk_snapshots(Walk *w) {
                 if (extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA) {
                         problem(w, QCOW2_PROBLEM_SNAPSHOT_TABLE, off, "snapshot %" PRIu32 " has %" PRIu32 " bytes of extra data", i,
                                 extra);
-                        return 0;
+                        break;
                 }
                 if (h->version >= 3 && extra < 16) {
                         problem(w, QCOW2_PROBLEM_SNAPSHOT_TABLE, off, "snapshot %" PRIu32 " lacks the version 3 extra data", i);
-                        return 0;
+                        break;
                 }
                 entry = sizeof(fixed) + (uint64_t) extra + id_len + name_len;
-                entry = (entry + 7) & ~UINT64_C(7);
-                total += entry;
-                if (total > QCOW2_MAX_SNAPSHOTS_BYTES)
+                if (off + entry - h->snapshots_offset > QCOW2_MAX_SNAPSHOTS_BYTES)
                         return format_error(w->err, -E2BIG, "snapshot table is larger than 64 MiB");
                 if (entry > h->file_size - off) {
                         problem(w, QCOW2_PROBLEM_SNAPSHOT_TABLE, off, "snapshot %" PRIu32 " extends past the end of the file", i);
-                        return 0;
+                        break;
                 }
+                end = off + entry;
 
                 r = walk_l1(w, l1_offset, l1_size, false, "snapshot L1 table");
                 if (r < 0)
@@ -405,7 +485,7 @@ static int walk_snapshots(Walk *w) {
                 off += entry;
         }
 
-        mark(w, h->snapshots_offset, total, USE_META, "snapshot table");
+        mark(w, h->snapshots_offset, end - h->snapshots_offset, USE_META, "snapshot table");
         return 0;
 }
 
@@ -499,18 +579,18 @@ static void compare_refcounts(Walk *w) {
                         continue;
                 if (have < want)
                         problem(w, QCOW2_PROBLEM_REFCOUNT_MISMATCH, c << w->h->cluster_bits,
-                                "cluster 0x%" PRIx64 " has refcount %" PRIu32 " but %" PRIu32 " references",
-                                c << w->h->cluster_bits, have, want);
+                                "cluster 0x%" PRIx64 " has refcount %" PRIu64 " but %" PRIu32 " references",
+                                c << w->h->cluster_bits, exact_refcount(w, c), want);
                 else
                         problem(w, QCOW2_PROBLEM_LEAK, c << w->h->cluster_bits,
-                                "cluster 0x%" PRIx64 " has refcount %" PRIu32 " but %" PRIu32 " references (leaked)",
-                                c << w->h->cluster_bits, have, want);
+                                "cluster 0x%" PRIx64 " has refcount %" PRIu64 " but %" PRIu32 " references (leaked)",
+                                c << w->h->cluster_bits, exact_refcount(w, c), want);
         }
 }
 
 int qcow2_check(int fd, const Qcow2Header *h, const Qcow2Limits *limits, Qcow2CheckResult *ret, FormatError *err) {
         _cleanup_free_ uint32_t *refs = NULL, *ondisk = NULL;
-        _cleanup_free_ uint8_t *use = NULL, *table = NULL;
+        _cleanup_free_ uint8_t *use = NULL, *table = NULL, *rt = NULL, *zin = NULL, *zout = NULL;
         Qcow2CheckResult res = {};
         uint64_t max_clusters;
         Walk w;
@@ -547,6 +627,7 @@ int qcow2_check(int fd, const Qcow2Header *h, const Qcow2Limits *limits, Qcow2Ch
         mark(&w, 0, h->cluster_size, USE_META, "header");
 
         r = load_refcounts(&w);
+        rt = w.rt;
         if (r >= 0)
                 r = walk_l1(&w, h->l1_table_offset, h->l1_size, true, "active L1 table");
         if (r >= 0)
@@ -555,6 +636,8 @@ int qcow2_check(int fd, const Qcow2Header *h, const Qcow2Limits *limits, Qcow2Ch
                 r = walk_bitmaps(&w);
         if (r >= 0 && h->has_crypto_ext)
                 mark(&w, h->crypto_offset, h->crypto_length, USE_META, "encryption header");
+        zin = w.zin;
+        zout = w.zout;
         if (r < 0) {
                 qcow2_check_result_done(&res);
                 return r;

@@ -404,6 +404,19 @@ int qcow2_header_parse(const uint8_t *buf, size_t size, uint64_t file_size, cons
         return header_parse(buf, size, file_size, limits, false, ret, err);
 }
 
+int qcow2_header_verdict(const Qcow2Header *h, FormatError *err) {
+        if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
+                return format_error(err, -EBADMSG,
+                                    "image is marked corrupt (QEMU refuses to open it read-write); repair it with 'qemu-img check -r all'");
+        if (h->incompatible_features & QCOW2_INCOMPAT_DIRTY)
+                return format_error(err, -EBADMSG,
+                                    "image is marked dirty (refcounts may be stale%s); repair it with 'qemu-img check -r all'",
+                                    (h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) ? ": lazy refcounts were not written back" : "");
+        if (h->has_backing_format && strcmp(h->backing_format, "raw") != 0 && strcmp(h->backing_format, "qcow2") != 0)
+                return format_error(err, -EMEDIUMTYPE, "backing file format is neither raw nor qcow2");
+        return 0;
+}
+
 int qcow2_header_read(int fd, const Qcow2Limits *limits, Qcow2Header *ret, FormatError *err) {
         _cleanup_free_ uint8_t *buf = NULL;
         struct stat st;

@@ -140,6 +140,16 @@ int qcow2_header_parse(const uint8_t *buf, size_t size, uint64_t file_size, cons
 /* Reads the first cluster of `fd` and parses it. */
 int qcow2_header_read(int fd, const Qcow2Limits *limits, Qcow2Header *ret, FormatError *err);
 
+/*
+ * What makes a well-formed header unusable to vdisk, shared by Inspect's verdict and the checks of
+ * uploads so that both agree: the corrupt bit (QEMU refuses to open the image read-write), the
+ * dirty bit (refcounts may be stale: lazy refcounts not written back), a backing format other than
+ * raw and qcow2 (QEMU cannot open the chain). A virtual size of 0 is valid, as to QEMU. Returns 0, -EBADMSG (damaged:
+ * Corrupt) or -EMEDIUMTYPE (names something vdisk cannot follow: UnsafeImage), with the first
+ * reason in err (which says how to repair, where qemu-img can).
+ */
+int qcow2_header_verdict(const Qcow2Header *h, FormatError *err);
+
 static inline uint64_t qcow2_l2_entries(const Qcow2Header *h) {
         return h->cluster_size / ((h->incompatible_features & QCOW2_INCOMPAT_EXTL2) ? 16 : 8);
 }

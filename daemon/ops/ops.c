@@ -230,10 +230,10 @@ int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f
         r = check_size(lim, size, err);
         if (r < 0)
                 return r;
-        if (cluster_size != 0) {
+        if (cluster_size != OP_CLUSTER_SIZE_DEFAULT) {
                 if (f != IMAGE_FORMAT_QCOW2)
                         return op_error(err, -EINVAL, "cluster_size applies to qcow2 only");
-                if (cluster_size & (cluster_size - 1) || cluster_size < 512 || cluster_size > (2U << 20))
+                if (cluster_size == 0 || cluster_size & (cluster_size - 1) || cluster_size < 512 || cluster_size > (2U << 20))
                         return op_error(err, -EINVAL, "cluster_size must be a power of two from 512 to 2097152");
                 args.qcow2.cluster_bits = (uint32_t) __builtin_ctz(cluster_size);
         }
@@ -863,12 +863,10 @@ static int validate_image(int fd, ImageFormat f, const Limits *lim, bool allow_b
                                 allow_backing ? "vdisk takes over none it did not create" : "uploads must be self-contained");
         if (h.crypt_method != QCOW2_CRYPT_NONE)
                 return op_error(err, -EOPNOTSUPP, "encrypted images are not supported");
-        if (h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
-                return op_error(err, -EBADMSG, "image is marked dirty (refcounts may be stale)");
-        if (h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
-                return op_error(err, -EBADMSG, "image is marked corrupt");
-        if (h.size == 0)
-                return op_error(err, -EBADMSG, "image has a virtual size of 0");
+        /* Corrupt or dirty bit, unknown backing format: what Inspect also calls invalid. */
+        r = qcow2_header_verdict(&h, &ferr);
+        if (r < 0)
+                return op_error(err, r, "%s", ferr.reason);
 
         r = qcow2_check(fd, &h, &qlim, &res, &ferr);
         if (r < 0)

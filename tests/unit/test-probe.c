@@ -32,10 +32,20 @@ static const Sig sigs[] = {
         { "qcow2 v2", PROBE_QCOW2, false, 0, M("QFI\xfb\0\0\0\x02") },
         { "qcow2 v3", PROBE_QCOW2, false, 0, M("QFI\xfb\0\0\0\x03") },
         { "qcow v1", PROBE_QCOW1, false, 0, M("QFI\xfb\0\0\0\x01") },
+        /* QEMU's qcow2 probe takes any version >= 2 (and open then fails); version 0 is refused too. */
+        { "qcow version 0", PROBE_QCOW2, false, 0, M("QFI\xfb\0\0\0\0") },
+        { "qcow version 4", PROBE_QCOW2, false, 0, M("QFI\xfb\0\0\0\x04") },
+        { "qcow version 2^24+3", PROBE_QCOW2, false, 0, M("QFI\xfb\x01\0\0\x03") },
         { "qed", PROBE_QED, false, 0, M("QED\0") },
         { "vmdk KDMV", PROBE_VMDK, false, 0, M("KDMV") },
         { "vmdk COWD", PROBE_VMDK, false, 0, M("COWD") },
         { "vmdk descriptor", PROBE_VMDK, false, 0, M("# Disk DescriptorFile") },
+        /* Text descriptors QEMU's probe accepts: '#' lines and blank lines, then version=1|2|3. */
+        { "vmdk version=1 first", PROBE_VMDK, false, 0, M("version=1\nCID=fffffffe\nRW 2048 FLAT \"canary\" 0\n") },
+        { "vmdk version=2 crlf", PROBE_VMDK, false, 0, M("version=2\r\n") },
+        { "vmdk comments then version=3", PROBE_VMDK, false, 0, M("# x\n#\nversion=3\n") },
+        { "vmdk blank lines then version=1", PROBE_VMDK, false, 0, M("  \n \r\n\nversion=1\r\n") },
+        { "vmdk other comment first", PROBE_VMDK, false, 0, M("# Not a Disk Descriptor\nversion=1\n") },
         { "vdi", PROBE_VDI, false, 0x40, M("\x7f\x10\xda\xbe") },
         { "vhdx", PROBE_VHDX, false, 0, M("vhdxfile") },
         { "vpc head", PROBE_VPC, false, 0, M("conectix") },
@@ -169,9 +179,13 @@ static void test_near_misses(void) {
                 const char *magic;
                 size_t len;
         } misses[] = {
-                { "qcow version 0", false, 0, M("QFI\xfb\0\0\0\0") },
-                { "qcow version 4", false, 0, M("QFI\xfb\0\0\0\x04") },
-                { "qcow version 2^24+3", false, 0, M("QFI\xfb\x01\0\0\x03") },
+                { "version=4", false, 0, M("version=4\n") },
+                { "version=1 with a trailing space", false, 0, M("version=1 \n") },
+                { "version=1 indented", false, 0, M(" version=1\n") },
+                { "version=1 after a text line", false, 0, M("text\nversion=1\n") },
+                { "version=1 without a newline", false, 0, M("version=1") },
+                { "version=1 then CR CR LF", false, 0, M("version=1\r\r\n") },
+                { "version=10", false, 0, M("version=10\n") },
                 { "qcow magic off by one", false, 0, M("QFI\xfa\0\0\0\x03") },
                 { "qcow at 1", false, 1, M("QFI\xfb\0\0\0\x03") },
                 { "QEDX", false, 0, M("QEDX") },

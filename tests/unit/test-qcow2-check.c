@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "bytes.h"
 #include "qcow2.h"
@@ -104,6 +105,41 @@ static void grow_file(Img *img, uint64_t clusters) {
         }
         img->file_size += clusters * img->cs;
         img->nb_clusters += clusters;
+}
+
+/*
+ * Writes at `off` a raw deflate stream (4 KiB window, as QEMU writes them) of one cluster whose first
+ * `random` bytes are pseudo-random and the rest `fill`; returns the stream's length.
+ */
+static size_t put_deflate(int fd, uint64_t cs, uint64_t off, size_t random, uint8_t fill) {
+        uint8_t *in = malloc(cs), *out = malloc(2 * cs);
+        uint32_t x = 12345;
+        z_stream z = {};
+        size_t n;
+
+        if (!in || !out || deflateInit2(&z, 9, Z_DEFLATED, -12, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+                fprintf(stderr, "deflate setup failed\n");
+                exit(EXIT_FAILURE);
+        }
+        memset(in, fill, cs);
+        for (size_t i = 0; i < random && i < cs; i++) {
+                x = x * 1103515245 + 12345;
+                in[i] = (uint8_t) (x >> 16);
+        }
+        z.next_in = in;
+        z.avail_in = (uInt) cs;
+        z.next_out = out;
+        z.avail_out = (uInt) (2 * cs);
+        if (deflate(&z, Z_FINISH) != Z_STREAM_END) {
+                fprintf(stderr, "deflate failed\n");
+                exit(EXIT_FAILURE);
+        }
+        n = 2 * cs - z.avail_out;
+        (void) deflateEnd(&z);
+        pwrite_exact(fd, out, n, off);
+        free(in);
+        free(out);
+        return n;
 }
 
 /* Entry addresses; the writer uses 16-bit refcounts and a single refcount block. */
@@ -444,6 +480,7 @@ static void test_l2_corruptions(uint32_t cb) {
          * of data cluster 0 still matches its one reference.
          */
         img_make(&img, cb, FIXTURE_SIZE, FIXTURE_DATA);
+        CHECK(put_deflate(img.fd, img.cs, img.data_off + img.cs - 100, 0, 0x11) <= 100);
         put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | (img.data_off + img.cs - 100));
         {
                 Qcow2CheckResult res;
@@ -676,13 +713,118 @@ static void test_snapshot_table(uint32_t cb) {
         /* A valid snapshot without an L1 table: the walk accounts for the snapshot table. */
         expect_clean(&img, "valid snapshot table");
 
-        /* 2000 bytes of extra data: over QEMU's limit; the table is then not accounted (leak). */
+        /* 2000 bytes of extra data: over QEMU's limit. The table is still accounted: no leak. */
         put_be32(img.fd, snap + 36, 2000);
-        expect_problems(&img, "snapshot extra 2000", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap, 1, 1);
+        expect_problems(&img, "snapshot extra 2000", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap, 1, 0);
 
         /* Version 3 needs at least 16 bytes of extra data. */
         put_be32(img.fd, snap + 36, 8);
-        expect_problems(&img, "snapshot extra 8", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap, 1, 1);
+        expect_problems(&img, "snapshot extra 8", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap, 1, 0);
+        img_done(&img);
+
+        /*
+         * Two entries of 59 and 58 bytes: the second starts 8-byte aligned (at +64), and the file ends
+         * right after its name, without the padding QEMU never writes after the last entry.
+         */
+        img_make(&img, cb, FIXTURE_SIZE, FIXTURE_DATA);
+        snap = img.file_size;
+        grow_file(&img, 1);
+        write_snapshot(&img, snap, 16);
+        put_be16(img.fd, snap + 14, 2); /* name "s\0": 59 bytes */
+        write_snapshot(&img, snap + 64, 16);
+        if (ftruncate(img.fd, (off_t) (snap + 64 + 58)) < 0) {
+                perror("ftruncate");
+                exit(EXIT_FAILURE);
+        }
+        img.file_size = snap + 64 + 58;
+        set_refcount(&img, snap, 1);
+        put_be32(img.fd, 60, 2);
+        put_be64(img.fd, 64, snap);
+        expect_clean(&img, "snapshot table ending the file without padding");
+
+        /* One byte less: the last entry's name is cut off. */
+        if (ftruncate(img.fd, (off_t) (snap + 64 + 57)) < 0) {
+                perror("ftruncate");
+                exit(EXIT_FAILURE);
+        }
+        img.file_size = snap + 64 + 57;
+        expect_problems(&img, "snapshot table cut short", QCOW2_PROBLEM_SNAPSHOT_TABLE, snap + 64, 1, 0);
+        img_done(&img);
+}
+
+/*
+ * A compressed cluster must inflate to a whole cluster from the bytes its descriptor covers (QEMU's
+ * read fails with EIO otherwise; iotest 214). Streams of about 1 KiB in data cluster 0.
+ */
+static void test_compressed_data(void) {
+        Img img;
+        uint32_t x = 62 - (16 - 8);
+        size_t n;
+        uint64_t sectors;
+
+        img_make(&img, 16, FIXTURE_SIZE, FIXTURE_DATA);
+        n = put_deflate(img.fd, img.cs, img.data_off, 1000, 0);
+        CHECK(n > 1000 && n < 2048);
+        sectors = (n + 511) / 512;
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | ((sectors - 1) << x) | img.data_off);
+        {
+                Qcow2CheckResult res;
+                FormatError err = {};
+
+                CHECK_EQ_INT(img_check(&img, NULL, &res, &err), 0);
+                CHECK_EQ_INT(res.corruptions, 0);
+                CHECK_EQ_INT(res.leaks, 0);
+                CHECK_EQ_INT(res.compressed_clusters, 1);
+                qcow2_check_result_done(&res);
+        }
+
+        /* One sector less: the stream is cut. */
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | ((sectors - 2) << x) | img.data_off);
+        expect_problems(&img, "compressed stream cut by its descriptor", QCOW2_PROBLEM_INVALID_ENTRY, img.data_off, 1, 0);
+
+        /* Bytes that are no deflate stream (0xff...: a block of the reserved type 3). */
+        put_be64(img.fd, img.data_off, UINT64_C(0xffffffffffffffff));
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | ((sectors - 1) << x) | img.data_off);
+        expect_problems(&img, "compressed cluster that is not a deflate stream", QCOW2_PROBLEM_INVALID_ENTRY, img.data_off,
+                        1, 0);
+        img_done(&img);
+}
+
+/* Refcounts wider than 32 bits are reported with their value, not a saturated 4294967295. */
+static void test_refcount_64(void) {
+        Img img;
+        Qcow2CheckResult res;
+        FormatError err = {};
+        bool found = false;
+
+        /* Rewrite the writer's 16-bit refcount block as a 64-bit one (refcount_order 6). */
+        img_make(&img, 16, FIXTURE_SIZE, FIXTURE_DATA);
+        {
+                uint16_t v[64];
+                uint8_t b[2];
+
+                for (uint64_t c = 0; c < img.nb_clusters && c < ELEMENTSOF(v); c++) {
+                        pread_exact(img.fd, b, sizeof(b), img.rb_off + c * 2);
+                        v[c] = be16_read(b);
+                }
+                for (uint64_t c = 0; c < img.nb_clusters && c < ELEMENTSOF(v); c++)
+                        put_be64(img.fd, img.rb_off + c * 8, v[c]);
+        }
+        put_be32(img.fd, 96, 6);
+        expect_clean(&img, "64-bit refcounts");
+
+        put_be64(img.fd, img.rb_off + (img.data_off / img.cs) * 8, (UINT64_C(1) << 32) + 5);
+        CHECK_EQ_INT(img_check(&img, NULL, &res, &err), 0);
+        CHECK_EQ_INT(res.leaks, 1);
+        for (uint64_t i = 0; i < res.n_problems; i++)
+                if (res.problems[i].kind == QCOW2_PROBLEM_LEAK && res.problems[i].offset == img.data_off) {
+                        CHECK_CONTAINS(res.problems[i].text, "has refcount 4294967301 but 1 references");
+                        found = true;
+                } else if (res.problems[i].kind == QCOW2_PROBLEM_COPIED_FLAG && res.problems[i].offset == img.data_off)
+                        CHECK_CONTAINS(res.problems[i].text, "has refcount 4294967301 but COPIED is set");
+        CHECK(found);
+        CHECK(has_problem(&res, QCOW2_PROBLEM_COPIED_FLAG, img.data_off));
+        qcow2_check_result_done(&res);
         img_done(&img);
 }
 
@@ -821,6 +963,8 @@ static void test_map_entries(uint32_t cb) {
          * Compressed, one sector each, with host streams that are contiguous (data_off and
          * data_off + 512): still two extents. The second has 1 additional sector.
          */
+        CHECK(put_deflate(img.fd, img.cs, img.data_off, 0, 0x22) <= 512);
+        CHECK(put_deflate(img.fd, img.cs, img.data_off + 512, 0, 0x33) <= 1024);
         put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | img.data_off);
         put_be64(img.fd, l2e_addr(&img, 1), QCOW2_OFLAG_COMPRESSED | (UINT64_C(1) << x) | (img.data_off + 512));
         CHECK_EQ_INT(img_map(&img, &m, &err), 0);
@@ -1076,6 +1220,8 @@ int main(void) {
                 test_snapshot_table(corrupt_bits[i]);
                 test_map_entries(corrupt_bits[i]);
         }
+        test_refcount_64();
+        test_compressed_data();
         test_limits();
         test_map_fresh();
         test_map_data();
