@@ -22,7 +22,8 @@ static int op_reply_error(sd_bus_error *error, int r, const OpError *err) {
 
 static int method_create_image(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
         const char *name, *format, *template_name = "blank";
-        uint32_t cluster_size = OP_CLUSTER_SIZE_DEFAULT;
+        uint32_t cluster_size = 0;
+        bool has_cluster_size = false;
         uint64_t size;
         ImageFormat f = _IMAGE_FORMAT_INVALID;
         OpError err = {};
@@ -31,13 +32,14 @@ static int method_create_image(sd_bus_message *msg, Manager *m, const Caller *c,
 
         CHECK(sd_bus_message_read(msg, "sst", &name, &format, &size));
         CHECK(bus_read_options(msg, (const OptionSpec[]) { { "template", 's', &template_name },
-                                                      { "cluster_size", 'u', &cluster_size },
+                                                      { "cluster_size", 'u', &cluster_size, &has_cluster_size },
                                                       {} },
                            error));
         CHECK(bus_check_name("image", name, error));
         CHECK(bus_check_format(format, &f, error));
 
-        r = op_create_image(m->store, &m->config.limits, name, f, size, template_name, cluster_size, layer, &err);
+        r = op_create_image(m->store, &m->config.limits, name, f, size, template_name, has_cluster_size ? &cluster_size : NULL, layer,
+                            &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
         return sd_bus_reply_method_return(msg, "s", layer);

@@ -33,6 +33,8 @@ int bus_read_options(sd_bus_message *m, const OptionSpec *specs, sd_bus_error *e
                 if (seen & (1U << idx))
                         return bus_errorf(error, -EINVAL, "Option '%s' given twice", key);
                 seen |= 1U << idx;
+                if (spec->present)
+                        *spec->present = true;
 
                 r = sd_bus_message_peek_type(m, NULL, &contents);
                 if (r < 0)

@@ -35,6 +35,7 @@ typedef struct OptionSpec {
         const char *key;
         char type; /* 's', 'u', 'b' (into a bool), 't' */
         void *ret;
+        bool *present; /* if not NULL: set when the option was given */
 } OptionSpec;
 
 /* Reads an a{sv}; unknown keys, wrong types and duplicates are InvalidArgs. */

@@ -215,7 +215,7 @@ static int layer_materialize(Store *s, Layer *l, FillArgs *args, const char *op,
 }
 
 int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f, uint64_t size, const char *template_name,
-                    uint32_t cluster_size, char ret_layer[static LAYER_ID_LEN + 1], OpError *err) {
+                    const uint32_t *cluster_size, char ret_layer[static LAYER_ID_LEN + 1], OpError *err) {
         _cleanup_(layer_freep) Layer *l = NULL;
         uint8_t page[SWAP_PAGE_SIZE], uuid[16];
         FillArgs args = { .format = f, .copy_from = -EBADF, .err = err };
@@ -230,12 +230,14 @@ int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f
         r = check_size(lim, size, err);
         if (r < 0)
                 return r;
-        if (cluster_size != OP_CLUSTER_SIZE_DEFAULT) {
+        if (cluster_size) {
+                uint32_t cs = *cluster_size;
+
                 if (f != IMAGE_FORMAT_QCOW2)
                         return op_error(err, -EINVAL, "cluster_size applies to qcow2 only");
-                if (cluster_size == 0 || cluster_size & (cluster_size - 1) || cluster_size < 512 || cluster_size > (2U << 20))
+                if (cs == 0 || cs & (cs - 1) || cs < 512 || cs > (2U << 20))
                         return op_error(err, -EINVAL, "cluster_size must be a power of two from 512 to 2097152");
-                args.qcow2.cluster_bits = (uint32_t) __builtin_ctz(cluster_size);
+                args.qcow2.cluster_bits = (uint32_t) __builtin_ctz(cs);
         }
         args.qcow2.size = size;
 

@@ -48,10 +48,9 @@ typedef FormatError OpError;
                                   (uint64_t) RECORD_MAX_SIZE)                                                  \
                        : op_error(err, r, "cannot write the " what " record"))
 
-/* op_create_image()'s cluster_size when the caller gave none (0 is a value, and refused). */
-#define OP_CLUSTER_SIZE_DEFAULT UINT32_MAX
+/* `cluster_size`: NULL for the default (qcow2 only; 0 is a value, and refused). */
 int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f, uint64_t size, const char *template_name,
-                    uint32_t cluster_size, char ret_layer[static LAYER_ID_LEN + 1], OpError *err);
+                    const uint32_t *cluster_size, char ret_layer[static LAYER_ID_LEN + 1], OpError *err);
 int op_delete_image(Store *s, const char *name, OpError *err);
 int op_create_vm(Store *s, const Limits *lim, const char *name, uid_t owner, OpError *err);
 int op_delete_vm(Store *s, const char *name, OpError *err);

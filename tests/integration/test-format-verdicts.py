@@ -268,12 +268,13 @@ try:
 
     # ------------------------------------------------------------------ 14. CreateImage cluster_size 0
     # A power of two from 512: 0 is InvalidArgs, not "the default" (which is the absent option).
-    for fmt in ("qcow2", "raw"):
+    # Nor is any other value outside the rule, 4294967295 included (no value stands for "absent").
+    for fmt, cs in (("qcow2", 0), ("raw", 0), ("qcow2", 0xFFFFFFFF), ("qcow2", 256), ("qcow2", 3 * 4096)):
         before = env.snapshot_store()
-        err, msg = env.try_call("CreateImage", f"cs0-{fmt}", fmt, dbus.UInt64(MiB), opts(cluster_size=0))
-        check_eq(err, INVALID, f"CreateImage {fmt} with cluster_size 0: InvalidArgs ({msg})")
-        check_eq(env.snapshot_store(), before, f"CreateImage {fmt} with cluster_size 0: store unchanged")
-        check(f"cs0-{fmt}" not in image_names(), f"CreateImage {fmt} with cluster_size 0: not listed")
+        err, msg = env.try_call("CreateImage", f"cs{cs}-{fmt}", fmt, dbus.UInt64(MiB), opts(cluster_size=cs))
+        check_eq(err, INVALID, f"CreateImage {fmt} with cluster_size {cs}: InvalidArgs ({msg})")
+        check_eq(env.snapshot_store(), before, f"CreateImage {fmt} with cluster_size {cs}: store unchanged")
+        check(f"cs{cs}-{fmt}" not in image_names(), f"CreateImage {fmt} with cluster_size {cs}: not listed")
     for label, o, want in [("absent", opts(), 65536), ("512", opts(cluster_size=512), 512)]:
         err, layer = env.try_call("CreateImage", f"cs-{label}", "qcow2", dbus.UInt64(MiB), o)
         check_eq(err, None, f"CreateImage qcow2 with cluster_size {label}: created")
