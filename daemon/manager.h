@@ -4,22 +4,12 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "daemon-config.h"
 #include "ops.h"
 #include "store.h"
 
 typedef struct Job Job;
 typedef struct Lease Lease;
-
-typedef struct Config {
-        char *store_directory;
-        Limits limits;
-        char *admin_group;
-} Config;
-
-void config_init_default(Config *c);
-void config_done(Config *c);
-/* Reads an INI-style file; a missing file is -ENOENT (the caller decides whether that is fine). */
-int config_load(Config *c, const char *path);
 
 typedef struct CallerEntry CallerEntry;
 
