@@ -12,13 +12,13 @@
 
 #include "log.h"
 #include "manager.h"
+#include "test-hooks.h"
 
 #define JOB_LINGER_USEC (60 * UINT64_C(1000000))
 
 /* Tests only: a shorter linger (VDISKD_TEST_JOB_LINGER_SEC), e.g. to watch exit-on-idle. */
 static uint64_t job_linger_usec(void) {
-        const char *e = getenv("VDISKD_TEST_JOB_LINGER_SEC");
-        return e ? strtoull(e, NULL, 10) * UINT64_C(1000000) : JOB_LINGER_USEC;
+        return test_hook_job_linger_usec(JOB_LINGER_USEC);
 }
 #define JOB_PROGRESS_INTERVAL_USEC (200 * UINT64_C(1000))
 
@@ -61,12 +61,7 @@ struct Job {
 #define JOB_TURN_USEC (UINT64_C(100) * 1000)
 
 static uint64_t step_delay_usec(void) {
-        static int64_t cached = -1;
-        if (cached < 0) {
-                const char *e = getenv("VDISKD_TEST_STEP_DELAY_MS");
-                cached = e ? (int64_t) strtoull(e, NULL, 10) * 1000 : 0;
-        }
-        return (uint64_t) cached;
+        return test_hook_step_delay_usec();
 }
 
 static int job_delay_cb(sd_event_source *s, uint64_t usec, void *userdata) {

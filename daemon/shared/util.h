@@ -32,7 +32,8 @@ static inline bool streq(const char *a, const char *b) {
         return __builtin_strcmp(a, b) == 0;
 }
 
-/* Optional fault injection for crash tests: VDISKD_CRASH_AT=<point> makes the daemon SIGKILL itself there. */
+/* Optional fault injection for crash tests: VDISKD_CRASH_AT=<point> makes the daemon SIGKILL itself there.
+ * Only in a build with -Dtest_hooks=true (test-hooks.h); otherwise it does nothing. */
 void crash_point(const char *point);
 
 /* Takes QEMU's image locks for an offline change on this open file description (qcow2.md, daemon
