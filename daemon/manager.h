@@ -10,21 +10,11 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "daemon-config.h"
 #include "job.h"
 #include "lease.h"
 #include "ops.h"
 #include "store.h"
-
-typedef struct Config {
-        char *store_directory;
-        Limits limits;
-        char *admin_group;
-} Config;
-
-void config_init_default(Config *c);
-void config_done(Config *c);
-/* Reads an INI-style file; a missing file is -ENOENT (the caller decides whether that is fine). */
-int config_load(Config *c, const char *path);
 
 /* Who is calling, from the sender's bus credentials (never from a PID). */
 typedef struct Caller {

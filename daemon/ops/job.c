@@ -6,6 +6,7 @@
 #include "job.h"
 #include "log.h"
 #include "macro.h"
+#include "test-hooks.h"
 #include "util.h"
 
 #define JOB_LINGER_USEC (60 * UINT64_C(1000000))
@@ -23,21 +24,15 @@ const char *job_state_to_string(JobState s) {
         return s >= 0 && s < _JOB_STATE_MAX ? job_state_table[s] : NULL;
 }
 
-/* Tests only: a shorter linger (VDISKD_TEST_JOB_LINGER_SEC), e.g. to watch exit-on-idle. */
+/* Test builds only (test-hooks.h): a shorter linger, e.g. to watch exit-on-idle. */
 static uint64_t job_linger_usec(void) {
-        const char *e = getenv("VDISKD_TEST_JOB_LINGER_SEC");
-        return e ? strtoull(e, NULL, 10) * UINT64_C(1000000) : JOB_LINGER_USEC;
+        return test_hook_job_linger_usec(JOB_LINGER_USEC);
 }
 
-/* Tests only: a pause between steps (VDISKD_TEST_STEP_DELAY_MS), so that a job can be watched,
- * cancelled or killed midway on small images. */
+/* Test builds only: a pause between steps, so that a job can be watched, cancelled or killed midway
+ * on small images. */
 static uint64_t step_delay_usec(void) {
-        static int64_t cached = -1;
-        if (cached < 0) {
-                const char *e = getenv("VDISKD_TEST_STEP_DELAY_MS");
-                cached = e ? (int64_t) strtoull(e, NULL, 10) * 1000 : 0;
-        }
-        return (uint64_t) cached;
+        return test_hook_step_delay_usec();
 }
 
 void job_registry_init(JobRegistry *reg, sd_event *event) {

@@ -39,6 +39,7 @@
 #include "ops.h"
 #include "qcow2-edit.h"
 #include "reshape.h"
+#include "test-hooks.h"
 #include "undo.h"
 
 #define RESHAPE_STEP_BYTES (UINT64_C(256) << 20)
@@ -879,7 +880,6 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
         Disk *d;
         Layer *top, *committed = NULL;
         size_t pos = SIZE_MAX;
-        const char *env;
         int r;
 
         r = op_find_disk(s, vm, disk, &v, &d, err);
@@ -899,10 +899,7 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
         op->target.fd = op->target.undo_fd = op->upper.fd = op->upper.undo_fd = -EBADF;
         op->target.data_fd = op->target.data_undo_fd = op->upper.data_fd = op->upper.data_undo_fd = -EBADF;
         op->cp_src = op->cp_dst = -EBADF;
-        op->step_bytes = RESHAPE_STEP_BYTES;
-        env = getenv("VDISKD_TEST_STEP_BYTES");
-        if (env && strtoull(env, NULL, 10) >= 512)
-                op->step_bytes = strtoull(env, NULL, 10);
+        op->step_bytes = test_hook_step_bytes(RESHAPE_STEP_BYTES);
         op->vm = strdup(vm);
         op->disk = strdup(disk);
         op->op = strdup(kind == RESHAPE_COMMIT ? "commit" : isempty(layer) ? "flatten" : "rebase");

@@ -37,7 +37,8 @@ static inline bool streq(const char *a, const char *b) {
         return __builtin_strcmp(a, b) == 0;
 }
 
-/* Optional fault injection for crash tests: VDISKD_CRASH_AT=<point> makes the daemon SIGKILL itself there. */
+/* Optional fault injection for crash tests: VDISKD_CRASH_AT=<point> makes the daemon SIGKILL itself there.
+ * Only in a build with -Dtest_hooks=true (test-hooks.h); otherwise it does nothing. */
 void crash_point(const char *point);
 
 /* The rest of `s` after `prefix`, or NULL if it does not start with it. */
