@@ -182,6 +182,224 @@ static int parse_extensions(const uint8_t *buf, uint64_t avail, uint64_t start, 
         }
 }
 
+/* The fixed fields, by version. NEED_MORE (with `partial`) if a v3 header is longer than `buf`. */
+static int header_read_fields(const uint8_t *buf, size_t size, uint64_t file_size, bool partial, Qcow2Header *h,
+                              FormatError *err) {
+        h->file_size = file_size;
+        h->version = be32_read(buf + 4);
+        h->backing_file_offset = be64_read(buf + 8);
+        h->backing_file_size = be32_read(buf + 16);
+        h->cluster_bits = be32_read(buf + 20);
+        h->size = be64_read(buf + 24);
+        h->crypt_method = be32_read(buf + 32);
+        h->l1_size = be32_read(buf + 36);
+        h->l1_table_offset = be64_read(buf + 40);
+        h->refcount_table_offset = be64_read(buf + 48);
+        h->refcount_table_clusters = be32_read(buf + 56);
+        h->nb_snapshots = be32_read(buf + 60);
+        h->snapshots_offset = be64_read(buf + 64);
+
+        if (h->version < 2)
+                return format_error(err, -EOPNOTSUPP, "qcow version %" PRIu32 " is not qcow2", h->version);
+        if (h->version > 3)
+                return format_error(err, -EOPNOTSUPP, "unsupported qcow2 version %" PRIu32, h->version);
+
+        if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS)
+                return format_error(err, -EBADMSG, "cluster_bits %" PRIu32 " is below the minimum of %u", h->cluster_bits,
+                                    QCOW2_MIN_CLUSTER_BITS);
+        if (h->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
+                return format_error(err, -EOPNOTSUPP, "cluster_bits %" PRIu32 " is above the supported maximum of %u",
+                                    h->cluster_bits, QCOW2_MAX_CLUSTER_BITS);
+        h->cluster_size = UINT64_C(1) << h->cluster_bits;
+
+        if (h->version == 2) {
+                h->header_length = QCOW2_V2_HEADER_LENGTH;
+                h->refcount_order = 4;
+        } else {
+                /* header_length is at bytes 100..103: do not read it past the end of the buffer. */
+                if (size < QCOW2_V3_MIN_HEADER_LENGTH)
+                        return format_error(err, -EBADMSG, "file is too short for a qcow2 version 3 header (%zu bytes)",
+                                            size);
+                h->header_length = be32_read(buf + 100);
+                if (h->header_length < QCOW2_V3_MIN_HEADER_LENGTH)
+                        return format_error(err, -EBADMSG, "header_length %" PRIu32 " is below %u", h->header_length,
+                                            QCOW2_V3_MIN_HEADER_LENGTH);
+                if (h->header_length % 8 != 0)
+                        return format_error(err, -EBADMSG, "header_length %" PRIu32 " is not a multiple of 8", h->header_length);
+                if (h->header_length > h->cluster_size)
+                        return format_error(err, -EBADMSG, "header_length %" PRIu32 " exceeds the cluster size", h->header_length);
+                if (h->header_length > size) {
+                        if (partial && h->header_length <= file_size)
+                                return NEED_MORE;
+                        return format_error(err, -EBADMSG, "header_length %" PRIu32 " extends past the end of the file",
+                                            h->header_length);
+                }
+                h->incompatible_features = be64_read(buf + 72);
+                h->compatible_features = be64_read(buf + 80);
+                h->autoclear_features = be64_read(buf + 88);
+                h->refcount_order = be32_read(buf + 96);
+                if (h->header_length > 104) {
+                        h->compression_type = buf[104];
+                        for (size_t i = 105; i < 112; i++)
+                                if (buf[i] != 0)
+                                        return format_error(err, -EBADMSG, "header padding byte %zu is not zero", i);
+                }
+        }
+
+        return 0;
+}
+
+/* Features, virtual size and the tables the header points to (L1, refcounts, snapshots). */
+static int header_check_features_and_tables(Qcow2Header *h, uint64_t max_size, FormatError *err) {
+        uint64_t l1_needed;
+        int r;
+
+        if (h->incompatible_features & ~QCOW2_INCOMPAT_MASK)
+                return format_error(err, -EOPNOTSUPP, "unknown incompatible features 0x%" PRIx64,
+                                    h->incompatible_features & ~QCOW2_INCOMPAT_MASK);
+
+        if (h->refcount_order > QCOW2_MAX_REFCOUNT_ORDER)
+                return format_error(err, -EBADMSG, "refcount_order %" PRIu32 " is above %u", h->refcount_order,
+                                    QCOW2_MAX_REFCOUNT_ORDER);
+
+        if (h->compression_type > QCOW2_COMPRESSION_ZSTD)
+                return format_error(err, -EOPNOTSUPP, "unknown compression type %u", h->compression_type);
+        if (h->compression_type != QCOW2_COMPRESSION_DEFLATE && !(h->incompatible_features & QCOW2_INCOMPAT_COMPRESSION))
+                return format_error(err, -EBADMSG, "compression type is not deflate but the compression type bit is not set");
+        if (h->compression_type == QCOW2_COMPRESSION_DEFLATE && (h->incompatible_features & QCOW2_INCOMPAT_COMPRESSION))
+                return format_error(err, -EBADMSG, "compression type bit is set but the compression type is deflate");
+
+        if ((h->incompatible_features & QCOW2_INCOMPAT_EXTL2) && h->cluster_bits < QCOW2_MIN_EXTL2_CLUSTER_BITS)
+                return format_error(err, -EBADMSG, "extended L2 entries need clusters of at least %u bytes",
+                                    1U << QCOW2_MIN_EXTL2_CLUSTER_BITS);
+
+        if (h->crypt_method > QCOW2_CRYPT_LUKS)
+                return format_error(err, -EBADMSG, "unknown encryption method %" PRIu32, h->crypt_method);
+
+        /* Virtual size. */
+        if (h->size % FORMAT_SECTOR_SIZE != 0)
+                return format_error(err, -EBADMSG, "virtual size %" PRIu64 " is not a multiple of 512", h->size);
+        if (h->size > max_size)
+                return format_error(err, -E2BIG, "virtual size %" PRIu64 " is above the limit of %" PRIu64, h->size, max_size);
+
+        /* L1 table. */
+        if ((uint64_t) h->l1_size * 8 > QCOW2_MAX_L1_BYTES)
+                return format_error(err, -E2BIG, "L1 table of %" PRIu32 " entries is larger than 32 MiB", h->l1_size);
+        if (!qcow2_l1_entries_for(h->size, h->cluster_bits, h->incompatible_features & QCOW2_INCOMPAT_EXTL2, &l1_needed))
+                return format_error(err, -EBADMSG, "invalid cluster size");
+        if (l1_needed > h->l1_size)
+                return format_error(err, -EBADMSG, "L1 table has %" PRIu32 " entries, the virtual size needs %" PRIu64,
+                                    h->l1_size, l1_needed);
+        r = check_table(h, h->l1_table_offset, (uint64_t) h->l1_size * 8, "L1 table", err);
+        if (r < 0)
+                return r;
+
+        /* Refcount table. */
+        if (h->refcount_table_clusters == 0)
+                return format_error(err, -EBADMSG, "image has no refcount table");
+        if ((uint64_t) h->refcount_table_clusters > QCOW2_MAX_REFTABLE_BYTES >> h->cluster_bits)
+                return format_error(err, -E2BIG, "refcount table of %" PRIu32 " clusters is larger than 8 MiB",
+                                    h->refcount_table_clusters);
+        r = check_table(h, h->refcount_table_offset, (uint64_t) h->refcount_table_clusters << h->cluster_bits,
+                        "refcount table", err);
+        if (r < 0)
+                return r;
+
+        /* Snapshot table: its length is only known from a walk; here, its start and count. */
+        if (h->nb_snapshots > QCOW2_MAX_SNAPSHOTS)
+                return format_error(err, -E2BIG, "%" PRIu32 " snapshots are more than %u", h->nb_snapshots, QCOW2_MAX_SNAPSHOTS);
+        r = check_table(h, h->snapshots_offset, h->nb_snapshots > 0 ? 40 : 0, "snapshot table", err);
+        if (r < 0)
+                return r;
+
+        return 0;
+}
+
+/* The backing file name and the header extensions before it, both inside cluster 0 (`area` bytes). */
+static int header_parse_backing_and_extensions(const uint8_t *buf, size_t size, uint64_t area, Qcow2Header *h,
+                                               FormatError *err) {
+        uint64_t ext_end;
+        int r;
+
+        /* Backing file name: after the extensions, inside cluster 0. */
+        if (h->backing_file_offset != 0 || h->backing_file_size != 0) {
+                if (h->backing_file_offset == 0)
+                        return format_error(err, -EBADMSG, "backing file name has a length but no offset");
+                if (h->backing_file_size == 0)
+                        return format_error(err, -EBADMSG, "backing file name has an offset but no length");
+                if (h->backing_file_size > QCOW2_MAX_BACKING_NAME)
+                        return format_error(err, -EBADMSG, "backing file name is %" PRIu32 " bytes long, more than %u",
+                                            h->backing_file_size, QCOW2_MAX_BACKING_NAME);
+                if (h->backing_file_offset >= area || h->backing_file_size > area - h->backing_file_offset)
+                        return format_error(err, -EBADMSG, "backing file name lies outside cluster 0");
+                if (h->backing_file_offset < h->header_length)
+                        return format_error(err, -EBADMSG, "backing file name overlaps the header");
+                if (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)
+                        return format_error(err, -EBADMSG, "an image with a raw external data file cannot have a backing file");
+                h->has_backing_file = true;
+        }
+
+        /* Header extensions end where the backing name starts (QEMU's rule), else at the end of cluster 0. */
+        ext_end = h->has_backing_file ? h->backing_file_offset : area;
+        if (h->header_length > ext_end)
+                return format_error(err, -EBADMSG, "header extensions start after their area ends");
+        r = parse_extensions(buf, size, h->header_length, ext_end, h, err);
+        if (r < 0)
+                return r;
+
+        if (h->has_backing_file) {
+                if (h->backing_file_offset < h->extensions_end)
+                        return format_error(err, -EBADMSG, "backing file name overlaps the header extensions");
+                if (h->backing_file_offset > size || h->backing_file_size > size - h->backing_file_offset)
+                        return NEED_MORE;
+                r = copy_name(buf + h->backing_file_offset, h->backing_file_size, h->backing_file, sizeof(h->backing_file),
+                              "backing file name", err);
+                if (r < 0)
+                        return r;
+        }
+
+        return 0;
+}
+
+/* What the extensions say must agree with the feature bits. */
+static int header_check_extensions(Qcow2Header *h, FormatError *err) {
+        int r;
+
+        if (h->has_data_file_name && !(h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE))
+                return format_error(err, -EBADMSG, "external data file name present but the external data file bit is not set");
+        if ((h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW) && !(h->incompatible_features & QCOW2_INCOMPAT_DATA_FILE))
+                return format_error(err, -EBADMSG, "raw external data bit set without an external data file");
+        if (h->crypt_method == QCOW2_CRYPT_LUKS && !h->has_crypto_ext)
+                return format_error(err, -EBADMSG, "LUKS encryption without an encryption header extension");
+        if (h->has_crypto_ext) {
+                if (h->crypt_method != QCOW2_CRYPT_LUKS)
+                        return format_error(err, -EBADMSG, "encryption header extension on an image not encrypted with LUKS");
+                if (h->crypto_length == 0)
+                        return format_error(err, -EBADMSG, "encryption header has zero length");
+                r = check_table(h, h->crypto_offset, h->crypto_length, "encryption header", err);
+                if (r < 0)
+                        return r;
+        }
+        if (h->has_bitmaps_ext && (h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+                if (h->version < 3)
+                        return format_error(err, -EBADMSG, "bitmaps extension in a version 2 image");
+                if (h->nb_bitmaps == 0)
+                        return format_error(err, -EBADMSG, "bitmaps extension with zero bitmaps");
+                if (h->nb_bitmaps > QCOW2_MAX_BITMAPS)
+                        return format_error(err, -E2BIG, "%" PRIu32 " bitmaps are more than %u", h->nb_bitmaps, QCOW2_MAX_BITMAPS);
+                if (h->bitmap_directory_size == 0)
+                        return format_error(err, -EBADMSG, "bitmap directory has zero length");
+                if (h->bitmap_directory_size > QCOW2_MAX_BITMAP_DIRECTORY_BYTES)
+                        return format_error(err, -E2BIG, "bitmap directory of %" PRIu64 " bytes is too large",
+                                            h->bitmap_directory_size);
+                r = check_table(h, h->bitmap_directory_offset, h->bitmap_directory_size, "bitmap directory", err);
+                if (r < 0)
+                        return r;
+        }
+
+        return 0;
+}
+
 /*
  * With `partial`, `buf` may hold less than cluster 0: parsing then needs only the bytes up to the end
  * of the extensions and the backing name, and returns NEED_MORE if those are not all there.
@@ -189,7 +407,7 @@ static int parse_extensions(const uint8_t *buf, uint64_t avail, uint64_t start, 
 static int header_parse(const uint8_t *buf, size_t size, uint64_t file_size, const Qcow2Limits *limits, bool partial,
                         Qcow2Header *ret, FormatError *err) {
         Qcow2Header h = {};
-        uint64_t max_size, l1_needed, area, ext_end;
+        uint64_t max_size, area;
         int r;
 
         max_size = limits && limits->max_virtual_size ? limits->max_virtual_size : FORMAT_DEFAULT_MAX_VIRTUAL_SIZE;
@@ -201,199 +419,24 @@ static int header_parse(const uint8_t *buf, size_t size, uint64_t file_size, con
         if (be32_read(buf) != QCOW2_MAGIC)
                 return format_error(err, -EBADMSG, "no qcow2 magic");
 
-        h.file_size = file_size;
-        h.version = be32_read(buf + 4);
-        h.backing_file_offset = be64_read(buf + 8);
-        h.backing_file_size = be32_read(buf + 16);
-        h.cluster_bits = be32_read(buf + 20);
-        h.size = be64_read(buf + 24);
-        h.crypt_method = be32_read(buf + 32);
-        h.l1_size = be32_read(buf + 36);
-        h.l1_table_offset = be64_read(buf + 40);
-        h.refcount_table_offset = be64_read(buf + 48);
-        h.refcount_table_clusters = be32_read(buf + 56);
-        h.nb_snapshots = be32_read(buf + 60);
-        h.snapshots_offset = be64_read(buf + 64);
-
-        if (h.version < 2)
-                return format_error(err, -EOPNOTSUPP, "qcow version %" PRIu32 " is not qcow2", h.version);
-        if (h.version > 3)
-                return format_error(err, -EOPNOTSUPP, "unsupported qcow2 version %" PRIu32, h.version);
-
-        if (h.cluster_bits < QCOW2_MIN_CLUSTER_BITS)
-                return format_error(err, -EBADMSG, "cluster_bits %" PRIu32 " is below the minimum of %u", h.cluster_bits,
-                                    QCOW2_MIN_CLUSTER_BITS);
-        if (h.cluster_bits > QCOW2_MAX_CLUSTER_BITS)
-                return format_error(err, -EOPNOTSUPP, "cluster_bits %" PRIu32 " is above the supported maximum of %u",
-                                    h.cluster_bits, QCOW2_MAX_CLUSTER_BITS);
-        h.cluster_size = UINT64_C(1) << h.cluster_bits;
-
-        if (h.version == 2) {
-                h.header_length = QCOW2_V2_HEADER_LENGTH;
-                h.refcount_order = 4;
-        } else {
-                /* header_length is at bytes 100..103: do not read it past the end of the buffer. */
-                if (size < QCOW2_V3_MIN_HEADER_LENGTH)
-                        return format_error(err, -EBADMSG, "file is too short for a qcow2 version 3 header (%zu bytes)",
-                                            size);
-                h.header_length = be32_read(buf + 100);
-                if (h.header_length < QCOW2_V3_MIN_HEADER_LENGTH)
-                        return format_error(err, -EBADMSG, "header_length %" PRIu32 " is below %u", h.header_length,
-                                            QCOW2_V3_MIN_HEADER_LENGTH);
-                if (h.header_length % 8 != 0)
-                        return format_error(err, -EBADMSG, "header_length %" PRIu32 " is not a multiple of 8", h.header_length);
-                if (h.header_length > h.cluster_size)
-                        return format_error(err, -EBADMSG, "header_length %" PRIu32 " exceeds the cluster size", h.header_length);
-                if (h.header_length > size) {
-                        if (partial && h.header_length <= file_size)
-                                return NEED_MORE;
-                        return format_error(err, -EBADMSG, "header_length %" PRIu32 " extends past the end of the file",
-                                            h.header_length);
-                }
-                h.incompatible_features = be64_read(buf + 72);
-                h.compatible_features = be64_read(buf + 80);
-                h.autoclear_features = be64_read(buf + 88);
-                h.refcount_order = be32_read(buf + 96);
-                if (h.header_length > 104) {
-                        h.compression_type = buf[104];
-                        for (size_t i = 105; i < 112; i++)
-                                if (buf[i] != 0)
-                                        return format_error(err, -EBADMSG, "header padding byte %zu is not zero", i);
-                }
-        }
+        r = header_read_fields(buf, size, file_size, partial, &h, err);
+        if (r < 0 || r == NEED_MORE)
+                return r;
 
         /* The header area is cluster 0; the bytes we were given must cover what the file has of it. */
         area = MIN(h.cluster_size, file_size);
         if (size < area && !partial)
                 return format_error(err, -EINVAL, "caller passed %zu bytes, cluster 0 has %" PRIu64, size, area);
 
-        if (h.incompatible_features & ~QCOW2_INCOMPAT_MASK)
-                return format_error(err, -EOPNOTSUPP, "unknown incompatible features 0x%" PRIx64,
-                                    h.incompatible_features & ~QCOW2_INCOMPAT_MASK);
-
-        if (h.refcount_order > QCOW2_MAX_REFCOUNT_ORDER)
-                return format_error(err, -EBADMSG, "refcount_order %" PRIu32 " is above %u", h.refcount_order,
-                                    QCOW2_MAX_REFCOUNT_ORDER);
-
-        if (h.compression_type > QCOW2_COMPRESSION_ZSTD)
-                return format_error(err, -EOPNOTSUPP, "unknown compression type %u", h.compression_type);
-        if (h.compression_type != QCOW2_COMPRESSION_DEFLATE && !(h.incompatible_features & QCOW2_INCOMPAT_COMPRESSION))
-                return format_error(err, -EBADMSG, "compression type is not deflate but the compression type bit is not set");
-        if (h.compression_type == QCOW2_COMPRESSION_DEFLATE && (h.incompatible_features & QCOW2_INCOMPAT_COMPRESSION))
-                return format_error(err, -EBADMSG, "compression type bit is set but the compression type is deflate");
-
-        if ((h.incompatible_features & QCOW2_INCOMPAT_EXTL2) && h.cluster_bits < QCOW2_MIN_EXTL2_CLUSTER_BITS)
-                return format_error(err, -EBADMSG, "extended L2 entries need clusters of at least %u bytes",
-                                    1U << QCOW2_MIN_EXTL2_CLUSTER_BITS);
-
-        if (h.crypt_method > QCOW2_CRYPT_LUKS)
-                return format_error(err, -EBADMSG, "unknown encryption method %" PRIu32, h.crypt_method);
-
-        /* Virtual size. */
-        if (h.size % FORMAT_SECTOR_SIZE != 0)
-                return format_error(err, -EBADMSG, "virtual size %" PRIu64 " is not a multiple of 512", h.size);
-        if (h.size > max_size)
-                return format_error(err, -E2BIG, "virtual size %" PRIu64 " is above the limit of %" PRIu64, h.size, max_size);
-
-        /* L1 table. */
-        if ((uint64_t) h.l1_size * 8 > QCOW2_MAX_L1_BYTES)
-                return format_error(err, -E2BIG, "L1 table of %" PRIu32 " entries is larger than 32 MiB", h.l1_size);
-        if (!qcow2_l1_entries_for(h.size, h.cluster_bits, h.incompatible_features & QCOW2_INCOMPAT_EXTL2, &l1_needed))
-                return format_error(err, -EBADMSG, "invalid cluster size");
-        if (l1_needed > h.l1_size)
-                return format_error(err, -EBADMSG, "L1 table has %" PRIu32 " entries, the virtual size needs %" PRIu64,
-                                    h.l1_size, l1_needed);
-        r = check_table(&h, h.l1_table_offset, (uint64_t) h.l1_size * 8, "L1 table", err);
+        r = header_check_features_and_tables(&h, max_size, err);
         if (r < 0)
                 return r;
-
-        /* Refcount table. */
-        if (h.refcount_table_clusters == 0)
-                return format_error(err, -EBADMSG, "image has no refcount table");
-        if ((uint64_t) h.refcount_table_clusters > QCOW2_MAX_REFTABLE_BYTES >> h.cluster_bits)
-                return format_error(err, -E2BIG, "refcount table of %" PRIu32 " clusters is larger than 8 MiB",
-                                    h.refcount_table_clusters);
-        r = check_table(&h, h.refcount_table_offset, (uint64_t) h.refcount_table_clusters << h.cluster_bits,
-                        "refcount table", err);
+        r = header_parse_backing_and_extensions(buf, size, area, &h, err);
+        if (r < 0 || r == NEED_MORE)
+                return r;
+        r = header_check_extensions(&h, err);
         if (r < 0)
                 return r;
-
-        /* Snapshot table: its length is only known from a walk; here, its start and count. */
-        if (h.nb_snapshots > QCOW2_MAX_SNAPSHOTS)
-                return format_error(err, -E2BIG, "%" PRIu32 " snapshots are more than %u", h.nb_snapshots, QCOW2_MAX_SNAPSHOTS);
-        r = check_table(&h, h.snapshots_offset, h.nb_snapshots > 0 ? 40 : 0, "snapshot table", err);
-        if (r < 0)
-                return r;
-
-        /* Backing file name: after the extensions, inside cluster 0. */
-        if (h.backing_file_offset != 0 || h.backing_file_size != 0) {
-                if (h.backing_file_offset == 0)
-                        return format_error(err, -EBADMSG, "backing file name has a length but no offset");
-                if (h.backing_file_size == 0)
-                        return format_error(err, -EBADMSG, "backing file name has an offset but no length");
-                if (h.backing_file_size > QCOW2_MAX_BACKING_NAME)
-                        return format_error(err, -EBADMSG, "backing file name is %" PRIu32 " bytes long, more than %u",
-                                            h.backing_file_size, QCOW2_MAX_BACKING_NAME);
-                if (h.backing_file_offset >= area || h.backing_file_size > area - h.backing_file_offset)
-                        return format_error(err, -EBADMSG, "backing file name lies outside cluster 0");
-                if (h.backing_file_offset < h.header_length)
-                        return format_error(err, -EBADMSG, "backing file name overlaps the header");
-                if (h.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)
-                        return format_error(err, -EBADMSG, "an image with a raw external data file cannot have a backing file");
-                h.has_backing_file = true;
-        }
-
-        /* Header extensions end where the backing name starts (QEMU's rule), else at the end of cluster 0. */
-        ext_end = h.has_backing_file ? h.backing_file_offset : area;
-        if (h.header_length > ext_end)
-                return format_error(err, -EBADMSG, "header extensions start after their area ends");
-        r = parse_extensions(buf, size, h.header_length, ext_end, &h, err);
-        if (r < 0)
-                return r;
-
-        if (h.has_backing_file) {
-                if (h.backing_file_offset < h.extensions_end)
-                        return format_error(err, -EBADMSG, "backing file name overlaps the header extensions");
-                if (h.backing_file_offset > size || h.backing_file_size > size - h.backing_file_offset)
-                        return NEED_MORE;
-                r = copy_name(buf + h.backing_file_offset, h.backing_file_size, h.backing_file, sizeof(h.backing_file),
-                              "backing file name", err);
-                if (r < 0)
-                        return r;
-        }
-
-        /* Extension consistency. */
-        if (h.has_data_file_name && !(h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE))
-                return format_error(err, -EBADMSG, "external data file name present but the external data file bit is not set");
-        if ((h.autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW) && !(h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE))
-                return format_error(err, -EBADMSG, "raw external data bit set without an external data file");
-        if (h.crypt_method == QCOW2_CRYPT_LUKS && !h.has_crypto_ext)
-                return format_error(err, -EBADMSG, "LUKS encryption without an encryption header extension");
-        if (h.has_crypto_ext) {
-                if (h.crypt_method != QCOW2_CRYPT_LUKS)
-                        return format_error(err, -EBADMSG, "encryption header extension on an image not encrypted with LUKS");
-                if (h.crypto_length == 0)
-                        return format_error(err, -EBADMSG, "encryption header has zero length");
-                r = check_table(&h, h.crypto_offset, h.crypto_length, "encryption header", err);
-                if (r < 0)
-                        return r;
-        }
-        if (h.has_bitmaps_ext && (h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
-                if (h.version < 3)
-                        return format_error(err, -EBADMSG, "bitmaps extension in a version 2 image");
-                if (h.nb_bitmaps == 0)
-                        return format_error(err, -EBADMSG, "bitmaps extension with zero bitmaps");
-                if (h.nb_bitmaps > QCOW2_MAX_BITMAPS)
-                        return format_error(err, -E2BIG, "%" PRIu32 " bitmaps are more than %u", h.nb_bitmaps, QCOW2_MAX_BITMAPS);
-                if (h.bitmap_directory_size == 0)
-                        return format_error(err, -EBADMSG, "bitmap directory has zero length");
-                if (h.bitmap_directory_size > QCOW2_MAX_BITMAP_DIRECTORY_BYTES)
-                        return format_error(err, -E2BIG, "bitmap directory of %" PRIu64 " bytes is too large",
-                                            h.bitmap_directory_size);
-                r = check_table(&h, h.bitmap_directory_offset, h.bitmap_directory_size, "bitmap directory", err);
-                if (r < 0)
-                        return r;
-        }
 
         *ret = h;
         return 0;

@@ -70,20 +70,10 @@ static uint64_t div_round_up(uint64_t a, uint64_t b) {
         return a / b + (a % b ? 1 : 0);
 }
 
-int qcow2_create(int fd, const Qcow2CreateParams *p, FormatError *err) {
-        uint32_t cluster_bits = p->cluster_bits ? p->cluster_bits : 16;
-        uint64_t cs, l1_size, l1_clusters, l2_clusters = 0, data_clusters = 0;
-        uint64_t rt_clusters = 1, rb_clusters = 1, total, per_block;
-        uint64_t rt_offset, rb_offset, l1_offset, l2_offset, data_offset, file_end;
-        _cleanup_free_ uint8_t *hdr = NULL, *rt = NULL, *rb = NULL, *l2 = NULL;
-        uint8_t features[FEATURE_TABLE_BYTES];
-        Qcow2Header check;
-        size_t pos;
+/* What the caller asks for, before anything is computed or written. */
+static int check_create_params(const Qcow2CreateParams *p, uint64_t cs, FormatError *err) {
         int r;
 
-        if (cluster_bits < QCOW2_MIN_CLUSTER_BITS || cluster_bits > QCOW2_MAX_CLUSTER_BITS)
-                return format_error(err, -EINVAL, "cluster size must be a power of two from 512 bytes to 2 MiB");
-        cs = UINT64_C(1) << cluster_bits;
         if (p->size % FORMAT_SECTOR_SIZE != 0)
                 return format_error(err, -EINVAL, "virtual size %" PRIu64 " is not a multiple of 512", p->size);
         if (p->size > FORMAT_DEFAULT_MAX_VIRTUAL_SIZE)
@@ -101,6 +91,63 @@ int qcow2_create(int fd, const Qcow2CreateParams *p, FormatError *err) {
                 return format_error(err, -EOPNOTSUPP, "initial data with an external data file");
         if (p->initial_data_size > p->size || p->initial_data_size > (cs / 8) * cs)
                 return format_error(err, -EINVAL, "initial data does not fit into the first L2 table's range");
+        return 0;
+}
+
+/* After the v3 header in cluster 0: the extensions (backing format, data file, feature names), the end
+ * marker, then the backing file name. */
+static int put_names(uint8_t *hdr, uint64_t cs, const Qcow2CreateParams *p, FormatError *err) {
+        uint8_t features[FEATURE_TABLE_BYTES];
+        size_t need = QCOW2_V3_HEADER_LENGTH + 8, pos;
+        bool with_features;
+
+        if (p->backing_format)
+                need += ext_size(strlen(p->backing_format));
+        if (p->data_file)
+                need += ext_size(strlen(p->data_file));
+        if (p->backing_file)
+                need += strlen(p->backing_file);
+        if (need > cs)
+                return format_error(err, -E2BIG, "names do not fit into the header cluster");
+        /* The feature name table is informative. Like QEMU, leave it out of small clusters: cluster 0
+         * must keep room for the longest backing name and format a later rebase may write. */
+        with_features = need + ext_size(FEATURE_TABLE_BYTES) + QCOW2_MAX_BACKING_NAME +
+                                        ext_size(QCOW2_MAX_FORMAT_NAME) <= cs;
+
+        pos = QCOW2_V3_HEADER_LENGTH;
+        if (p->backing_format)
+                pos += ext_put(hdr + pos, QCOW2_EXT_BACKING_FORMAT, p->backing_format, strlen(p->backing_format));
+        if (p->data_file)
+                pos += ext_put(hdr + pos, QCOW2_EXT_DATA_FILE, p->data_file, strlen(p->data_file));
+        if (with_features) {
+                feature_table_build(features);
+                pos += ext_put(hdr + pos, QCOW2_EXT_FEATURE_TABLE, features, sizeof(features));
+        }
+        pos += 8; /* end marker: already zero */
+        if (p->backing_file) {
+                size_t len = strlen(p->backing_file);
+                memcpy(hdr + pos, p->backing_file, len);
+                be64_write(hdr + 8, pos);
+                be32_write(hdr + 16, (uint32_t) len);
+        }
+        return 0;
+}
+
+int qcow2_create(int fd, const Qcow2CreateParams *p, FormatError *err) {
+        uint32_t cluster_bits = p->cluster_bits ? p->cluster_bits : 16;
+        uint64_t cs, l1_size, l1_clusters, l2_clusters = 0, data_clusters = 0;
+        uint64_t rt_clusters = 1, rb_clusters = 1, total, per_block;
+        uint64_t rt_offset, rb_offset, l1_offset, l2_offset, data_offset, file_end;
+        _cleanup_free_ uint8_t *hdr = NULL, *rt = NULL, *rb = NULL, *l2 = NULL;
+        Qcow2Header check;
+        int r;
+
+        if (cluster_bits < QCOW2_MIN_CLUSTER_BITS || cluster_bits > QCOW2_MAX_CLUSTER_BITS)
+                return format_error(err, -EINVAL, "cluster size must be a power of two from 512 bytes to 2 MiB");
+        cs = UINT64_C(1) << cluster_bits;
+        r = check_create_params(p, cs, err);
+        if (r < 0)
+                return r;
 
         qcow2_l1_entries_for(p->size, cluster_bits, false, &l1_size);
         if (l1_size * 8 > QCOW2_MAX_L1_BYTES)
@@ -152,41 +199,9 @@ int qcow2_create(int fd, const Qcow2CreateParams *p, FormatError *err) {
         be32_write(hdr + 96, WRITER_REFCOUNT_ORDER);
         be32_write(hdr + 100, QCOW2_V3_HEADER_LENGTH);
 
-        {
-                size_t need = QCOW2_V3_HEADER_LENGTH + 8;
-                bool with_features;
-
-                if (p->backing_format)
-                        need += ext_size(strlen(p->backing_format));
-                if (p->data_file)
-                        need += ext_size(strlen(p->data_file));
-                if (p->backing_file)
-                        need += strlen(p->backing_file);
-                if (need > cs)
-                        return format_error(err, -E2BIG, "names do not fit into the header cluster");
-                /* The feature name table is informative. Like QEMU, leave it out of small clusters: cluster 0
-                 * must keep room for the longest backing name and format a later rebase may write. */
-                with_features = need + ext_size(FEATURE_TABLE_BYTES) + QCOW2_MAX_BACKING_NAME +
-                                                ext_size(QCOW2_MAX_FORMAT_NAME) <= cs;
-
-                pos = QCOW2_V3_HEADER_LENGTH;
-                if (p->backing_format)
-                        pos += ext_put(hdr + pos, QCOW2_EXT_BACKING_FORMAT, p->backing_format, strlen(p->backing_format));
-                if (p->data_file)
-                        pos += ext_put(hdr + pos, QCOW2_EXT_DATA_FILE, p->data_file, strlen(p->data_file));
-                if (with_features) {
-                        feature_table_build(features);
-                        pos += ext_put(hdr + pos, QCOW2_EXT_FEATURE_TABLE, features, sizeof(features));
-                }
-                pos += 8; /* end marker: already zero */
-                if (p->backing_file) {
-                        size_t len = strlen(p->backing_file);
-                        memcpy(hdr + pos, p->backing_file, len);
-                        be64_write(hdr + 8, pos);
-                        be32_write(hdr + 16, (uint32_t) len);
-                        pos += len;
-                }
-        }
+        r = put_names(hdr, cs, p, err);
+        if (r < 0)
+                return r;
 
         /* Validate what we are about to write with the parser for untrusted images. */
         r = qcow2_header_parse(hdr, cs, MAX(file_end, cs), NULL, &check, err);
