@@ -846,8 +846,7 @@ static int validate_image(int fd, ImageFormat f, const Limits *lim, bool allow_b
                         return op_error(err, negative_errno(), "cannot stat the image");
                 if ((uint64_t) st.st_size % FORMAT_SECTOR_SIZE != 0)
                         return op_error(err, -EBADMSG, "raw image size %" PRIu64 " is not a multiple of 512", (uint64_t) st.st_size);
-                if ((uint64_t) st.st_size == 0)
-                        return op_error(err, -EBADMSG, "raw image is empty");
+                /* An empty raw file is a valid image of size 0, to qemu-img and to Inspect alike. */
                 if ((uint64_t) st.st_size > lim->max_virtual_size)
                         return op_error(err, -E2BIG, "raw image is larger than the limit of %" PRIu64, lim->max_virtual_size);
                 *ret_virtual_size = (uint64_t) st.st_size;

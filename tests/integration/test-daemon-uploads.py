@@ -7,6 +7,7 @@ running import.
 Every crafted image is built here, in the test's temporary directory, and may name only the canary
 (or files that do not exist). qemu-img runs only on files built here, or on store files with -f."""
 
+import json
 import os
 import socket
 import struct
@@ -307,9 +308,18 @@ try:
     with open(f, "wb") as out:
         out.write(b"\x42" * 1000)
     refused_upload("raw file whose size is not a multiple of 512", "raw", f, CORRUPT)
+    # An empty raw file is an image of size 0, as qemu-img and Inspect say (issue 16, item 2: Inspect and
+    # ImportImage agree).
     f = path("empty.raw")
     open(f, "wb").close()
-    refused_upload("empty raw file", "raw", f, CORRUPT)
+    err, msg = env.import_file("empty-raw", "raw", f)
+    check_eq(err, None, f"empty raw file: imported ({msg})")
+    listed = {str(i[0]): i for i in env.call("ListImages")}
+    check("empty-raw" in listed and int(listed["empty-raw"][3]) == 0, "empty raw file: listed with virtual size 0")
+    with open(f, "rb") as ef:
+        described = json.loads(str(env.call("Inspect", dbus.types.UnixFd(ef.fileno()), "raw")))
+    check_eq(described.get("valid"), True, "empty raw file: Inspect says valid too")
+    env.call("DeleteImage", "empty-raw")
 
     # Inspect tells the same story without refusing: valid false, a problem, nothing referenced opened.
     for label, fmt, file in [("zeros as qcow2", "qcow2", zeros), ("qcow2 as raw", "raw", plain),
