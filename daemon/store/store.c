@@ -373,6 +373,8 @@ int store_opendir(int fd, DIR **ret) {
                 safe_close(copy);
                 return negative_errno();
         }
+        /* The copy shares its offset with `fd`: a stream read to the end before would start at the end. */
+        rewinddir(d);
         *ret = d;
         return 0;
 }

@@ -184,6 +184,7 @@ static void test_orphans(void) {
         CHECK(!file_exists_at(s->images_fd, "99999999999999999999999999999999.qcow2"));
         CHECK(!file_exists_at(s->images_fd, ".#88888888888888888888888888888888.raw"));
         CHECK(!file_exists_at(s->records_fd, ".#vm-vm1.json"));
+        CHECK(!file_exists_at(s->journal_fd, stray_undo)); /* read after the replay read journal/ to its end */
         CHECK(file_exists_at(s->records_fd, "vm-vm1.json"));
         CHECK_EQ_INT(s->n_layers, 3);
         store_free(s);
