@@ -243,36 +243,60 @@ int store_delete_vm(Store *s, const char *vm_name) {
         return 0;
 }
 
-int store_open_layer(Store *s, const Layer *l, int flags) {
+/* Whether an open of a store file failed because the name is not a regular file of ours (tampering), as
+ * opposed to missing (ENOENT) or out of resources (EMFILE, ENOMEM...): a symlink (ELOOP), a socket or
+ * device (ENXIO, ENODEV), another mount (EXDEV), a directory (EISDIR), another owner's file (EACCES, EPERM). */
+static bool open_error_is_tampering(int r) {
+        switch (-r) {
+        case ELOOP: case ENXIO: case ENODEV: case EXDEV: case EISDIR: case ENOTDIR:
+        case EACCES: case EPERM: case ETXTBSY: case EOPNOTSUPP: case EAGAIN:
+                return true;
+        default:
+                return false;
+        }
+}
+
+/* Opens images/<file> of layer `id` and checks it on the fd: regular, ours, one link, inode as recorded
+ * (if known). Never blocks: a FIFO put in place of the file would stall the whole daemon in open(), so
+ * O_NONBLOCK until the fd is known to be a regular file. Whatever fails the checks is -EBADMSG (Corrupt),
+ * logged as a warning that names the layer. */
+static int open_checked(Store *s, const char *id, const char *what, const char *file, uint64_t inode, int flags) {
         _cleanup_close_ int fd = -EBADF;
         struct stat st;
+        int fl;
 
-        fd = open_beneath(s->images_fd, l->file, flags, 0);
+        fd = open_beneath(s->images_fd, file, flags | O_NONBLOCK, 0);
+        if (fd < 0 && open_error_is_tampering(fd)) {
+                log_warning("The %s of layer %s (images/%s) cannot be opened as a regular file of the store (%s); "
+                            "treating it as corrupt", what, id, file, strerror(-fd));
+                return -EBADMSG;
+        }
         if (fd < 0)
                 return fd;
         if (fstat(fd, &st) < 0)
                 return negative_errno();
-        if (!S_ISREG(st.st_mode) || st.st_uid != s->uid || st.st_nlink != 1 ||
-            (l->inode != 0 && (uint64_t) st.st_ino != l->inode))
+        if (!S_ISREG(st.st_mode) || st.st_uid != s->uid || st.st_nlink != 1 || (inode != 0 && (uint64_t) st.st_ino != inode)) {
+                log_warning("The %s of layer %s (images/%s) is not the one recorded (%s); treating it as corrupt", what, id,
+                            file,
+                            !S_ISREG(st.st_mode) ? "not a regular file" :
+                            st.st_uid != s->uid  ? "another owner" :
+                            st.st_nlink != 1     ? "more than one link" : "another inode");
                 return -EBADMSG;
+        }
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+                return negative_errno();
         return TAKE_FD(fd);
 }
 
-int store_open_data_file(Store *s, const Layer *l, int flags) {
-        _cleanup_close_ int fd = -EBADF;
-        struct stat st;
+int store_open_layer(Store *s, const Layer *l, int flags) {
+        return open_checked(s, l->id, "image file", l->file, l->inode, flags);
+}
 
+int store_open_data_file(Store *s, const Layer *l, int flags) {
         if (!l->data_file)
                 return -ENOENT;
-        fd = open_beneath(s->images_fd, l->data_file, flags, 0);
-        if (fd < 0)
-                return fd;
-        if (fstat(fd, &st) < 0)
-                return negative_errno();
-        if (!S_ISREG(st.st_mode) || st.st_uid != s->uid || st.st_nlink != 1 ||
-            (l->data_inode != 0 && (uint64_t) st.st_ino != l->data_inode))
-                return -EBADMSG;
-        return TAKE_FD(fd);
+        return open_checked(s, l->id, "data file", l->data_file, l->data_inode, flags);
 }
 
 int store_create_data_file(Store *s, Layer *l, uint64_t size) {
