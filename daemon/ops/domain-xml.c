@@ -520,7 +520,7 @@ typedef struct Adoption {
         const Limits *lim;
         const char *vm;
         bool move;
-        Intent *intent; /* once the journal entry is written */
+        Txn *txn; /* once the journal entry is written */
         DomainXmlDisk disk;
         Source *src;
         size_t n;
@@ -768,12 +768,12 @@ static int materialize_copy(Adoption *a, size_t i, OpError *err) {
         if (r < 0)
                 return op_error(err, r, "cannot write the layer record");
         src->in_store = true;
-        crash_point("adopt:after-layer-record");
+        txn_crash_point(a->txn, "after-layer-record");
 
         r = store_create_layer_file(a->store, src->layer, fill_copy, &args);
         if (r < 0)
                 return op_error(err, r, "%s: cannot create the image file", src->label);
-        crash_point("adopt:after-file");
+        txn_crash_point(a->txn, "after-file");
 
         src->layer->state = LAYER_READY;
         r = store_save_layer(a->store, src->layer);
@@ -793,7 +793,7 @@ static int materialize_link(Adoption *a, size_t i, OpError *err) {
         if (r < 0)
                 return op_error(err, r, "cannot write the layer record");
         src->in_store = true;
-        crash_point("adopt:after-layer-record");
+        txn_crash_point(a->txn, "after-layer-record");
 
         if (linkat(src->dir_fd, src->name, a->store->images_fd, src->layer->file, 0) < 0) {
                 r = negative_errno();
@@ -807,7 +807,7 @@ static int materialize_link(Adoption *a, size_t i, OpError *err) {
         if (st.st_dev != src->st.st_dev || st.st_ino != src->st.st_ino)
                 return op_error(err, -EBUSY, "%s was replaced while it was adopted", src->label);
         src->layer->inode = (uint64_t) st.st_ino;
-        crash_point("adopt:after-file");
+        txn_crash_point(a->txn, "after-file");
         return 0;
 }
 
@@ -847,7 +847,7 @@ static int materialize_moved_header(Adoption *a, size_t i, OpError *err) {
                         return op_error(err, r, "%s: cannot rewrite the backing file name: %s", src->label, ferr.reason);
                 /* The caller's bytes go to an undo log first: a roll-back, even after a crash, gives the
                  * file back exactly as it was. */
-                log_fd = journal_undo_create(a->store, a->intent, src->layer->id, false);
+                log_fd = txn_undo_create(a->txn, src->layer->id, false);
                 if (log_fd < 0)
                         return op_error(err, log_fd, "cannot create an undo log in the journal");
                 r = undo_begin(&undo, log_fd, src->rw_fd, &ferr);
@@ -862,7 +862,7 @@ static int materialize_moved_header(Adoption *a, size_t i, OpError *err) {
                         r = negative_errno();
                 if (r < 0)
                         return op_error(err, r, "%s: cannot write the header", src->label);
-                crash_point("adopt:after-header");
+                txn_crash_point(a->txn, "after-header");
         }
 
         src->layer->state = LAYER_READY;
@@ -874,7 +874,9 @@ static int materialize_moved_header(Adoption *a, size_t i, OpError *err) {
 
 /* move, after the commit: the old names go. If we die before, recovery removes them (the journal entry
  * names them, with device and inode); the data is safe either way. */
-static void remove_old_names(Adoption *a) {
+static void remove_old_names(void *userdata) {
+        Adoption *a = userdata;
+
         for (size_t i = 0; i < a->n; i++) {
                 Source *src = &a->src[i];
                 struct stat st;
@@ -1003,7 +1005,7 @@ int op_adopt_domain_xml(Store *s, const Limits *lim, const char *vm, const char 
                         char ret_disk[static NAME_MAX_LEN + 1], OpError *err) {
         _cleanup_(adoption_done) Adoption a = { .store = s, .lim = lim, .vm = vm, .move = move };
         _cleanup_(vm_freep) Vm *next = NULL;
-        Intent intent = {};
+        _cleanup_(txn_abortp) Txn *t = NULL;
         Vm *v;
         int r;
 
@@ -1024,21 +1026,21 @@ int op_adopt_domain_xml(Store *s, const Limits *lim, const char *vm, const char 
                 return r;
 
         /* Nothing has changed so far. From here on the journal accounts for every new layer. */
-        r = intent_init(&intent, "adopt", INTENT_COMMIT_VM, vm, next->generation);
+        r = txn_new(s, "adopt", INTENT_COMMIT_VM, vm, next->generation, &t);
         for (size_t i = 0; r >= 0 && i < a.n; i++)
-                r = intent_add_new(&intent, a.src[i].layer->id);
-        /* move: the old names go after the commit point, by recovery too if we die in between. */
+                r = txn_add_new(t, a.src[i].layer->id);
+        /* move: the old names go after the commit point (through the directories we checked), by
+         * recovery too if we die in between. */
         for (size_t i = 0; move && r >= 0 && i < a.n; i++)
-                r = intent_add_unlink(&intent, a.src[i].xml->path, (uint64_t) a.src[i].st.st_dev,
-                                      (uint64_t) a.src[i].st.st_ino, a.src[i].st.st_mode & 07777);
-        if (r >= 0)
-                r = journal_begin(s, &intent);
-        if (r < 0) {
-                intent_done(&intent);
-                return op_error(err, r, "cannot write the journal");
+                r = txn_add_unlink(t, a.src[i].xml->path, (uint64_t) a.src[i].st.st_dev,
+                                   (uint64_t) a.src[i].st.st_ino, a.src[i].st.st_mode & 07777);
+        if (r >= 0) {
+                txn_set_unlink_func(t, remove_old_names, &a);
+                r = txn_start(t);
         }
-        a.intent = &intent;
-        crash_point("adopt:after-journal");
+        if (r < 0)
+                return op_error(err, r, "cannot write the journal");
+        a.txn = t;
 
         /* Bottom up, so that every layer's backing file exists before the layer. */
         for (size_t i = a.n; r >= 0 && i-- > 0;)
@@ -1048,25 +1050,17 @@ int op_adopt_domain_xml(Store *s, const Limits *lim, const char *vm, const char 
         for (size_t i = a.n; move && r >= 0 && i-- > 0;)
                 r = materialize_moved_header(&a, i, err);
         if (r >= 0) {
-                crash_point("adopt:before-commit");
-                r = store_put_vm(s, next);
+                /* Also removes the old names and the undo logs of the headers. */
+                r = txn_commit(t, txn_write_vm, next);
                 if (r < 0)
                         op_record_error(err, r, "VM");
                 else
                         next = NULL; /* the store owns it */
         }
-        if (r < 0) {
-                /* Gives moved files their header and mode back, removes the new records and the store's names. */
-                (void) journal_abort(s, &intent);
-                intent_done(&intent);
+        if (r < 0)
+                /* txn_abortp() gives moved files their header and mode back, removes the new records and the
+                 * store's names. */
                 return r;
-        }
-        crash_point("adopt:after-commit");
-        if (move)
-                remove_old_names(&a);
-        (void) journal_finish_modified(s, &intent); /* the undo logs of the headers */
-        (void) journal_end(s, &intent);
-        intent_done(&intent);
 
         memcpy(ret_disk, a.disk.target, strlen(a.disk.target) + 1);
         log_op(LOG_INFO, "adopt", vm, a.disk.target, a.src[0].layer->id, "Adopted a chain of %zu layer(s) as disk '%s' of VM '%s'%s",

@@ -22,7 +22,7 @@ struct ImportOp {
         Store *store;
         Limits limits;
         Layer *layer; /* owned by the store once its record is written */
-        Intent intent;
+        Txn *txn;
         int source_fd;
         int target_fd;
         uint64_t size;
@@ -48,7 +48,7 @@ ImportOp *import_free(ImportOp *op) {
                 return NULL;
         safe_close(op->source_fd);
         safe_close(op->target_fd);
-        intent_done(&op->intent);
+        txn_free(op->txn);
         free(op);
         return NULL;
 }
@@ -57,7 +57,7 @@ void import_abort(ImportOp *op) {
         if (op->finished || !op->layer)
                 return;
         store_tmp_discard(op->store, op->layer);
-        (void) journal_abort(op->store, &op->intent); /* removes the layer record, frees the layer */
+        (void) txn_abort(op->txn); /* removes the layer record, frees the layer */
         op->layer = NULL;
         op->finished = true;
 }
@@ -115,29 +115,24 @@ int import_begin(Store *s, const Limits *lim, const char *name, ImageFormat f, i
                 return op_error(err, r < 0 ? r : -ENOMEM, "cannot allocate a layer");
         }
 
-        r = intent_init(&op->intent, "import", INTENT_COMMIT_LAYER_READY, l->id, 0);
-        if (r >= 0)
-                r = intent_add_new(&op->intent, l->id);
-        if (r >= 0)
-                r = journal_begin(s, &op->intent);
+        r = txn_begin(s, "import", INTENT_COMMIT_LAYER_READY, l->id, 0, l->id, NULL, &op->txn);
         if (r < 0) {
                 layer_free(l);
                 op->source_fd = -EBADF;
                 import_free(op);
                 return op_error(err, r, "cannot write the journal");
         }
-        crash_point("import:after-journal");
 
         r = store_put_layer(s, l);
         if (r < 0) {
                 layer_free(l);
-                (void) journal_end(s, &op->intent);
+                (void) txn_abort(op->txn); /* nothing to roll back but the entry */
                 op->source_fd = -EBADF;
                 import_free(op);
                 return op_error(err, r, "cannot write the layer record");
         }
         op->layer = l;
-        crash_point("import:after-layer-record");
+        txn_crash_point(op->txn, "after-layer-record");
 
         op->target_fd = store_tmp_create(s, l);
         if (op->target_fd < 0) {
@@ -166,19 +161,16 @@ static int import_finish(ImportOp *op, OpError *err) {
         r = op_validate_upload(op->target_fd, op->layer->format, &op->limits, &vsize, err);
         if (r < 0)
                 return r;
-        crash_point("import:before-rename");
+        txn_crash_point(op->txn, "before-rename");
         r = store_tmp_commit(op->store, op->layer, op->target_fd);
         if (r < 0)
                 return op_error(err, r, "cannot move the image into place");
-        crash_point("import:after-file");
+        txn_crash_point(op->txn, "after-file");
 
         op->layer->virtual_size = vsize;
-        op->layer->state = LAYER_READY;
-        r = store_save_layer(op->store, op->layer);
+        r = txn_commit(op->txn, txn_write_layer_ready, op->layer);
         if (r < 0)
                 return op_error(err, r, "cannot write the layer record");
-        crash_point("import:after-commit");
-        (void) journal_end(op->store, &op->intent);
         op->finished = true;
         log_op(LOG_INFO, "import", NULL, NULL, op->layer->id, "Imported %s image '%s' (%" PRIu64 " bytes)",
                image_format_to_string(op->layer->format), op->layer->catalog_name, vsize);
@@ -237,7 +229,7 @@ int import_step(ImportOp *op, OpError *err) {
 
         if (op->pos < op->size)
                 return 1;
-        crash_point("import:after-copy");
+        txn_crash_point(op->txn, "after-copy");
         r = import_finish(op, err);
         return r < 0 ? r : 0;
 }

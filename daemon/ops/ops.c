@@ -167,33 +167,14 @@ static int fill_image(int fd, void *userdata) {
         return raw_create(fd, a->qcow2.size, a->initial, a->initial_size, a->err);
 }
 
-/* Writes an intent that creates `new_layer` and/or drops `drop_layer` (either may be NULL). */
-static int intent_start(Store *s, Intent *intent, const char *op, IntentCommit commit, const char *name, uint64_t gen,
-                        const char *new_layer, const char *drop_layer, OpError *err) {
-        int r = intent_init(intent, op, commit, name, gen);
-        if (r >= 0 && new_layer)
-                r = intent_add_new(intent, new_layer);
-        if (r >= 0 && drop_layer)
-                r = intent_add_drop(intent, drop_layer);
-        if (r >= 0)
-                r = journal_begin(s, intent);
-        if (r < 0) {
-                intent_done(intent);
-                return op_error(err, r, "cannot write the journal");
-        }
-        return 0;
-}
-
-/* Record before disk: the record (creating), then the file, then the record (ready). */
-static int layer_materialize(Store *s, Layer *l, FillArgs *args, const char *op, OpError *err) {
-        char point[64];
+/* Record before disk: the record (creating), then the file; the record (ready) is the caller's. */
+static int layer_materialize(Store *s, Txn *t, Layer *l, FillArgs *args, OpError *err) {
         int r;
 
         r = store_put_layer(s, l);
         if (r < 0)
                 return op_error(err, r, "cannot write the layer record");
-        snprintf(point, sizeof(point), "%s:after-layer-record", op);
-        crash_point(point);
+        txn_crash_point(t, "after-layer-record");
 
         if (l->data_file) {
                 r = store_create_data_file(s, l, l->virtual_size);
@@ -204,13 +185,7 @@ static int layer_materialize(Store *s, Layer *l, FillArgs *args, const char *op,
         r = store_create_layer_file(s, l, fill_image, args);
         if (r < 0)
                 return op_error(err, r, "cannot create the image file");
-        snprintf(point, sizeof(point), "%s:after-file", op);
-        crash_point(point);
-
-        l->state = LAYER_READY;
-        r = store_save_layer(s, l);
-        if (r < 0)
-                return op_error(err, r, "cannot write the layer record");
+        txn_crash_point(t, "after-file");
         return 0;
 }
 
@@ -219,7 +194,7 @@ int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f
         _cleanup_(layer_freep) Layer *l = NULL;
         uint8_t page[SWAP_PAGE_SIZE], uuid[16];
         FillArgs args = { .format = f, .copy_from = -EBADF, .err = err };
-        Intent intent = {};
+        _cleanup_(txn_abortp) Txn *t = NULL;
         Layer *owned;
         int r;
 
@@ -257,23 +232,19 @@ int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f
                 return op_error(err, r, "cannot allocate a layer");
         l->virtual_size = size;
 
-        r = intent_start(s, &intent, "create-image", INTENT_COMMIT_LAYER_READY, l->id, 0, l->id, NULL, err);
+        r = txn_begin(s, "create-image", INTENT_COMMIT_LAYER_READY, l->id, 0, l->id, NULL, &t);
         if (r < 0)
-                return r;
-        crash_point("create-image:after-journal");
+                return op_error(err, r, "cannot write the journal");
 
         owned = l;
-        r = layer_materialize(s, l, &args, "create-image", err);
+        r = layer_materialize(s, t, l, &args, err);
         if (store_find_layer(s, owned->id))
                 TAKE_PTR(l); /* the store owns it now */
-        if (r < 0) {
-                (void) journal_abort(s, &intent);
-                intent_done(&intent);
-                return r;
-        }
-        crash_point("create-image:after-commit");
-        (void) journal_end(s, &intent);
-        intent_done(&intent);
+        if (r < 0)
+                return r; /* rolled back by txn_abortp() */
+        r = txn_commit(t, txn_write_layer_ready, owned);
+        if (r < 0)
+                return op_error(err, r, "cannot write the layer record");
 
         memcpy(ret_layer, owned->id, LAYER_ID_LEN + 1);
         log_op(LOG_INFO, "create-image", NULL, NULL, owned->id, "Created %s image '%s' of %" PRIu64 " bytes",
@@ -283,7 +254,7 @@ int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f
 
 int op_delete_image(Store *s, const char *name, OpError *err) {
         Layer *l = store_find_catalog(s, name);
-        Intent intent = {};
+        _cleanup_(txn_abortp) Txn *t = NULL;
         char id[LAYER_ID_LEN + 1];
         size_t users;
         int r;
@@ -297,17 +268,12 @@ int op_delete_image(Store *s, const char *name, OpError *err) {
                 return op_error(err, -EBUSY, "image '%s' is the new backing of a running rebase", name);
         memcpy(id, l->id, sizeof(id));
 
-        r = intent_start(s, &intent, "delete-image", INTENT_COMMIT_LAYER_DELETED, id, 0, NULL, id, err);
+        r = txn_begin(s, "delete-image", INTENT_COMMIT_LAYER_DELETED, id, 0, NULL, id, &t);
         if (r < 0)
-                return r;
-        crash_point("delete-image:after-journal");
-        r = store_delete_layer(s, id);
-        if (r < 0) {
-                intent_done(&intent);
+                return op_error(err, r, "cannot write the journal");
+        r = txn_commit(t, txn_write_layer_deleted, id);
+        if (r < 0)
                 return op_error(err, r, "cannot delete the image");
-        }
-        (void) journal_end(s, &intent);
-        intent_done(&intent);
         log_op(LOG_INFO, "delete-image", NULL, NULL, id, "Deleted image '%s'", name);
         return 0;
 }
@@ -337,11 +303,11 @@ int op_create_vm(Store *s, const Limits *lim, const char *name, uid_t owner, OpE
 }
 
 /* The private layers of a disk, which go with it. */
-static int add_private_layers(Store *s, Intent *intent, const Disk *d) {
+static int add_private_layers(Store *s, Txn *t, const Disk *d) {
         for (size_t k = 0; k < d->n_chain; k++) {
                 Layer *l = store_find_layer(s, d->chain[k]);
                 if (l && l->vm) {
-                        int r = intent_add_drop(intent, l->id);
+                        int r = txn_add_drop(t, l->id);
                         if (r < 0)
                                 return r;
                 }
@@ -349,62 +315,29 @@ static int add_private_layers(Store *s, Intent *intent, const Disk *d) {
         return 0;
 }
 
-static int finish_drop(Store *s, Intent *intent, const char *op) {
-        char point[64];
-
-        snprintf(point, sizeof(point), "%s:after-commit", op);
-        crash_point(point);
-        for (size_t k = 0; k < intent->n_drop; k++)
-                (void) store_delete_layer(s, intent->drop_layers[k]);
-        return journal_end(s, intent);
-}
-
 int op_delete_vm(Store *s, const char *name, OpError *err) {
         Vm *v = store_find_vm(s, name);
-        Intent intent = {};
+        _cleanup_(txn_abortp) Txn *t = NULL;
         int r;
 
         if (!v)
                 return op_error(err, -ENOENT, "no VM '%s'", name);
 
-        r = intent_init(&intent, "delete-vm", INTENT_COMMIT_VM_DELETED, name, 0);
+        r = txn_new(s, "delete-vm", INTENT_COMMIT_VM_DELETED, name, 0, &t);
         for (size_t i = 0; r >= 0 && i < v->n_disks; i++)
-                r = add_private_layers(s, &intent, &v->disks[i]);
-        if (r == -E2BIG) {
-                intent_done(&intent);
+                r = add_private_layers(s, t, &v->disks[i]);
+        if (r == -E2BIG)
                 return op_error(err, r, "VM '%s' has more private layers than the limit of %u one operation may remove "
                                 "(INTENT_MAX_LAYERS); delete its disks one by one first", name, INTENT_MAX_LAYERS);
-        }
         if (r >= 0)
-                r = journal_begin(s, &intent);
-        if (r < 0) {
-                intent_done(&intent);
-                return op_error(err, r, "cannot write the journal");
-        }
-        crash_point("delete-vm:after-journal");
-
-        r = store_delete_vm(s, name);
-        if (r < 0) {
-                (void) journal_end(s, &intent);
-                intent_done(&intent);
-                return op_error(err, r, "cannot remove the VM record");
-        }
-        (void) finish_drop(s, &intent, "delete-vm");
-        intent_done(&intent);
-        log_op(LOG_INFO, "delete-vm", name, NULL, NULL, "Deleted VM '%s'", name);
-        return 0;
-}
-
-/* A new VM record with `edit` applied, written as the commit point of the intent. */
-static int vm_commit(Store *s, Vm *next, const char *op, OpError *err) {
-        char point[64];
-        int r;
-
-        snprintf(point, sizeof(point), "%s:before-commit", op);
-        crash_point(point);
-        r = store_put_vm(s, next);
+                r = txn_start(t);
         if (r < 0)
-                return op_record_error(err, r, "VM");
+                return op_error(err, r, "cannot write the journal");
+
+        r = txn_commit(t, txn_write_vm_deleted, (void *) name);
+        if (r < 0)
+                return op_error(err, r, "cannot remove the VM record");
+        log_op(LOG_INFO, "delete-vm", name, NULL, NULL, "Deleted VM '%s'", name);
         return 0;
 }
 
@@ -435,35 +368,34 @@ static int disk_add(Vm *v, const char *name, const char *top, const char *base) 
 
 /* Runs a "new layer, then new VM record" operation under one intent. */
 static int new_layer_op(Store *s, Vm *v, Layer *l, FillArgs *args, Vm *next, const char *op, OpError *err) {
-        Intent intent = {};
-        char point[64];
+        _cleanup_(txn_abortp) Txn *t = NULL;
         Layer *owned = l;
         int r;
 
-        r = intent_start(s, &intent, op, INTENT_COMMIT_VM, v->name, next->generation, l->id, NULL, err);
+        r = txn_begin(s, op, INTENT_COMMIT_VM, v->name, next->generation, l->id, NULL, &t);
         if (r < 0) {
                 layer_free(l);
                 vm_free(next);
-                return r;
+                return op_error(err, r, "cannot write the journal");
         }
-        snprintf(point, sizeof(point), "%s:after-journal", op);
-        crash_point(point);
 
-        r = layer_materialize(s, l, args, op, err);
+        r = layer_materialize(s, t, l, args, err);
+        if (r >= 0) {
+                r = txn_write_layer_ready(s, l);
+                if (r < 0)
+                        op_error(err, r, "cannot write the layer record");
+        }
         if (!store_find_layer(s, owned->id))
                 layer_free(owned);
-        if (r >= 0)
-                r = vm_commit(s, next, op, err);
+        if (r >= 0) {
+                r = txn_commit(t, txn_write_vm, next);
+                if (r < 0)
+                        op_record_error(err, r, "VM");
+        }
         if (r < 0) {
                 vm_free(next);
-                (void) journal_abort(s, &intent);
-                intent_done(&intent);
-                return r;
+                return r; /* rolled back by txn_abortp() */
         }
-        snprintf(point, sizeof(point), "%s:after-commit", op);
-        crash_point(point);
-        (void) journal_end(s, &intent);
-        intent_done(&intent);
         return 0;
 }
 
@@ -586,7 +518,7 @@ int op_create_disk(Store *s, const Limits *lim, const char *vm, const char *disk
 int op_delete_disk(Store *s, const char *vm, const char *disk, OpError *err) {
         Vm *v, *next = NULL;
         Disk *d;
-        Intent intent = {};
+        _cleanup_(txn_abortp) Txn *t = NULL;
         int r;
 
         r = op_find_disk(s, vm, disk, &v, &d, err);
@@ -605,26 +537,20 @@ int op_delete_disk(Store *s, const char *vm, const char *disk, OpError *err) {
                 }
         next->generation++;
 
-        r = intent_init(&intent, "delete-disk", INTENT_COMMIT_VM, vm, next->generation);
+        r = txn_new(s, "delete-disk", INTENT_COMMIT_VM, vm, next->generation, &t);
         if (r >= 0)
-                r = add_private_layers(s, &intent, d);
+                r = add_private_layers(s, t, d);
         if (r >= 0)
-                r = journal_begin(s, &intent);
+                r = txn_start(t);
         if (r < 0) {
-                intent_done(&intent);
                 vm_free(next);
                 return op_error(err, r, "cannot write the journal");
         }
-        crash_point("delete-disk:after-journal");
-        r = vm_commit(s, next, "delete-disk", err);
+        r = txn_commit(t, txn_write_vm, next);
         if (r < 0) {
                 vm_free(next);
-                (void) journal_end(s, &intent);
-                intent_done(&intent);
-                return r;
+                return op_record_error(err, r, "VM");
         }
-        (void) finish_drop(s, &intent, "delete-disk");
-        intent_done(&intent);
         log_op(LOG_INFO, "delete-disk", vm, disk, NULL, "Deleted disk '%s' of VM '%s'", disk, vm);
         return 0;
 }

@@ -97,8 +97,8 @@ struct ReshapeOp {
         char *vm, *disk;
         char **new_chain;
         size_t n_new_chain;
-        Intent intent;
-        bool journaled, finished, cleanup;
+        Txn *txn;
+        bool finished, cleanup;
 
         /* The disk's chain (top first), then a catalog image that is the new backing, if any. */
         ViewLayer *layers;
@@ -168,7 +168,7 @@ ReshapeOp *reshape_free(ReshapeOp *op) {
                 free(op->new_chain[i]);
         free(op->new_chain);
         free(op->work);
-        intent_done(&op->intent);
+        txn_free(op->txn);
         free(op->op);
         free(op->vm);
         free(op->disk);
@@ -759,14 +759,14 @@ static int target_open(ReshapeOp *op, Target *t, Layer *l, OpError *err) {
 static int target_begin(ReshapeOp *op, Target *t, OpError *err) {
         int r;
 
-        t->undo_fd = journal_undo_create(op->store, &op->intent, t->layer->id, false);
+        t->undo_fd = txn_undo_create(op->txn, t->layer->id, false);
         if (t->undo_fd < 0)
                 return op_error(err, t->undo_fd, "cannot create the undo log");
         r = undo_begin(&t->undo, t->undo_fd, t->fd, err);
         if (r < 0)
                 return r;
         if (t->data_fd >= 0 && t == &op->target) {
-                t->data_undo_fd = journal_undo_create(op->store, &op->intent, t->layer->id, true);
+                t->data_undo_fd = txn_undo_create(op->txn, t->layer->id, true);
                 if (t->data_undo_fd < 0)
                         return op_error(err, t->data_undo_fd, "cannot create the undo log");
                 r = undo_begin(&t->data_undo, t->data_undo_fd, t->data_fd, err);
@@ -802,12 +802,6 @@ static int rewrite_backing(Target *t, const Layer *backing, OpError *err) {
         if (fdatasync(t->fd) < 0)
                 return op_error(err, negative_errno(), "cannot flush layer %s", t->layer->id);
         return 0;
-}
-
-static void crash_at(ReshapeOp *op, const char *point) {
-        char name[64];
-        snprintf(name, sizeof(name), "%s:%s", op->op, point);
-        crash_point(name);
 }
 
 /* ---- begin ---- */
@@ -1036,9 +1030,9 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
         }
 
         /* The journal: commit point is the disk's new chain; the changed layers' records before and after. */
-        r = intent_init(&op->intent, op->op, INTENT_COMMIT_CHAIN, vm, 0);
+        r = txn_new(s, op->op, INTENT_COMMIT_CHAIN, vm, 0, &op->txn);
         if (r >= 0)
-                r = intent_set_commit_chain(&op->intent, disk, op->new_chain, op->n_new_chain);
+                r = txn_set_commit_chain(op->txn, disk, op->new_chain, op->n_new_chain);
         if (r < 0)
                 return op_error(err, r, "out of memory");
         {
@@ -1047,18 +1041,18 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
                         Layer *p = op->target.layer;
                         r = layer_with(p, KEEP_BACKING, MAX(p->virtual_size, committed->virtual_size), &after) ? 0 : -ENOMEM;
                         if (r >= 0)
-                                r = intent_add_modify(&op->intent, p, after);
+                                r = txn_add_modify(op->txn, p, after);
                         after = layer_free(after);
                         if (r >= 0 && op->upper.layer) {
                                 r = layer_with(op->upper.layer, p, op->upper.layer->virtual_size, &after) ? 0 : -ENOMEM;
                                 if (r >= 0)
-                                        r = intent_add_modify(&op->intent, op->upper.layer, after);
+                                        r = txn_add_modify(op->txn, op->upper.layer, after);
                                 after = layer_free(after);
                         }
                 } else {
                         r = layer_with(top, op->new_backing, top->virtual_size, &after) ? 0 : -ENOMEM;
                         if (r >= 0)
-                                r = intent_add_modify(&op->intent, top, after);
+                                r = txn_add_modify(op->txn, top, after);
                         layer_free(after);
                 }
                 if (r < 0)
@@ -1070,18 +1064,18 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
                 Layer *l = op->layers[i].layer;
                 for (size_t k = 0; k < op->n_new_chain && !stays; k++)
                         stays = streq(op->new_chain[k], l->id);
-                if (!stays && l->vm && store_count_users(s, l->id) == 1 && intent_add_drop(&op->intent, l->id) < 0)
+                if (!stays && l->vm && store_count_users(s, l->id) == 1 && txn_add_drop(op->txn, l->id) < 0)
                         return op_error(err, -ENOMEM, "out of memory");
         }
-        r = journal_begin(s, &op->intent);
+        /* The drops wait until the caller has been told (reshape_cleanup()). */
+        txn_defer_finish(op->txn);
+        r = txn_start(op->txn);
         if (r < 0)
                 return op_error(err, r, "cannot write the journal");
-        op->journaled = true;
-        crash_at(op, "after-journal");
 
         /* Mark, then the undo logs: from here on a crash is rolled back from them. */
-        for (size_t k = 0; k < op->intent.n_modify; k++) {
-                Layer *l = store_find_layer(s, op->intent.modify[k].layer);
+        for (size_t k = 0; k < txn_intent(op->txn)->n_modify; k++) {
+                Layer *l = store_find_layer(s, txn_intent(op->txn)->modify[k].layer);
                 l->state = LAYER_MODIFYING;
                 r = store_save_layer(s, l);
                 if (r < 0) {
@@ -1089,7 +1083,7 @@ int reshape_begin(Store *s, const Limits *lim, ReshapeKind kind, const char *vm,
                         return op_error(err, r, "cannot write the layer record");
                 }
         }
-        crash_at(op, "after-mark");
+        txn_crash_point(op->txn, "after-mark");
         r = target_begin(op, &op->target, err);
         if (r >= 0 && op->upper.layer)
                 r = target_begin(op, &op->upper, err);
@@ -1143,7 +1137,7 @@ static int finish(ReshapeOp *op, OpError *err) {
                 r = 0;
         if (r < 0)
                 return r;
-        crash_at(op, "after-data");
+        txn_crash_point(op->txn, "after-data");
 
         if (op->kind != RESHAPE_COMMIT)
                 r = rewrite_backing(&op->target, op->new_backing, err);
@@ -1153,7 +1147,7 @@ static int finish(ReshapeOp *op, OpError *err) {
                 r = 0;
         if (r < 0)
                 return r;
-        crash_at(op, "after-header");
+        txn_crash_point(op->txn, "after-header");
 
         /* The commit point: the VM record with the new chain. */
         v = store_find_vm(op->store, op->vm);
@@ -1177,25 +1171,19 @@ static int finish(ReshapeOp *op, OpError *err) {
                 return op_error(err, -ENOMEM, "out of memory");
         }
         next->generation++;
-        crash_at(op, "before-commit");
-        r = store_put_vm(op->store, next);
+        r = txn_commit(op->txn, txn_write_vm, next); /* also writes the changed layers' records "after" */
         if (r < 0) {
                 vm_free(next);
                 return op_record_error(err, r, "VM");
         }
         op->finished = true;
-        crash_at(op, "after-commit");
 
         /* Clean-up after the commit point; recovery repeats it if we die here. */
         target_done(&op->target);
         target_done(&op->upper);
         for (size_t i = 0; i < op->n_layers; i++)
                 op->layers[i].fd = safe_close(op->layers[i].fd);
-        r = journal_finish_modified(op->store, &op->intent);
-        if (r < 0)
-                log_warning_errno(r, "Cannot finish the records of %s; the next start does", op->op);
-        else
-                op->cleanup = true; /* reshape_free(), once the job has said it is done */
+        op->cleanup = true; /* reshape_free(), once the job has said it is done */
         log_op(LOG_INFO, op->op, op->vm, op->disk, NULL, "%s of disk '%s' of VM '%s' done", op->op, op->disk, op->vm);
         return 0;
 }
@@ -1203,9 +1191,7 @@ static int finish(ReshapeOp *op, OpError *err) {
 /* After the commit point and after the caller has been told: the layers that left the chain go. The
  * journal entry stays until then, so recovery repeats this if we die meanwhile. */
 static void reshape_cleanup(ReshapeOp *op) {
-        for (size_t k = 0; k < op->intent.n_drop; k++)
-                (void) store_delete_layer(op->store, op->intent.drop_layers[k]);
-        (void) journal_end(op->store, &op->intent);
+        txn_finish(op->txn); /* nothing if the records "after" could not be written: the next start does it */
         op->cleanup = false;
 }
 
@@ -1256,7 +1242,7 @@ int reshape_step(ReshapeOp *op, OpError *err) {
                 }
                 if (!op->stepped) {
                         op->stepped = true;
-                        crash_at(op, "mid-copy");
+                        txn_crash_point(op->txn, "mid-copy");
                 }
         }
         if (op->work_pos < op->n_work)
@@ -1272,12 +1258,12 @@ fail:
 }
 
 void reshape_abort(ReshapeOp *op) {
-        if (op->finished || !op->journaled)
+        if (op->finished || !txn_started(op->txn))
                 return;
         /* Our descriptors go first: the roll-back opens the files afresh. */
         target_done(&op->target);
         target_done(&op->upper);
-        if (journal_abort(op->store, &op->intent) < 0)
+        if (txn_abort(op->txn) < 0)
                 log_error("Cannot roll back %s of disk '%s' of VM '%s'; the next start tries again", op->op, op->disk, op->vm);
         else
                 log_op(LOG_NOTICE, op->op, op->vm, op->disk, NULL, "%s of disk '%s' of VM '%s' rolled back", op->op, op->disk,

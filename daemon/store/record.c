@@ -332,7 +332,7 @@ int record_read_why(int dirfd, const char *name, struct json_object **ret, const
                 ret_why = &ignored;
         *ret_why = NULL;
 
-        fd = open_beneath(dirfd, name, O_RDONLY, 0);
+        fd = open_beneath(dirfd, name, O_RDONLY | O_NONBLOCK, 0); /* a FIFO must not block the daemon */
         if (fd < 0)
                 return fd;
         if (fstat(fd, &st) < 0)

@@ -15,7 +15,13 @@
  * remove what it created), then removes files and records no operation accounts for.
  */
 
+#include <dirent.h>
+
+#include "journal.h"
 #include "record.h"
+
+/* Temporaries (an interrupted write leaves them; recovery removes them): images/.#<file>, .#<record>. */
+#define STORE_TMP_PREFIX ".#"
 
 typedef struct Store {
         char *path;
@@ -59,90 +65,13 @@ int store_open_data_file(Store *s, const Layer *l, int flags);
 /* Creates l->data_file (sparse, `size` bytes) and records its inode in `l`. */
 int store_create_data_file(Store *s, Layer *l, uint64_t size);
 
-/* ---- intent journal ---- */
-
-typedef enum IntentCommit {
-        INTENT_COMMIT_VM,            /* VM record `name` written with generation ≥ `generation` */
-        INTENT_COMMIT_VM_DELETED,    /* VM record `name` removed */
-        INTENT_COMMIT_LAYER_READY,   /* layer record `name` (an id) in state ready */
-        INTENT_COMMIT_LAYER_DELETED, /* layer record `name` removed */
-        INTENT_COMMIT_CHAIN,         /* VM `name`'s disk `commit_disk` has exactly `commit_chain` */
-        _INTENT_COMMIT_MAX,
-        _INTENT_COMMIT_INVALID = -EINVAL,
-} IntentCommit;
-
-#define INTENT_MAX_LAYERS 4096U
-#define MODE_INVALID ((mode_t) -1)
-#define INTENT_MAX_MODIFY 4U
-
-/* A layer changed in place: its records before and after, and an undo log of its file in the journal
- * directory (journal/<op-id>-<layer-id>.undo). Rolling back restores the file from the log and the
- * record "before"; rolling forward writes the record "after". Both end in state ready. */
-typedef struct IntentModify {
-        char layer[LAYER_ID_LEN + 1];
-        Layer *before;
-        Layer *after;
-} IntentModify;
-
-typedef struct Intent {
-        char id[LAYER_ID_LEN + 1];
-        char *op;
-        IntentCommit commit;
-        char *commit_name;
-        uint64_t commit_generation;
-        char **new_layers;  /* created by the operation: removed on roll-back */
-        size_t n_new;
-        char **drop_layers; /* removed by the operation after its commit point */
-        size_t n_drop;
-        IntentModify modify[INTENT_MAX_MODIFY];
-        size_t n_modify;
-        struct IntentUnlink {
-                char *path; /* absolute */
-                uint64_t dev, inode;
-                mode_t mode; /* the file's mode before the move, given back on roll-back (or MODE_INVALID) */
-        } *unlink_after; /* names outside the store removed after the commit point (adopt with "move") */
-        size_t n_unlink;
-        char *commit_disk;   /* INTENT_COMMIT_CHAIN */
-        char **commit_chain;
-        size_t n_commit_chain;
-} Intent;
-
-void intent_done(Intent *i);
-int intent_add_new(Intent *i, const char *layer);
-int intent_add_drop(Intent *i, const char *layer);
-/* For INTENT_COMMIT_CHAIN: the disk and its chain once the operation is done. */
-int intent_set_commit_chain(Intent *i, const char *disk, char **chain, size_t n);
-/* After the commit point (also when recovery completes the operation), `path` is removed if it is still
- * the same file (device and inode): the old name of a file moved into the store. A roll-back gives the
- * file (through the store's name of it, a new layer of the intent) its `mode` back, and its bytes from
- * the layer's undo log if there is one (journal_undo_create(…, layer, false)). */
-int intent_add_unlink(Intent *i, const char *path, uint64_t dev, uint64_t inode, mode_t mode);
-void intent_unlink_names(Intent *i);
-/* Takes copies of both records. */
-int intent_add_modify(Intent *i, const Layer *before, const Layer *after);
-/* Parses a journal entry (as read by record_read()); `ret` is set only on success. */
-int intent_parse(struct json_object *o, Intent *ret);
-
-/* Fills an intent in memory; add its layers with intent_add_*(), then write it with journal_begin()
- * before the first file or record of the operation is touched. */
-int intent_init(Intent *i, const char *op, IntentCommit commit, const char *commit_name, uint64_t commit_generation);
-int journal_begin(Store *s, Intent *i);
-int journal_end(Store *s, Intent *i);
-/* Rolls back an operation that did not reach its commit point, then ends it. */
-int journal_abort(Store *s, Intent *i);
-
-/* The undo log of a layer an intent modifies (or of its data file), created empty for undo_begin(). */
-int journal_undo_create(Store *s, const Intent *i, const char *layer, bool data);
-/* Rolls back each modified layer (file from its undo log, record "before") and removes the logs. */
-int journal_undo_modified(Store *s, Intent *i);
-/* Writes each modified layer's record "after" and removes the undo logs (those of new layers too). */
-int journal_finish_modified(Store *s, Intent *i);
+/* A DIR stream over a duplicate of `fd`, which stays ours. */
+int store_opendir(int fd, DIR **ret);
+/* A deep copy of a layer record. */
+int layer_copy(const Layer *l, Layer **ret);
 
 /* Replaces the in-memory layer of the same id by a copy of `l` and writes its record. */
 int store_replace_layer(Store *s, const Layer *l);
-
-/* Replays the journal and removes orphans; called by store_open(). */
-int store_recover(Store *s);
 
 /* The temporary file of a layer being made: `.#<file>` in images/, renamed into place when complete. */
 int store_tmp_create(Store *s, const Layer *l);
