@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "describe.h"
+#include "escape.h"
 #include "log.h"
 #include "manager.h"
 #include "reshape.h"
@@ -42,7 +43,7 @@ int bus_read_options(sd_bus_message *m, const OptionSpec *specs, sd_bus_error *e
                                 break;
                         }
                 if (!spec)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Unknown option '%.64s'", key);
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Unknown option '%s'", ESCAPE_TEXT(key));
                 if (seen & (1U << idx))
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Option '%s' given twice", key);
                 seen |= 1U << idx;

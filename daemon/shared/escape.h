@@ -11,6 +11,8 @@
 char *escape_text(const char *s, char *buf, size_t size);
 
 /* For echoes in error messages: at most ESCAPE_TEXT_MAX - 1 bytes, in a buffer that lives until the
- * end of the enclosing block, e.g. sd_bus_error_setf(..., "Unknown key '%s'", ESCAPE_TEXT(key)). */
-#define ESCAPE_TEXT_MAX 256U
+ * end of the enclosing block, e.g. sd_bus_error_setf(..., "Unknown key '%s'", ESCAPE_TEXT(key)). Small
+ * enough that a message with one echo fits FORMAT_ERROR_REASON_MAX (256) whole: a message cut there by
+ * vsnprintf() could end in half a UTF-8 character, which the bus does not carry. */
+#define ESCAPE_TEXT_MAX 128U
 #define ESCAPE_TEXT(s) escape_text((s), (char[ESCAPE_TEXT_MAX]) {}, ESCAPE_TEXT_MAX)
