@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "bus-util.h"
+#include "escape.h"
 #include "i18n.h"
 #include "string-util.h"
 
@@ -111,6 +112,9 @@ static const char *hint_for_error_name(const char *name) {
         return NULL;
 }
 
+/* Longer error messages are cut ("..."). */
+#define LOG_CALL_ERROR_MAX 4096U
+
 int log_call_error(const sd_bus_error *error, int r, const char *format, ...) {
         const char *hint;
         va_list ap;
@@ -120,8 +124,12 @@ int log_call_error(const sd_bus_error *error, int r, const char *format, ...) {
         va_end(ap);
 
         if (error && error->name) {
-                /* The daemon's text is English by contract and printed as received. */
-                fprintf(stderr, ": %s (%s)\n", error->message ?: error->name, error->name);
+                /* The daemon's text is English by contract. It may echo what someone else sent (and a job's
+                 * error reaches vdiskctl in a signal): control characters are shown escaped, on one line. */
+                char message[LOG_CALL_ERROR_MAX], name[LOG_CALL_ERROR_MAX];
+
+                fprintf(stderr, ": %s (%s)\n", escape_text(error->message ?: error->name, message, sizeof(message)),
+                        escape_text(error->name, name, sizeof(name)));
                 hint = hint_for_error_name(error->name);
                 if (!hint)
                         hint = _("See 'journalctl -u vdiskd.service' for details.");

@@ -32,13 +32,16 @@
 typedef struct JobWatch {
         sd_bus *bus;
         sd_event *event;
+        const char *owner; /* vdiskd's unique name: signals from anyone else are not listened to */
         const char *path;
         const char *label;
         bool progress;
         bool bar_drawn;
 
         sd_bus_slot *getall_slot;
-        bool removed; /* the Manager announced JobRemoved */
+        bool getall_again; /* a signal came while a request was under way: read once more */
+        bool removed;      /* the Manager announced JobRemoved */
+        bool finished;     /* the job sent Finished */
         bool ended;
         bool detached;
         int error;
@@ -321,6 +324,8 @@ static int job_watch_map(JobWatch *w, sd_bus_message *m) {
         return bus_map_properties(m, map);
 }
 
+static int job_watch_request(JobWatch *w);
+
 static int on_getall_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         JobWatch *w = userdata;
         const sd_bus_error *e;
@@ -330,12 +335,15 @@ static int on_getall_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_
 
         e = sd_bus_message_get_error(m);
         if (e) {
-                /* Gone together with its JobRemoved: the state from that signal is all there is. */
-                if (w->removed && job_state_is_final(w->state)) {
+                /* Gone right after its Finished or JobRemoved (both from vdiskd's own connection): the
+                 * state from that signal is all there is. */
+                if ((w->removed || w->finished) && job_state_is_final(w->state)) {
                         job_watch_end(w, 0);
                         return 0;
                 }
-                if (sd_bus_error_has_names(e, SD_BUS_ERROR_UNKNOWN_OBJECT, SD_BUS_ERROR_UNKNOWN_METHOD)) {
+                /* vdiskd exited (a new one would not know the job): its unique name has no owner. */
+                if (sd_bus_error_has_names(e, SD_BUS_ERROR_UNKNOWN_OBJECT, SD_BUS_ERROR_UNKNOWN_METHOD,
+                                           SD_BUS_ERROR_NAME_HAS_NO_OWNER, SD_BUS_ERROR_SERVICE_UNKNOWN)) {
                         job_watch_clear(w);
                         log_error(_("Job %s disappeared before it ended; its result is unknown. Check with 'vdiskctl list-images' or 'vdiskctl chain VM DISK'."),
                                   w->path);
@@ -357,18 +365,24 @@ static int on_getall_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_
 
         if (job_state_is_final(w->state))
                 job_watch_end(w, 0);
-        else
+        else {
                 job_watch_draw(w);
+                if (w->getall_again)
+                        (void) job_watch_request(w);
+        }
         return 0;
 }
 
 static int job_watch_request(JobWatch *w) {
         int r;
 
-        if (w->getall_slot) /* one request at a time */
+        if (w->getall_slot) { /* one request at a time; the answer may predate the signal */
+                w->getall_again = true;
                 return 0;
+        }
+        w->getall_again = false;
 
-        r = sd_bus_call_method_async(w->bus, &w->getall_slot, VDISK_BUS_NAME, w->path,
+        r = sd_bus_call_method_async(w->bus, &w->getall_slot, w->owner, w->path,
                                      "org.freedesktop.DBus.Properties", "GetAll",
                                      on_getall_reply, w, "s", VDISK_JOB_INTERFACE);
         if (r < 0) {
@@ -396,7 +410,10 @@ static int on_finished(sd_bus_message *m, void *userdata, sd_bus_error *ret_erro
                 return 0;
         }
 
-        job_watch_end(w, 0);
+        /* The match only lets vdiskd's own signals through; still, the job's properties have the last
+         * word (they are what the signal announced, or the job is not over after all). */
+        w->finished = true;
+        (void) job_watch_request(w);
         return 0;
 }
 
@@ -463,11 +480,41 @@ static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void
         return 0;
 }
 
+/* vdiskd's unique name (":1.42"): any local user may send a signal that claims to be from a job, but
+ * the bus sets the sender of each message, and only vdiskd's connection has this name. */
+static int vdiskd_unique_name(sd_bus *bus, char **ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        const char *owner;
+        char *s;
+        int r;
+
+        r = sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                               "GetNameOwner", &error, &reply, "s", VDISK_BUS_NAME);
+        if (r < 0) {
+                (void) log_call_error(&error, r, _("Failed to find vdiskd on the bus"));
+                return r;
+        }
+
+        r = sd_bus_message_read(reply, "s", &owner);
+        if (r < 0)
+                return log_bus_parse_error(r);
+        if (owner[0] != ':')
+                return log_bus_parse_error(-EPROTO);
+
+        s = strdup(owner);
+        if (!s)
+                return log_oom();
+        *ret = s;
+        return 0;
+}
+
 int job_follow(sd_bus *bus, const char *path, const char *label, bool progress, JobResult *ret) {
         _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *finished_slot = NULL, *changed_slot = NULL, *removed_slot = NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        _cleanup_free_ char *owner = NULL;
         JobWatch w = {
                 .bus = bus,
                 .path = path,
@@ -476,6 +523,11 @@ int job_follow(sd_bus *bus, const char *path, const char *label, bool progress, 
         };
         sigset_t mask;
         int r;
+
+        r = vdiskd_unique_name(bus, &owner);
+        if (r < 0)
+                return r;
+        w.owner = owner;
 
         r = sd_event_new(&event);
         if (r < 0)
@@ -506,21 +558,21 @@ int job_follow(sd_bus *bus, const char *path, const char *label, bool progress, 
                 return log_error_errno(r, _("Failed to attach the bus connection to the event loop"));
 
         /* Subscribe first, then read the state: a job that ends in between is not missed. */
-        r = sd_bus_match_signal(bus, &finished_slot, VDISK_BUS_NAME, path, VDISK_JOB_INTERFACE, "Finished",
+        r = sd_bus_match_signal(bus, &finished_slot, owner, path, VDISK_JOB_INTERFACE, "Finished",
                                 on_finished, &w);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, &changed_slot, VDISK_BUS_NAME, path,
+                r = sd_bus_match_signal(bus, &changed_slot, owner, path,
                                         "org.freedesktop.DBus.Properties", "PropertiesChanged",
                                         on_properties_changed, &w);
         if (r >= 0)
-                r = sd_bus_match_signal(bus, &removed_slot, VDISK_BUS_NAME, VDISK_MANAGER_PATH,
+                r = sd_bus_match_signal(bus, &removed_slot, owner, VDISK_MANAGER_PATH,
                                         VDISK_MANAGER_INTERFACE, "JobRemoved", on_job_removed, &w);
         if (r < 0) {
                 (void) sd_bus_detach_event(bus);
                 return log_error_errno(r, _("Failed to subscribe to the signals of job %s"), path);
         }
 
-        r = sd_bus_call_method(bus, VDISK_BUS_NAME, path, "org.freedesktop.DBus.Properties", "GetAll",
+        r = sd_bus_call_method(bus, owner, path, "org.freedesktop.DBus.Properties", "GetAll",
                                &error, &reply, "s", VDISK_JOB_INTERFACE);
         if (r < 0) {
                 (void) sd_bus_detach_event(bus);

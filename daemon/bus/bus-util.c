@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "bus.h"
+#include "escape.h"
 
 int bus_read_options(sd_bus_message *m, const OptionSpec *specs, sd_bus_error *error) {
         unsigned seen = 0;
@@ -28,7 +29,7 @@ int bus_read_options(sd_bus_message *m, const OptionSpec *specs, sd_bus_error *e
                                 break;
                         }
                 if (!spec)
-                        return bus_errorf(error, -EINVAL, "Unknown option '%.64s'", key);
+                        return bus_errorf(error, -EINVAL, "Unknown option '%s'", ESCAPE_TEXT(key));
                 /* Each known key at most once: so no more entries than keys can get this far. */
                 if (seen & (1U << idx))
                         return bus_errorf(error, -EINVAL, "Option '%s' given twice", key);

@@ -179,31 +179,48 @@ static int import_finish(ImportOp *op, OpError *err) {
 
 int import_step(ImportOp *op, OpError *err) {
         uint64_t budget = IMPORT_CHUNK;
+        struct stat st;
         int r;
 
         if (op->finished)
                 return 0;
 
-        /* Copy only data: holes of the source stay holes. */
+        /* Copy only data: holes of the source stay holes. The caller keeps its file and may change it
+         * meanwhile: content is validated on the copy, but a source that shrinks would look like one
+         * that ends in a hole (SEEK_DATA fails with ENXIO past the end, reads return 0) and give an
+         * image with zeros where data was. So the end of the data is believed only at the size the
+         * source had at the start, and any error reading the source fails the import. */
         while (budget > 0 && op->pos < op->size) {
                 off_t data = lseek(op->source_fd, (off_t) op->pos, SEEK_DATA), hole;
                 loff_t in, out;
                 ssize_t n;
 
                 if (data < 0 && errno == ENXIO) {
+                        if (fstat(op->source_fd, &st) < 0)
+                                return op_error(err, negative_errno(), "cannot stat the source");
+                        if ((uint64_t) st.st_size != op->size)
+                                goto changed_size;
                         op->done += op->size - op->pos;
                         op->pos = op->size;
                         break;
                 }
-                if (data < 0)
+                if (data < 0 && errno != EINVAL && errno != EOPNOTSUPP) {
+                        r = negative_errno();
+                        return op_error(err, r, "cannot read the source: %s", strerror(-r));
+                }
+                if (data < 0) /* no SEEK_DATA here: all of it is data */
                         data = (off_t) op->pos;
                 if ((uint64_t) data > op->pos) {
-                        op->done += (uint64_t) data - op->pos;
-                        op->pos = (uint64_t) data;
+                        op->done += MIN((uint64_t) data, op->size) - op->pos;
+                        op->pos = MIN((uint64_t) data, op->size);
                         continue;
                 }
                 hole = lseek(op->source_fd, data, SEEK_HOLE);
-                if (hole < 0 || (uint64_t) hole > op->size)
+                if (hole < 0 && errno != EINVAL && errno != EOPNOTSUPP && errno != ENXIO) {
+                        r = negative_errno();
+                        return op_error(err, r, "cannot read the source: %s", strerror(-r));
+                }
+                if (hole < 0 || (uint64_t) hole > op->size) /* it grew: noticed at the end */
                         hole = (off_t) op->size;
 
                 in = out = data;
@@ -213,18 +230,33 @@ int import_step(ImportOp *op, OpError *err) {
                         uint8_t buf[1 << 16];
                         size_t want = (size_t) MIN((uint64_t) (hole - data), (uint64_t) sizeof(buf));
                         n = pread(op->source_fd, buf, want, data);
-                        if (n > 0 && format_pwrite_full(op->target_fd, buf, (size_t) n, (uint64_t) data) < 0)
-                                n = -1;
+                        if (n < 0) {
+                                r = negative_errno();
+                                return op_error(err, r, "cannot read the source: %s", strerror(-r));
+                        }
+                        if (n > 0) {
+                                r = format_pwrite_full(op->target_fd, buf, (size_t) n, (uint64_t) data);
+                                if (r < 0)
+                                        return op_error(err, r, "cannot write the image file: %s", strerror(-r));
+                        }
                 }
                 if (n < 0) {
-                        r = negative_errno();
-                        return op_error(err, r == -ENOSPC || r == -EDQUOT ? r : r, "copying the image failed");
+                        r = negative_errno(); /* ENOSPC and EDQUOT give NoSpace */
+                        return op_error(err, r, "copying the image failed: %s", strerror(-r));
                 }
-                if (n == 0)
-                        return op_error(err, -EIO, "the source file shrank while it was copied");
+                if (n == 0) /* end of file before the size it had */
+                        goto changed_size;
                 op->pos += (uint64_t) n;
                 op->done += (uint64_t) n;
                 budget -= MIN(budget, (uint64_t) n);
+        }
+
+        if (op->pos >= op->size) {
+                /* All copied: the source must still have its size, or what was copied is not its content. */
+                if (fstat(op->source_fd, &st) < 0)
+                        return op_error(err, negative_errno(), "cannot stat the source");
+                if ((uint64_t) st.st_size != op->size)
+                        goto changed_size;
         }
 
         if (op->pos < op->size)
@@ -232,4 +264,12 @@ int import_step(ImportOp *op, OpError *err) {
         txn_crash_point(op->txn, "after-copy");
         r = import_finish(op, err);
         return r < 0 ? r : 0;
+
+changed_size:
+        if (fstat(op->source_fd, &st) < 0)
+                return op_error(err, negative_errno(), "cannot stat the source");
+        return op_error(err, -EBADMSG,
+                        "the source file changed size while it was copied (%" PRIu64 " bytes at the start, %" PRIu64
+                        " now): nothing was imported; import it again once nothing writes to it",
+                        op->size, (uint64_t) st.st_size);
 }

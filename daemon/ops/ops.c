@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "escape.h"
 #include "log.h"
 #include "ops.h"
 #include "probe.h"
@@ -225,7 +226,7 @@ int op_create_image(Store *s, const Limits *lim, const char *name, ImageFormat f
                 args.initial = args.qcow2.initial_data = page;
                 args.initial_size = args.qcow2.initial_data_size = sizeof(page);
         } else if (!streq(template_name, "blank"))
-                return op_error(err, -EINVAL, "unknown template '%s'", template_name);
+                return op_error(err, -EINVAL, "unknown template '%s'", ESCAPE_TEXT(template_name));
 
         r = layer_new(f, name, NULL, &l);
         if (r < 0)
@@ -479,7 +480,7 @@ int op_create_disk(Store *s, const Limits *lim, const char *vm, const char *disk
                 args.format = base->format;
                 args.qcow2.size = base->format == IMAGE_FORMAT_RAW ? size : 0;
         } else if (base)
-                return op_error(err, -EINVAL, "unknown mode '%s'", mode);
+                return op_error(err, -EINVAL, "unknown mode '%s'", ESCAPE_TEXT(mode));
         else {
                 r = layer_new(blank_format, NULL, vm, &l);
                 if (r < 0)

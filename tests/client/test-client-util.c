@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "escape.h"
 #include "job.h"
 #include "output.h"
 #include "parse.h"
@@ -410,6 +411,46 @@ static void test_width(void) {
         CHECK(setlocale(LC_ALL, "C.UTF-8"));
 }
 
+static void check_escape(const char *s, size_t size, const char *expect) {
+        char buf[64];
+
+        if (strcmp(escape_text(s, buf, size), expect) != 0 || strlen(buf) > size - 1) {
+                fprintf(stderr, "escape_text(\"%s\", %zu) = \"%s\"; expected \"%s\"\n", s, size, buf, expect);
+                failures++;
+        }
+}
+
+static void test_escape(void) {
+        char big[ESCAPE_TEXT_MAX * 2];
+
+        check_escape("plain name-1.qcow2", 64, "plain name-1.qcow2");
+        check_escape("", 64, "");
+        check_escape(NULL, 64, "(null)");
+        check_escape("a\x1b[2Jb", 64, "a\\x1b[2Jb");
+        check_escape("one\ntwo\r\t", 64, "one\\x0atwo\\x0d\\x09");
+        check_escape("del\x7f", 64, "del\\x7f");
+        check_escape("back\\slash", 64, "back\\\\slash");
+        check_escape("caf\xc3\xa9 \xe2\x82\xac", 64, "caf\xc3\xa9 \xe2\x82\xac"); /* é € kept */
+        check_escape("c1\xc2\x9b" "2J", 64, "c1\\xc2\\x9b2J");                     /* CSI as C1 */
+        check_escape("ls\xe2\x80\xa8x", 64, "ls\\xe2\\x80\\xa8x");                 /* U+2028 */
+        check_escape("bad\xff\xc3", 64, "bad\\xff\\xc3");
+        check_escape("over\xc0\xaf", 64, "over\\xc0\\xaf");                        /* overlong '/' */
+        check_escape("sur\xed\xa0\x80", 64, "sur\\xed\\xa0\\x80");                 /* surrogate */
+        /* Cut at a character boundary with "...": never inside an escape or a UTF-8 sequence. */
+        check_escape("abcdefghij", 11, "abcdefghij");
+        check_escape("abcdefghijk", 11, "abcdefg...");
+        check_escape("abcdef\x1b" "ghijk", 11, "abcdef...");
+        check_escape("abcde\xc3\xa9zzzz", 10, "abcde...");
+        check_escape("abcdefgh", 3, "ab");
+        check_escape("abc", 1, "");
+
+        memset(big, '\n', sizeof(big) - 1);
+        big[sizeof(big) - 1] = 0;
+        CHECK(strlen(ESCAPE_TEXT(big)) <= ESCAPE_TEXT_MAX - 1);
+        CHECK(strncmp(ESCAPE_TEXT(big), "\\x0a\\x0a", 8) == 0);
+        CHECK(strcmp(ESCAPE_TEXT(big) + strlen(ESCAPE_TEXT(big)) - 3, "...") == 0);
+}
+
 int main(void) {
         /* Width of non-ASCII text needs a UTF-8 locale; C.UTF-8 exists on every glibc ≥ 2.35. */
         if (!setlocale(LC_ALL, "C.UTF-8")) {
@@ -427,6 +468,7 @@ int main(void) {
         test_json_mode();
         test_table();
         test_width();
+        test_escape();
 
         if (failures > 0) {
                 fprintf(stderr, "%u checks failed\n", failures);

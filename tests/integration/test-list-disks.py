@@ -36,6 +36,10 @@ COMPLETION = os.path.join(SRC, "shell-completion", "bash", "vdiskctl")
 
 require("setpriv", "groupadd", "groupdel", "bash")
 
+# What runs as another uid (as_user()): copies of vdiskctl and of the completion script that the uid can
+# read, made by main() (Env.readable_copy()); the checkout may be in a directory only root can enter.
+FOR_OTHERS = {"vdiskctl": VDISKCTL, "completion": COMPLETION}
+
 
 def t(n):
     return dbus.UInt64(n)
@@ -110,7 +114,8 @@ def as_user(uid):
 
 
 def run(*args, prefix=()):
-    return subprocess.run([*prefix, VDISKCTL, *args], capture_output=True, text=True, env=vdiskctl_env(), timeout=120)
+    exe = FOR_OTHERS["vdiskctl"] if prefix else VDISKCTL
+    return subprocess.run([*prefix, exe, *args], capture_output=True, text=True, env=vdiskctl_env(), timeout=120)
 
 
 COMPLETION_DRIVER = r"""
@@ -128,10 +133,12 @@ printf '%s\n' "${COMPREPLY[@]}"
 def complete(*words, prefix=()):
     """COMPREPLY of the real completion script for 'VDISKCTL words...' (the last word is completed), with the
     built vdiskctl as the command being completed; returns (exit status, stderr, words)."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/", "LC_ALL": "C", "COMPLETION": COMPLETION,
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/", "LC_ALL": "C",
+           "COMPLETION": FOR_OTHERS["completion"] if prefix else COMPLETION,
            "DBUS_SYSTEM_BUS_ADDRESS": os.environ["DBUS_SYSTEM_BUS_ADDRESS"]}
-    p = subprocess.run([*prefix, "bash", "--norc", "--noprofile", "-c", COMPLETION_DRIVER, "bash", VDISKCTL, *words],
-                       capture_output=True, text=True, env=env, timeout=60)
+    exe = FOR_OTHERS["vdiskctl"] if prefix else VDISKCTL
+    p = subprocess.run([*prefix, "bash", "--norc", "--noprofile", "-c", COMPLETION_DRIVER, "bash", exe, *words],
+                       capture_output=True, text=True, env=env, timeout=60, cwd="/")
     return p.returncode, p.stderr, [w for w in p.stdout.split("\n") if w]
 
 
@@ -290,6 +297,7 @@ def main():
     group_created = False
     try:
         env.start()
+        FOR_OTHERS.update({k: env.readable_copy(v) for k, v in FOR_OTHERS.items()})
         base_layer = str(env.call("CreateImage", "base", "qcow2", t(GiB), opts()))
         env.call("CreateVM", "vm1", dbus.UInt32(OWNER), opts())
         env.call("CreateVM", "empty", dbus.UInt32(OWNER), opts())

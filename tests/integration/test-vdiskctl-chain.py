@@ -43,8 +43,8 @@ def vdiskctl_env(**extra):
     return e
 
 
-def run(*args, env=None, prefix=()):
-    return subprocess.run([*prefix, VDISKCTL, *args], capture_output=True, text=True,
+def run(*args, env=None, prefix=(), exe=(VDISKCTL,)):
+    return subprocess.run([*prefix, *exe, *args], capture_output=True, text=True,
                           env=env or vdiskctl_env(), timeout=120)
 
 
@@ -203,11 +203,12 @@ def case_owner(env):
     env.call("CreateDisk", "owned", "d", "debian", dbus.UInt64(0), opts())
     env.call("Snapshot", "owned", "d", opts())
     layers = chain_json(env, "owned", "d")
-    p = run("chain", "owned", "d", prefix=as_owner)
+    # The owner runs a copy it can read: the build directory may be one only root can enter.
+    p = run("chain", "owned", "d", prefix=(*as_owner, env.readable_copy(VDISKCTL)), exe=())
     check_eq((p.returncode, p.stderr), (0, ""), "chain as the VM's owner: exit 0")
     check_eq(p.stdout, expected_tree(layers, catalog_names(env)), "chain as the VM's owner: the same tree")
 
-    p = run("chain", "vm", "d", prefix=as_owner)
+    p = run("chain", "vm", "d", prefix=(*as_owner, env.readable_copy(VDISKCTL)), exe=())
     check_eq(p.returncode, 3, "chain of another user's VM: refused (exit 3)")
 
 

@@ -504,8 +504,10 @@ def case_errors(env):
 
     # Access control: a non-owner is refused (exit 3), through setpriv as "nobody".
     if shutil.which("setpriv"):
-        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", VDISKCTL, "open", "vm", "d",
-                            "--print", "--", "true"], capture_output=True, text=True, env=vdiskctl_env(), timeout=60)
+        # A copy nobody can run: the build directory may be one only root can enter.
+        p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", env.readable_copy(VDISKCTL),
+                            "open", "vm", "d", "--print", "--", "true"],
+                           capture_output=True, text=True, env=vdiskctl_env(), timeout=60)
         check_eq(p.returncode, 3, f"a non-owner is refused with exit 3 ({describe(p)})")
         check("AccessDenied" in p.stderr, "the refusal is AccessDenied")
 

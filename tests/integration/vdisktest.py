@@ -87,6 +87,7 @@ class Env:
         self.vdiskd = vdiskd
         self.tmp = tempfile.mkdtemp(prefix="vdisk-test-")
         os.chmod(self.tmp, 0o755)
+        self.copies_for_others = {}  # readable_copy()
         self.socket = os.path.join(self.tmp, "bus.sock")
         self.store = os.path.join(self.tmp, "store")
         self.address = "unix:path=" + self.socket
@@ -193,6 +194,24 @@ class Env:
             self.bus_proc.terminate()
             self.bus_proc.wait()
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def readable_copy(self, path):
+        """A copy of `path` (a script or a program of the checkout or the build directory) that other users
+        can read and run. Tests that run something as another uid use it: the checkout may be in a directory
+        only its owner can enter (a clone under /root, mode 0700). The copies are in a directory of the
+        test's temporary directory (both mode 0755), which goes away with it."""
+        copies = self.copies_for_others
+        path = os.path.abspath(path)
+        if path not in copies:
+            # One directory per file: the completion script and the program have the same name.
+            d = os.path.join(self.tmp, "for-other-users", str(len(copies)))
+            os.makedirs(d)
+            os.chmod(os.path.dirname(d), 0o755)
+            os.chmod(d, 0o755)
+            copies[path] = os.path.join(d, os.path.basename(path))
+            shutil.copyfile(path, copies[path])
+            os.chmod(copies[path], 0o755 if os.access(path, os.X_OK) else 0o644)
+        return copies[path]
 
     def canary_unchanged(self):
         st = os.stat(self.canary)

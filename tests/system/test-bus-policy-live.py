@@ -174,6 +174,9 @@ def main(argv):
         setpriv = shutil.which("setpriv")
         if os.geteuid() == 0 and setpriv:
             as_nobody = (setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--")
+            # nobody runs a copy in tmp (mode 0755): the build directory may be one only root can enter.
+            probe = shutil.copy(probe, os.path.join(tmp, "bus-policy-probe"))
+            os.chmod(probe, 0o755)
             r = subprocess.run([*as_nobody, probe, "own", address, BUS_NAME],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
             if r.returncode != 0:
