@@ -26,6 +26,10 @@ typedef struct DomainXmlDisk {
 
 void domain_xml_disk_done(DomainXmlDisk *d);
 
+/* "the top layer" or "backing layer N", with its path when it can be shown, for error messages. */
+#define DOMAIN_XML_LABEL_MAX (256U + 64U)
+const char *domain_xml_layer_label(size_t i, const char *path, char buf[static DOMAIN_XML_LABEL_MAX]);
+
 /*
  * Parses a <disk> element that describes its chain explicitly: every layer states its format (<driver
  * type> for the top, <format type> in each <backingStore>) and the chain ends in <backingStore/>.
