@@ -372,7 +372,12 @@ static void test_long_lines(void) {
                 size_t n = lengths[i];
                 char *text = malloc(n + 64), *want = malloc(n + 2);
 
-                CHECK(text && want);
+                if (!text || !want) {
+                        CHECK(!"out of memory");
+                        free(text);
+                        free(want);
+                        return;
+                }
                 memset(want, 'd', n);
                 want[0] = '/';
                 want[n] = 0;
