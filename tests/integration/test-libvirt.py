@@ -228,6 +228,8 @@ def lease_free(env, disk):
 
 
 def main():
+    # meson's timeout sends SIGTERM: clean up (QEMU, libvirtd, virtlogd, vdiskd) on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("SIGTERM"))
     env = Env(sys.argv[1])
     lv = None
     try:
