@@ -44,6 +44,8 @@ static const struct {
         { OPTION_PRINT, "--print" },
         { OPTION_DATA_FILE, "--data-file" },
         { OPTION_DATA_FILE_RAW, "--data-file-raw" },
+        { OPTION_DOMAIN, "--domain" },
+        { OPTION_CONNECT, "--connect" },
 };
 
 static bool arg_help = false;
@@ -65,6 +67,8 @@ bool arg_data_file = false;
 bool arg_data_file_raw = false;
 bool arg_read_only = false;
 bool arg_print = false;
+const char *arg_domain = NULL;
+const char *arg_connect = NULL;
 
 typedef enum VerbSection {
         SECTION_IMAGES,
@@ -155,6 +159,13 @@ static const VerbOption options_open[] = {
         { OPTION_READ_ONLY, "--read-only", N_("Open every layer read-only; read-only leases of a disk may coexist") },
         { OPTION_PRINT, "--print", N_("Print the command line instead of running COMMAND, then end the lease") },
         { OPTION_JSON, "--json[=MODE]", N_("Print JSON (MODE short: on one line); with --print, the arguments as a JSON array") },
+        {}
+};
+
+static const VerbOption options_libvirt[] = {
+        { OPTION_DOMAIN, "--domain=FILE", N_("start: the domain XML; its disks name vdisk disks as <source vdisk='DISK'/>") },
+        { OPTION_CONNECT, "--connect=URI", N_("The libvirt connection URI (default: libvirt's default, qemu:///system for root)") },
+        { OPTION_JSON, "--json[=MODE]", N_("start: print the domain's UUID and the holder's pids as JSON") },
         {}
 };
 
@@ -279,6 +290,22 @@ static const Verb verbs[] = {
              "store as a disk of VM VM. Every layer must name its format, and the chain must end in\n"
              "<backingStore/>. The files are checked and copied; prints the name of the new disk. Root only."),
           options_adopt, verb_adopt },
+        { "libvirt", "start VM|stop DOMAIN", 2, 2, SECTION_DISKS,
+          N_("Run a libvirt domain on vdisk disks"),
+          N_("'libvirt start VM --domain=FILE' starts the libvirt domain of FILE on disks of VM VM. Each <disk>\n"
+             "of FILE whose <source> has the attribute vdisk='DISK' (e.g. <disk type='file' device='disk'>\n"
+             "<source vdisk='root'/><target dev='vda' bus='virtio'/></disk>) is opened through vdiskd\n"
+             "(read-only with <readonly/>) and rewritten into its complete chain of layers, passed to libvirt\n"
+             "as file descriptors (fdgroup): libvirt and QEMU never open or chown the store's files. The\n"
+             "domain is defined (replacing an inactive definition of the same name) and started; libvirt\n"
+             "9.0.0 or newer is needed. A holder process keeps the leases for exactly the domain's lifetime:\n"
+             "when the domain stops, crashes or is destroyed, it releases them (vdiskd checks the headers\n"
+             "again) and exits. If the holder dies, its guardian process destroys the domain before the leases\n"
+             "end; if vdiskd stops, the holder destroys the domain. The holder logs to syslog.\n"
+             "\n"
+             "'libvirt stop DOMAIN' destroys the running domain DOMAIN (like 'virsh destroy') and waits until\n"
+             "its holder has released the leases."),
+          options_libvirt, verb_libvirt },
         { "jobs", "", 0, 0, SECTION_JOBS,
           N_("List the jobs"),
           N_("Shows every job with its operation, VM, disk, state and progress."),
@@ -449,6 +476,8 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 ARG_PRINT,
                 ARG_DATA_FILE,
                 ARG_DATA_FILE_RAW,
+                ARG_DOMAIN,
+                ARG_CONNECT,
         };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
@@ -469,6 +498,8 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 { "print", no_argument, NULL, ARG_PRINT },
                 { "data-file", no_argument, NULL, ARG_DATA_FILE },
                 { "data-file-raw", no_argument, NULL, ARG_DATA_FILE_RAW },
+                { "domain", required_argument, NULL, ARG_DOMAIN },
+                { "connect", required_argument, NULL, ARG_CONNECT },
                 {}
         };
         const Verb *verb;
@@ -585,6 +616,24 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 case ARG_DATA_FILE_RAW:
                         arg_seen |= OPTION_DATA_FILE_RAW;
                         arg_data_file_raw = true;
+                        break;
+
+                case ARG_DOMAIN:
+                        arg_seen |= OPTION_DOMAIN;
+                        if (isempty(optarg)) {
+                                log_usage(NULL, _("--domain needs the name of a domain XML file."));
+                                return -EINVAL;
+                        }
+                        arg_domain = optarg;
+                        break;
+
+                case ARG_CONNECT:
+                        arg_seen |= OPTION_CONNECT;
+                        if (isempty(optarg)) {
+                                log_usage(NULL, _("--connect needs a libvirt URI."));
+                                return -EINVAL;
+                        }
+                        arg_connect = optarg;
                         break;
 
                 case ARG_READ_ONLY:

@@ -30,6 +30,8 @@ typedef enum OptionFlag {
         OPTION_PRINT = 1 << 13,
         OPTION_DATA_FILE = 1 << 14,
         OPTION_DATA_FILE_RAW = 1 << 15,
+        OPTION_DOMAIN = 1 << 16,
+        OPTION_CONNECT = 1 << 17,
 } OptionFlag;
 
 /* Accepted by every command; commands that print nothing ignore them. */
@@ -52,6 +54,8 @@ extern bool arg_read_only;
 extern bool arg_print;
 extern bool arg_data_file;
 extern bool arg_data_file_raw;
+extern const char *arg_domain;
+extern const char *arg_connect;
 
 /* vdiskctl-util.c */
 void log_usage(const char *verb, const char *format, ...) _printf_(2, 3);
@@ -95,6 +99,9 @@ int verb_adopt(int argc, char *argv[]);
 
 /* vdiskctl-open.c */
 int verb_open(int argc, char *argv[]);
+
+/* vdiskctl-libvirt.c (only with libvirt) */
+int verb_libvirt(int argc, char *argv[]);
 
 /* vdiskctl-service.c */
 int verb_inspect(int argc, char *argv[]);
