@@ -574,6 +574,17 @@ static void test_extended_l2(void) {
                 CHECK_EQ_INT(qcow2_l2_entries(&h), 4096);
 }
 
+static void expect_verdict(const Qcow2Header *h, int code, const char *needle) {
+        FormatError err = {};
+        int r = qcow2_header_verdict(h, &err);
+
+        CHECK_EQ_INT(r, code);
+        if (needle)
+                CHECK(strstr(err.reason, needle) != NULL);
+        if (needle && !strstr(err.reason, needle))
+                fprintf(stderr, "  verdict reason: \"%s\"\n", err.reason);
+}
+
 static void test_crypt(void) {
         static Qcow2Header h;
 
@@ -599,13 +610,21 @@ static void test_crypt(void) {
                 CHECK_EQ_INT(h.crypto_length, 0x1000);
                 CHECK_EQ_INT(h.n_extensions, 1);
                 CHECK_EQ_INT(h.n_unknown_extensions, 0);
+                /* Parsed, but no image vdisk can read without the key (catalogue: "valid: LUKS-encrypted"). */
+                expect_verdict(&h, -EOPNOTSUPP, "encrypted images are not supported (LUKS encryption)");
         }
 
-        /* AES is parsed (refusing it is policy, elsewhere). */
+        /* AES is parsed; the verdict refuses it (catalogue: "header: crypt_method 1 (AES)"). */
         reset();
         be32_write(img + OFF_CRYPT, QCOW2_CRYPT_AES);
-        if (EXPECT_OK(&h))
+        if (EXPECT_OK(&h)) {
                 CHECK_EQ_INT(h.crypt_method, QCOW2_CRYPT_AES);
+                expect_verdict(&h, -EOPNOTSUPP, "encrypted images are not supported (AES encryption)");
+        }
+        /* And a plain image has no verdict against it. */
+        reset();
+        if (EXPECT_OK(&h))
+                expect_verdict(&h, 0, NULL);
 
         reset();
         put_end(img, put_crypto(img, EXT_START, 0x20000, 0x1000));
