@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include "bytes.h"
 #include "qcow2-internal.h"
@@ -43,6 +44,7 @@ typedef struct Walk {
         uint8_t *table;   /* one cluster */
         uint8_t *zin;     /* a compressed cluster's bytes (at most 2 clusters), allocated on first use */
         uint8_t *zout;    /* its decompressed content (one cluster) */
+        ZSTD_DCtx *zstd;  /* the zstd decoder, created on first use */
         uint64_t max_l2_reads;
 } Walk;
 
@@ -256,10 +258,41 @@ static uint32_t ondisk_refcount(Walk *w, uint64_t offset) {
 }
 
 /*
- * Whether a deflate-compressed cluster decompresses, as QEMU's read does, from the bytes its
- * descriptor covers into a whole cluster: QEMU inflates raw deflate with a 4 KiB window and
- * fails the read (EIO) when less than a cluster comes out. Bytes past the end of the file read as
- * zeros, as they do in QEMU (its own last compressed cluster usually ends there).
+ * Whether a zstd-compressed cluster's bytes (in w->zin) hold one zstd frame that decodes to
+ * exactly one cluster: QEMU's read fails (EIO) when the frame is damaged, gives less than a
+ * cluster, or is not complete when the cluster is. Bytes after the frame (the rest of the last
+ * sector) are not read. Returns 1 if so, 0 if not, < 0 on an allocation error.
+ */
+static int zstd_cluster_ok(Walk *w, size_t size) {
+        ZSTD_inBuffer in = { .src = w->zin, .size = size };
+        ZSTD_outBuffer out = { .dst = w->zout, .size = w->h->cluster_size };
+        size_t left = 1;
+
+        if (!w->zstd) {
+                w->zstd = ZSTD_createDCtx();
+                if (!w->zstd)
+                        return -ENOMEM;
+        } else
+                (void) ZSTD_DCtx_reset(w->zstd, ZSTD_reset_session_only);
+
+        while (out.pos < out.size) {
+                size_t in_before = in.pos, out_before = out.pos;
+
+                left = ZSTD_decompressStream(w->zstd, &out, &in);
+                if (ZSTD_isError(left))
+                        return 0;
+                if (left == 0 || (in.pos == in_before && out.pos == out_before))
+                        break; /* the frame ended, or no input can take it further */
+        }
+        return left == 0 && out.pos == out.size;
+}
+
+/*
+ * Whether a compressed cluster decompresses, as QEMU's read does, from the bytes its descriptor
+ * covers into a whole cluster: deflate is inflated raw with a 4 KiB window and must give at
+ * least a cluster; zstd must give one complete frame of exactly a cluster. QEMU fails the read
+ * (EIO) otherwise. Bytes past the end of the file read as zeros, as they do in QEMU (its own last
+ * compressed cluster usually ends there).
  * Returns 1 if it does, 0 if not, < 0 on an I/O or allocation error.
  */
 static int compressed_cluster_ok(Walk *w, uint64_t offset, uint64_t size) {
@@ -280,6 +313,9 @@ static int compressed_cluster_ok(Walk *w, uint64_t offset, uint64_t size) {
         if (r < 0)
                 return r;
         memset(w->zin + avail, 0, size - avail);
+
+        if (h->compression_type == QCOW2_COMPRESSION_ZSTD)
+                return zstd_cluster_ok(w, size);
 
         if (inflateInit2(&z, -12) != Z_OK)
                 return -ENOMEM;
@@ -332,9 +368,6 @@ static int walk_l2(Walk *w, uint64_t l2_offset, uint64_t l1_index, bool active) 
                         if (active)
                                 w->res->compressed_clusters++;
                         if (!mark(w, e.host_offset, e.compressed_size, USE_DATA, "compressed cluster"))
-                                break;
-                        /* zstd clusters are not decompressed here (vdisk has no zstd decoder). */
-                        if (h->compression_type != QCOW2_COMPRESSION_DEFLATE)
                                 break;
                         r = compressed_cluster_ok(w, e.host_offset, e.compressed_size);
                         if (r < 0)
@@ -638,6 +671,7 @@ int qcow2_check(int fd, const Qcow2Header *h, const Qcow2Limits *limits, Qcow2Ch
                 mark(&w, h->crypto_offset, h->crypto_length, USE_META, "encryption header");
         zin = w.zin;
         zout = w.zout;
+        ZSTD_freeDCtx(w.zstd);
         if (r < 0) {
                 qcow2_check_result_done(&res);
                 return r;

@@ -20,6 +20,11 @@ qemu-img snapshot -c s1 snap.qcow2
 qemu-io -c 'write -P 0x33 512 1k' snap.qcow2 >/dev/null
 head -c 8192 /dev/urandom > r.raw; head -c 8192 /dev/zero >> r.raw
 qemu-img convert -c -f raw -O qcow2 -o cluster_size=512 r.raw compressed.qcow2
+yes 'vdisk corpus' | head -c 8192 > t.raw  # compressible: clusters stay compressed
+qemu-img convert -c -f raw -O qcow2 -o cluster_size=512,compression_type=zstd t.raw compressed-zstd.qcow2
+# header_length 512 = the cluster size: no room for extensions, none read (as QEMU reads it)
+mk -o cluster_size=512 hlen-cluster.qcow2 64K
+printf '\x00\x00\x02\x00' | dd of=hlen-cluster.qcow2 bs=1 seek=100 conv=notrunc status=none
 mk -o cluster_size=16k,extended_l2=on extl2.qcow2 1M
 qemu-io -c 'write -P 0x44 0 2k' extl2.qcow2 >/dev/null
 mk -o cluster_size=512,lazy_refcounts=on lazy.qcow2 64K

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+#include <zstd.h>
 
 #include "bytes.h"
 #include "qcow2.h"
@@ -790,6 +791,84 @@ static void test_compressed_data(void) {
         img_done(&img);
 }
 
+/* Writes at `off` one zstd frame of `len` bytes (the first 1000 pseudo-random, the rest zero); returns its size. */
+static size_t put_zstd(int fd, uint64_t off, size_t len) {
+        size_t bound = ZSTD_compressBound(len), n;
+        uint8_t *in = calloc(1, len), *out = malloc(bound);
+        uint32_t x = 777;
+
+        if (!in || !out) {
+                fprintf(stderr, "out of memory\n");
+                exit(EXIT_FAILURE);
+        }
+        for (size_t i = 0; i < 1000 && i < len; i++) {
+                x = x * 1103515245 + 12345;
+                in[i] = (uint8_t) (x >> 16);
+        }
+        n = ZSTD_compress(out, bound, in, len, 3);
+        if (ZSTD_isError(n)) {
+                fprintf(stderr, "zstd compression failed\n");
+                exit(EXIT_FAILURE);
+        }
+        pwrite_exact(fd, out, n, off);
+        free(in);
+        free(out);
+        return n;
+}
+
+/*
+ * zstd-compressed clusters are decompressed too: one complete frame of exactly one cluster, as QEMU's
+ * read wants (catalogue case "compressed: zlib data declared zstd" was valid to vdisk before, EIO
+ * to QEMU).
+ */
+static void test_compressed_zstd(void) {
+        Img img;
+        uint32_t x = 62 - (16 - 8);
+        uint8_t ct = QCOW2_COMPRESSION_ZSTD, b[8];
+        uint64_t sectors;
+        size_t n;
+
+        img_make(&img, 16, FIXTURE_SIZE, FIXTURE_DATA);
+        pread_exact(img.fd, b, 8, 72);
+        put_be64(img.fd, 72, be64_read(b) | QCOW2_INCOMPAT_COMPRESSION);
+        pwrite_exact(img.fd, &ct, 1, 104);
+
+        n = put_zstd(img.fd, img.data_off, img.cs);
+        CHECK(n > 1000 && n < 2048);
+        sectors = (n + 511) / 512;
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | ((sectors - 1) << x) | img.data_off);
+        {
+                Qcow2CheckResult res;
+                FormatError err = {};
+
+                CHECK_EQ_INT(img_check(&img, NULL, &res, &err), 0);
+                CHECK_EQ_INT(res.corruptions, 0);
+                CHECK_EQ_INT(res.leaks, 0);
+                CHECK_EQ_INT(res.compressed_clusters, 1);
+                qcow2_check_result_done(&res);
+        }
+
+        /* The frame cut by its descriptor. */
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | ((sectors - 2) << x) | img.data_off);
+        expect_problems(&img, "zstd frame cut by its descriptor", QCOW2_PROBLEM_INVALID_ENTRY, img.data_off, 1, 0);
+
+        /* A frame of half a cluster: complete, but short. */
+        n = put_zstd(img.fd, img.data_off, img.cs / 2);
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | (((n + 511) / 512 - 1) << x) | img.data_off);
+        expect_problems(&img, "zstd frame of half a cluster", QCOW2_PROBLEM_INVALID_ENTRY, img.data_off, 1, 0);
+
+        /* A frame of two clusters: the cluster is full before the frame ends. */
+        n = put_zstd(img.fd, img.data_off, 2 * img.cs);
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | (((n + 511) / 512 - 1) << x) | img.data_off);
+        expect_problems(&img, "zstd frame of two clusters", QCOW2_PROBLEM_INVALID_ENTRY, img.data_off, 1, 0);
+
+        /* A deflate stream in an image that says zstd. */
+        n = put_deflate(img.fd, img.cs, img.data_off, 1000, 0);
+        put_be64(img.fd, l2e_addr(&img, 0), QCOW2_OFLAG_COMPRESSED | (((n + 511) / 512 - 1) << x) | img.data_off);
+        expect_problems(&img, "deflate stream in a zstd image", QCOW2_PROBLEM_INVALID_ENTRY, img.data_off, 1, 0);
+        img_done(&img);
+}
+
 /* Refcounts wider than 32 bits are reported with their value, not a saturated 4294967295. */
 static void test_refcount_64(void) {
         Img img;
@@ -1222,6 +1301,7 @@ int main(void) {
         }
         test_refcount_64();
         test_compressed_data();
+        test_compressed_zstd();
         test_limits();
         test_map_fresh();
         test_map_data();

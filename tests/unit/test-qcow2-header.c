@@ -574,6 +574,17 @@ static void test_extended_l2(void) {
                 CHECK_EQ_INT(qcow2_l2_entries(&h), 4096);
 }
 
+static void expect_verdict(const Qcow2Header *h, int code, const char *needle) {
+        FormatError err = {};
+        int r = qcow2_header_verdict(h, &err);
+
+        CHECK_EQ_INT(r, code);
+        if (needle)
+                CHECK(strstr(err.reason, needle) != NULL);
+        if (needle && !strstr(err.reason, needle))
+                fprintf(stderr, "  verdict reason: \"%s\"\n", err.reason);
+}
+
 static void test_crypt(void) {
         static Qcow2Header h;
 
@@ -599,13 +610,21 @@ static void test_crypt(void) {
                 CHECK_EQ_INT(h.crypto_length, 0x1000);
                 CHECK_EQ_INT(h.n_extensions, 1);
                 CHECK_EQ_INT(h.n_unknown_extensions, 0);
+                /* Parsed, but no image vdisk can read without the key (catalogue: "valid: LUKS-encrypted"). */
+                expect_verdict(&h, -EOPNOTSUPP, "encrypted images are not supported (LUKS encryption)");
         }
 
-        /* AES is parsed (refusing it is policy, elsewhere). */
+        /* AES is parsed; the verdict refuses it (catalogue: "header: crypt_method 1 (AES)"). */
         reset();
         be32_write(img + OFF_CRYPT, QCOW2_CRYPT_AES);
-        if (EXPECT_OK(&h))
+        if (EXPECT_OK(&h)) {
                 CHECK_EQ_INT(h.crypt_method, QCOW2_CRYPT_AES);
+                expect_verdict(&h, -EOPNOTSUPP, "encrypted images are not supported (AES encryption)");
+        }
+        /* And a plain image has no verdict against it. */
+        reset();
+        if (EXPECT_OK(&h))
+                expect_verdict(&h, 0, NULL);
 
         reset();
         put_end(img, put_crypto(img, EXT_START, 0x20000, 0x1000));
@@ -953,8 +972,12 @@ static void test_backing_name(void) {
         reset();
         off = put_ext(img, EXT_START, QCOW2_EXT_BACKING_FORMAT, "qcow2", 5);
         put_end(img, off);
-        set_backing(img, off, "base", 4); /* over the end marker */
-        EXPECT_FAIL(-EBADMSG, "header extensions are not terminated by an end marker inside the header area");
+        set_backing(img, off, "base", 4); /* over the end marker: the area ends with the extension, as QEMU reads it */
+        if (EXPECT_OK(&h)) {
+                CHECK(strcmp(h.backing_file, "base") == 0);
+                CHECK(h.has_backing_format);
+                CHECK_EQ_INT(h.extensions_end, off);
+        }
         reset();
         off = put_ext(img, EXT_START, QCOW2_EXT_BACKING_FORMAT, "qcow2", 5);
         put_end(img, off);
@@ -1092,11 +1115,32 @@ static void test_extension_bounds(void) {
         reset();
         memset(img + EXT_START, 0xff, CLUSTER - EXT_START);
         EXPECT_FAIL(-EBADMSG, "header area");
-        /* Missing end marker: an extension filling cluster 0 exactly. */
+        /*
+         * An extension filling cluster 0 exactly needs no end marker: QEMU stops where the area ends
+         * (as with header_length equal to the cluster size, catalogue "header: header_length 65536").
+         */
         reset();
         be32_write(img + EXT_START, EXT_UNKNOWN);
         be32_write(img + EXT_START + 4, CLUSTER - EXT_START - 8);
         memset(img + EXT_START + 8, 0x01, CLUSTER - EXT_START - 8);
+        if (EXPECT_OK(&h)) {
+                CHECK_EQ_INT(h.n_unknown_extensions, 1);
+                CHECK_EQ_INT(h.extensions_end, CLUSTER);
+        }
+        /* header_length equal to the cluster size: no room for extensions, none read. */
+        reset();
+        be32_write(img + OFF_HEADER_LENGTH, CLUSTER);
+        if (EXPECT_OK(&h)) {
+                CHECK_EQ_INT(h.n_extensions, 0);
+                CHECK_EQ_INT(h.extensions_end, CLUSTER);
+        }
+        /* Four bytes of room: not enough for a marker, and not the end either. */
+        reset();
+        be32_write(img + EXT_START, EXT_UNKNOWN);
+        be32_write(img + EXT_START + 4, CLUSTER - EXT_START - 16);
+        memset(img + EXT_START + 8, 0x01, CLUSTER - EXT_START - 16);
+        be32_write(img + OFF_BACKING_OFFSET + 4, CLUSTER - 4);
+        be32_write(img + OFF_BACKING_SIZE, 4);
         EXPECT_FAIL(-EBADMSG, "header extensions are not terminated by an end marker inside the header area");
         /* One end-marker's room less: the marker fits exactly in the last 8 bytes. */
         reset();
@@ -1470,10 +1514,10 @@ static void test_exact_buffer(void) {
         memset(b + EXT_START + 8, 0x33, 512 - EXT_START - 16);
         put_end(b, 504);
         CHECK(EXPECT_OK_EX(b, 512, 2048, NULL, &h));
-        /* No room for it. */
+        /* No room for it: the extension ends the area, which QEMU reads the same way. */
         be32_write(b + EXT_START + 4, 512 - EXT_START - 8);
         memset(b + 504, 0x33, 8);
-        EXPECT_FAIL_EX(b, 512, 2048, NULL, -EBADMSG, "not terminated by an end marker");
+        CHECK(EXPECT_OK_EX(b, 512, 2048, NULL, &h));
         be32_write(b + EXT_START + 4, UINT32_MAX);
         EXPECT_FAIL_EX(b, 512, 2048, NULL, -EBADMSG, "extends past the header area");
         memset(b + EXT_START, 0xff, 512 - EXT_START);
