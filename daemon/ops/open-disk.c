@@ -166,28 +166,52 @@ static int check_admissible(const Limits *lim, const LeaseRegistry *leases, cons
         return 0;
 }
 
-/* Opens every layer (and data file) of the chain into l->fds; the top is tested for QEMU's locks. */
-static int open_chain(Store *s, const OpenDiskRequest *req, const Disk *d, Lease *l, OpError *err) {
+/* Which file of which layer each fd of the lease is, and its mode; nothing is opened yet. */
+static void plan_fds(Store *s, const OpenDiskRequest *req, const Disk *d, Lease *l) {
         for (size_t k = 0; k < d->n_chain; k++) {
                 Layer *layer = store_find_layer(s, d->chain[k]);
-                int flags = k == 0 && !req->read_only ? O_RDWR : O_RDONLY;
-                int fd, r;
+                bool writable = k == 0 && !req->read_only;
 
-                if (!layer)
-                        return op_error(err, -EBADMSG, "The record of layer %s is missing", d->chain[k]);
-                fd = store_open_layer(s, layer, flags);
-                l->fds[l->n_fds++] = fd;
-                if (fd < 0)
-                        return op_error(err, fd == -ENOENT ? -EBADMSG : fd, "Cannot open layer %s of the disk", layer->id);
-                if (layer->data_file) {
-                        int dfd = store_open_data_file(s, layer, flags);
-                        l->fds[l->n_fds++] = dfd;
-                        if (dfd < 0)
-                                return op_error(err, dfd == -ENOENT ? -EBADMSG : dfd,
-                                                "Cannot open the data file of layer %s of the disk", layer->id);
+                for (int data = 0; data <= (layer && layer->data_file); data++) {
+                        LeaseFd *f = &l->fds[l->n_fds++];
+
+                        *f = (LeaseFd) { .data_file = data, .writable = writable, .fd = -EBADF };
+                        snprintf(f->layer, sizeof(f->layer), "%s", d->chain[k]);
                 }
-                if (k == 0 && !req->read_only) {
-                        r = image_lock_test_any(fd);
+        }
+}
+
+/* Opens fd `i` of the lease through the store's checks (regular file, ours, one link, the recorded inode,
+ * never blocking), in its mode. Whatever fails them is Corrupt, naming the layer. */
+static int open_lease_fd(Store *s, Lease *l, size_t i, OpError *err) {
+        LeaseFd *f = &l->fds[i];
+        Layer *layer = store_find_layer(s, f->layer);
+        int flags = f->writable ? O_RDWR : O_RDONLY;
+        int fd;
+
+        if (!layer)
+                return op_error(err, -EBADMSG, "The record of layer %s is missing", f->layer);
+        fd = f->data_file ? store_open_data_file(s, layer, flags) : store_open_layer(s, layer, flags);
+        if (fd == -ENOENT || fd == -EBADMSG)
+                return op_error(err, -EBADMSG, "Cannot open %s of layer %s of disk '%s' of VM '%s': %s",
+                                f->data_file ? "the data file" : "the image file", layer->id, l->disk, l->vm,
+                                fd == -ENOENT ? "it is missing" : "it is not the file recorded (type, owner, links or inode differ)");
+        if (fd < 0)
+                return op_error(err, fd, "Cannot open %s of layer %s of disk '%s' of VM '%s'",
+                                f->data_file ? "the data file" : "the image file", layer->id, l->disk, l->vm);
+        f->fd = fd;
+        return 0;
+}
+
+/* Opens the fds of OpenDisk's reply (the first page); the top is tested for QEMU's locks. The rest are
+ * opened when fetched (op_lease_get_fds). */
+static int open_first_page(Store *s, const OpenDiskRequest *req, Lease *l, OpError *err) {
+        for (size_t i = 0; i < MIN(l->n_fds, (size_t) LEASE_MAX_FDS_PER_MESSAGE); i++) {
+                int r = open_lease_fd(s, l, i, err);
+                if (r < 0)
+                        return r;
+                if (i == 0 && l->fds[0].writable) {
+                        r = image_lock_test_any(l->fds[0].fd);
                         if (r < 0)
                                 return op_error(err, r, "Cannot test the image locks");
                         if (r > 0)
@@ -195,6 +219,35 @@ static int open_chain(Store *s, const OpenDiskRequest *req, const Disk *d, Lease
                                                 req->disk, req->vm);
                 }
         }
+        return 0;
+}
+
+int op_lease_get_fds(Store *s, Lease *l, uint32_t first, uint32_t count, size_t *ret_count, OpError *err) {
+        size_t n;
+        int r = 0;
+
+        if (first >= l->n_fds)
+                return op_error(err, -EINVAL, "The lease has %zu fds", l->n_fds);
+        /* At most one message's worth, and no more than there is. */
+        n = MIN(MIN((size_t) count, (size_t) LEASE_MAX_FDS_PER_MESSAGE), l->n_fds - first);
+        for (size_t i = first; i < first + n; i++)
+                if (l->fds[i].handed_out)
+                        return op_error(err, -EINVAL, "Fd %zu has already been handed out", i);
+
+        /* All of the page or none: a layer that fails its checks now is named, and what this call opened
+         * is closed again (those fds stay held, to be asked for again or released). Only fds past the
+         * first page can be open and not handed out here: OpenDisk's reply took the others. */
+        for (size_t i = first; r >= 0 && i < first + n; i++)
+                if (l->fds[i].fd < 0)
+                        r = open_lease_fd(s, l, i, err);
+        if (r < 0) {
+                for (size_t i = first; i < first + n; i++)
+                        l->fds[i].fd = safe_close(l->fds[i].fd);
+                log_op(LOG_WARNING, "lease", l->vm, l->disk, NULL, "GetFds of lease " VDISK_LEASE_PREFIX "/%s refused: %s", l->id,
+                       err->reason);
+                return r;
+        }
+        *ret_count = n;
         return 0;
 }
 
@@ -224,15 +277,16 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
                 .holder = strdup(req->holder),
                 .holder_uid = req->holder_uid,
                 .holder_pid = req->holder_pid,
-                .fds = calloc(n_fds, sizeof(int)),
+                .fds = calloc(n_fds, sizeof(LeaseFd)),
         };
         if (!l->vm || !l->disk || !l->holder || !l->fds) {
                 lease_free(l);
                 return -ENOMEM;
         }
+        plan_fds(s, req, d, l);
         r = layer_id_new(l->id);
         if (r >= 0)
-                r = open_chain(s, req, d, l, err);
+                r = open_first_page(s, req, l, err);
         if (r < 0) {
                 lease_free(l);
                 return r;
@@ -241,7 +295,7 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
         /* Hand out only what matches the records. Backing layers are never writable by anyone (catalog
          * images and former tops, all handed out O_RDONLY), so the top layer's header is what can differ;
          * it is read through the very description that is handed out. */
-        r = op_verify(s, req->vm, req->disk, true, l->fds[0], first_problem, &problem, err);
+        r = op_verify(s, req->vm, req->disk, true, l->fds[0].fd, first_problem, &problem, err);
         if (r >= 0 && problem)
                 r = op_error(err, -EBADMSG, "Disk '%s' of VM '%s' differs from its records: %s", req->disk, req->vm, problem);
         if (r >= 0)
