@@ -244,19 +244,23 @@ static int check_admissible(const Limits *lim, const LeaseRegistry *leases, cons
         return 0;
 }
 
-/* Which file of which layer each fd of the lease is, and its mode; nothing is opened yet. */
-static void plan_fds(Store *s, const OpenDiskRequest *req, const Disk *d, Lease *l) {
+/* Which file of which layer each fd of the lease is, and its mode; nothing is opened yet. Every layer's
+ * record must be there now, not only those of the first page. */
+static int plan_fds(Store *s, const OpenDiskRequest *req, const Disk *d, Lease *l, OpError *err) {
         for (size_t k = 0; k < d->n_chain; k++) {
                 Layer *layer = store_find_layer(s, d->chain[k]);
                 bool writable = k == 0 && !req->read_only;
 
-                for (int data = 0; data <= (layer && layer->data_file); data++) {
+                if (!layer)
+                        return op_error(err, -EBADMSG, "The record of layer %s is missing", d->chain[k]);
+                for (int data = 0; data <= !!layer->data_file; data++) {
                         LeaseFd *f = &l->fds[l->n_fds++];
 
                         *f = (LeaseFd) { .data_file = data, .writable = writable, .fd = -EBADF };
                         snprintf(f->layer, sizeof(f->layer), "%s", d->chain[k]);
                 }
         }
+        return 0;
 }
 
 /* Opens fd `i` of the lease through the store's checks (regular file, ours, one link, the recorded inode,
@@ -361,8 +365,9 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
                 lease_free(l);
                 return -ENOMEM;
         }
-        plan_fds(s, req, d, l);
-        r = layer_id_new(l->id);
+        r = plan_fds(s, req, d, l, err);
+        if (r >= 0)
+                r = layer_id_new(l->id);
         if (r >= 0)
                 r = open_first_page(s, req, l, err);
         if (r < 0) {
