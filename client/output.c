@@ -92,6 +92,14 @@ size_t utf8_width(const char *s) {
                         left -= n;
                         continue;
                 }
+                /* ASCII is one column when printable and none when a control character, in every
+                 * locale glibc has: no need to decode it (a 1000-row table is mostly ASCII). */
+                if ((unsigned char) *p < 0x80) {
+                        width += *p >= 0x20 && *p < 0x7f;
+                        p++;
+                        left--;
+                        continue;
+                }
                 n = mbrtowc(&wc, p, left, &state);
                 if (n == (size_t) -1 || n == (size_t) -2 || n == 0)
                         return strlen(s);
@@ -115,14 +123,19 @@ const char *tree_branch(void) {
 }
 
 bool colors_enabled(FILE *f) {
+        /* Asked for every coloured cell: decided once per stream (-1: not yet), not once per row. */
+        static int cached[3] = { -1, -1, -1 };
         const char *term;
+        int fd = fileno(f);
+        bool on;
 
-        if (getenv("NO_COLOR"))
-                return false;
+        if (fd >= 0 && fd < 3 && cached[fd] >= 0)
+                return cached[fd];
         term = getenv("TERM");
-        if (term && streq(term, "dumb"))
-                return false;
-        return isatty(fileno(f)) > 0;
+        on = !getenv("NO_COLOR") && !(term && streq(term, "dumb")) && isatty(fd) > 0;
+        if (fd >= 0 && fd < 3)
+                cached[fd] = on;
+        return on;
 }
 
 const char *ansi_bold(FILE *f) {
@@ -242,7 +255,7 @@ size_t table_get_rows(const Table *t) {
 }
 
 int table_print(const Table *t, FILE *f, bool header) {
-        _cleanup_free_ size_t *widths = NULL;
+        _cleanup_free_ size_t *widths = NULL, *cell_widths = NULL;
 
         if (t->n_columns == 0)
                 return 0;
@@ -250,11 +263,15 @@ int table_print(const Table *t, FILE *f, bool header) {
                 return -EINVAL; /* incomplete last row: a bug in the caller */
 
         widths = calloc(t->n_columns, sizeof(size_t));
-        if (!widths)
+        cell_widths = calloc(MAX(t->n_cells, (size_t) 1), sizeof(size_t));
+        if (!widths || !cell_widths)
                 return -ENOMEM;
 
-        for (size_t i = header ? 0 : t->n_columns; i < t->n_cells; i++)
-                widths[i % t->n_columns] = MAX(widths[i % t->n_columns], utf8_width(t->cells[i]));
+        /* Each cell measured once. */
+        for (size_t i = header ? 0 : t->n_columns; i < t->n_cells; i++) {
+                cell_widths[i] = utf8_width(t->cells[i]);
+                widths[i % t->n_columns] = MAX(widths[i % t->n_columns], cell_widths[i]);
+        }
 
         for (size_t i = header ? 0 : t->n_columns; i < t->n_cells; i += t->n_columns) {
                 bool is_header = i == 0;
@@ -264,7 +281,7 @@ int table_print(const Table *t, FILE *f, bool header) {
 
                 for (size_t c = 0; c < t->n_columns; c++) {
                         const char *s = t->cells[i + c];
-                        size_t pad = widths[c] - utf8_width(s);
+                        size_t pad = widths[c] - cell_widths[i + c];
                         bool last = c + 1 == t->n_columns;
 
                         if (c > 0)

@@ -193,49 +193,70 @@ static int chain_catalog_names(sd_bus *bus, json_object **ret) {
         return 0;
 }
 
-static const char *json_get_string(json_object *o, const char *key) {
-        json_object *v;
+/* One entry of GetChain's reply; the strings point into the reply message. */
+typedef struct ChainLayer {
+        const char *layer, *file, *format, *backing_format;
+        uint64_t size, allocated;
+        bool catalog;
+} ChainLayer;
 
-        return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
+/* The chain as "vdiskctl chain --json" prints it. */
+static int chain_to_json(const ChainLayer *layers, size_t n, json_object **ret) {
+        _cleanup_json_ json_object *array = json_object_new_array();
+
+        if (!array)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                json_object *o = json_object_new_object();
+
+                if (!o ||
+                    json_add_string(o, "layer", layers[i].layer) < 0 ||
+                    json_add_string(o, "file", layers[i].file) < 0 ||
+                    json_add_string(o, "format", layers[i].format) < 0 ||
+                    json_add_string(o, "backing_format", layers[i].backing_format) < 0 ||
+                    json_add_uint64(o, "virtual_size", layers[i].size) < 0 ||
+                    json_add_uint64(o, "allocated", layers[i].allocated) < 0 ||
+                    json_add_bool(o, "catalog", layers[i].catalog) < 0) {
+                        json_object_put(o);
+                        return -ENOMEM;
+                }
+                if (json_array_append(array, o) < 0)
+                        return -ENOMEM;
+        }
+        *ret = TAKE_PTR(array);
+        return 0;
 }
 
-static uint64_t json_get_uint64(json_object *o, const char *key) {
-        json_object *v;
-
-        return json_object_object_get_ex(o, key, &v) ? json_object_get_uint64(v) : 0;
-}
-
-/* One row per layer of `layers` (GetChain's entries as "vdiskctl chain --json" prints them, top first):
- * the layer id drawn as a tree, format, virtual size, allocated bytes, catalog image name. */
-static int chain_tree_fill(Table *t, json_object *layers, json_object *catalog_names) {
-        size_t n = json_object_array_length(layers);
+/* One row per layer (top first): the layer id drawn as a tree, format, virtual size, allocated bytes,
+ * catalog image name. */
+static int chain_tree_fill(Table *t, const ChainLayer *layers, size_t n, json_object *catalog_names) {
+        const char *grey = ansi_grey(stdout), *normal = ansi_normal(stdout), *branch = tree_branch();
 
         for (size_t i = 0; i < n; i++) {
-                json_object *o = json_object_array_get_idx(layers, i), *v;
                 char a[FORMAT_BYTES_MAX], b[FORMAT_BYTES_MAX];
                 size_t depth = MIN(i, (size_t) CHAIN_TREE_DEPTH_MAX);
                 const char *catalog = "-";
                 int r;
 
-                if (json_object_object_get_ex(o, "catalog", &v) && json_object_get_boolean(v)) {
+                if (layers[i].catalog) {
                         json_object *name;
 
                         /* Without the catalog (ListImages failed), say only that it is one. */
-                        if (catalog_names && json_object_object_get_ex(catalog_names, json_get_string(o, "layer"), &name))
+                        if (catalog_names && json_object_object_get_ex(catalog_names, layers[i].layer, &name))
                                 catalog = json_object_get_string(name);
                         else
                                 catalog = _("yes");
                 }
 
                 if (depth == 0)
-                        r = table_add_cell(t, json_get_string(o, "layer"));
+                        r = table_add_cell(t, layers[i].layer);
                 else
-                        r = table_add_cellf(t, "%*s%s%s%s%s", (int) ((depth - 1) * TREE_INDENT_WIDTH), "", ansi_grey(stdout),
-                                            tree_branch(), ansi_normal(stdout), json_get_string(o, "layer"));
+                        r = table_add_cellf(t, "%*s%s%s%s%s", (int) ((depth - 1) * TREE_INDENT_WIDTH), "", grey, branch,
+                                            normal, layers[i].layer);
                 if (r < 0 ||
-                    table_add_cell(t, json_get_string(o, "format")) < 0 ||
-                    table_add_cell(t, format_bytes(a, sizeof(a), json_get_uint64(o, "virtual_size"))) < 0 ||
-                    table_add_cell(t, format_bytes(b, sizeof(b), json_get_uint64(o, "allocated"))) < 0 ||
+                    table_add_cell(t, layers[i].format) < 0 ||
+                    table_add_cell(t, format_bytes(a, sizeof(a), layers[i].size)) < 0 ||
+                    table_add_cell(t, format_bytes(b, sizeof(b), layers[i].allocated)) < 0 ||
                     table_add_cell(t, catalog) < 0)
                         return -ENOMEM;
         }
@@ -248,11 +269,11 @@ int verb_chain(int argc, char *argv[]) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_json_ json_object *array = NULL, *catalog_names = NULL;
+        _cleanup_free_ ChainLayer *layers = NULL;
         _cleanup_table_ Table *t = NULL;
-        const char *layer, *file, *format, *backing_format;
-        uint64_t size, allocated;
+        size_t n = 0, allocated_n = 0;
         bool any_catalog = false;
-        int catalog, r;
+        int r;
 
         r = bus_connect(&bus);
         if (r < 0)
@@ -263,38 +284,39 @@ int verb_chain(int argc, char *argv[]) {
         if (r < 0)
                 return log_call_error(&error, r, _("Failed to get the chain of disk '%s' of VM '%s'"), argv[2], argv[1]);
 
-        array = json_object_new_array();
-        if (!array)
-                return log_oom();
-
         r = sd_bus_message_enter_container(reply, 'a', "(ssssttb)");
         if (r < 0)
                 return log_bus_parse_error(r);
 
-        while ((r = sd_bus_message_read(reply, "(ssssttb)", &layer, &file, &format, &backing_format, &size,
-                                        &allocated, &catalog)) > 0) {
-                json_object *o = json_object_new_object();
+        for (;;) {
+                ChainLayer l;
+                int catalog;
 
-                if (!o ||
-                    json_add_string(o, "layer", layer) < 0 ||
-                    json_add_string(o, "file", file) < 0 ||
-                    json_add_string(o, "format", format) < 0 ||
-                    json_add_string(o, "backing_format", backing_format) < 0 ||
-                    json_add_uint64(o, "virtual_size", size) < 0 ||
-                    json_add_uint64(o, "allocated", allocated) < 0 ||
-                    json_add_bool(o, "catalog", catalog) < 0) {
-                        json_object_put(o);
-                        return log_oom();
+                r = sd_bus_message_read(reply, "(ssssttb)", &l.layer, &l.file, &l.format, &l.backing_format, &l.size,
+                                        &l.allocated, &catalog);
+                if (r <= 0)
+                        break;
+                l.catalog = catalog;
+                if (n >= allocated_n) {
+                        size_t m = MAX(allocated_n * 2, (size_t) 16);
+                        ChainLayer *a = reallocarray(layers, m, sizeof(ChainLayer));
+
+                        if (!a)
+                                return log_oom();
+                        layers = a;
+                        allocated_n = m;
                 }
-                if (json_array_append(array, o) < 0)
-                        return log_oom();
-                any_catalog = any_catalog || catalog;
+                layers[n++] = l;
+                any_catalog = any_catalog || l.catalog;
         }
         if (r < 0)
                 return log_bus_parse_error(r);
 
-        if (arg_json != JSON_OFF)
+        if (arg_json != JSON_OFF) {
+                if (chain_to_json(layers, n, &array) < 0)
+                        return log_oom();
                 return show_json(array);
+        }
 
         /* GetChain says only whether a layer is a catalog image; its name comes from the catalog. */
         if (any_catalog) {
@@ -308,7 +330,7 @@ int verb_chain(int argc, char *argv[]) {
                 return log_oom();
         table_set_align_right(t, 2);
         table_set_align_right(t, 3);
-        if (chain_tree_fill(t, array, catalog_names) < 0)
+        if (chain_tree_fill(t, layers, n, catalog_names) < 0)
                 return log_oom();
 
         r = show_table(t);

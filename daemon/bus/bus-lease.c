@@ -3,7 +3,7 @@
 /*
  * The face of leases (ops/lease.c, ops/open-disk.c): OpenDisk's reply and the org.vdisk1.Lease objects.
  * At most 16 fds travel in one message (the stock system bus disconnects a sender of more); GetFds
- * pages the rest.
+ * pages the rest, which ops/open-disk.c opens only when they are asked for.
  */
 
 #include <stdio.h>
@@ -23,7 +23,7 @@ static int append_fds(sd_bus_message *reply, const Lease *l, size_t first, size_
         if (r < 0)
                 return r;
         for (size_t i = first; i < first + count; i++) {
-                r = sd_bus_message_append(reply, "h", l->fds[i]); /* sd-bus dups it */
+                r = sd_bus_message_append(reply, "h", l->fds[i].fd); /* sd-bus dups it */
                 if (r < 0)
                         return r;
         }
@@ -74,6 +74,8 @@ static int method_get_fds(sd_bus_message *msg, Manager *m, const Caller *c, sd_b
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         Lease *l = bus_lease_from_path(m, sd_bus_message_get_path(msg));
         uint32_t first, count;
+        OpError err = {};
+        size_t n;
         int r;
 
         if (!l) /* released between the authorization and now cannot happen: one thread */
@@ -81,22 +83,18 @@ static int method_get_fds(sd_bus_message *msg, Manager *m, const Caller *c, sd_b
         r = sd_bus_message_read(msg, "uu", &first, &count);
         if (r < 0)
                 return r;
-        if (first >= l->n_fds)
-                return bus_errorf(error, -EINVAL, "The lease has %zu fds", l->n_fds);
-        /* At most one message's worth, and no more than there is. */
-        count = (uint32_t) MIN((size_t) MIN(count, LEASE_MAX_FDS_PER_MESSAGE), l->n_fds - first);
-        for (size_t i = first; i < first + count; i++)
-                if (l->fds[i] < 0)
-                        return bus_errorf(error, -EINVAL, "Fd %zu has already been handed out", i);
+        r = op_lease_get_fds(m->store, l, first, count, &n, &err);
+        if (r < 0)
+                return bus_error_from_op(error, r, err.code ? err.reason : NULL);
 
         r = sd_bus_message_new_method_return(msg, &reply);
         if (r >= 0)
-                r = append_fds(reply, l, first, count);
+                r = append_fds(reply, l, first, n);
         if (r >= 0)
                 r = sd_bus_send(NULL, reply, NULL);
         if (r < 0)
                 return r;
-        lease_forget_fds(l, first, count);
+        lease_forget_fds(l, first, n);
         return 1;
 }
 

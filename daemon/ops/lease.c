@@ -16,7 +16,7 @@ Lease *lease_free(Lease *l) {
         if (!l)
                 return NULL;
         for (size_t i = 0; i < l->n_fds; i++)
-                safe_close(l->fds[i]);
+                safe_close(l->fds[i].fd);
         free(l->fds);
         free(l->vm);
         free(l->disk);
@@ -26,8 +26,25 @@ Lease *lease_free(Lease *l) {
 }
 
 void lease_forget_fds(Lease *l, size_t first, size_t count) {
+        for (size_t i = first; i < first + count && i < l->n_fds; i++) {
+                l->fds[i].fd = safe_close(l->fds[i].fd);
+                l->fds[i].handed_out = true;
+        }
+}
+
+bool lease_fds_pending(const Lease *l, size_t first, size_t count) {
         for (size_t i = first; i < first + count && i < l->n_fds; i++)
-                l->fds[i] = safe_close(l->fds[i]);
+                if (l->fds[i].handed_out)
+                        return false;
+        return true;
+}
+
+/* The fds of `l` not handed out yet, opened or not. */
+static size_t lease_held_fds(const Lease *l) {
+        size_t n = 0;
+        for (size_t k = 0; k < l->n_fds; k++)
+                n += !l->fds[k].handed_out;
+        return n;
 }
 
 void lease_registry_done(LeaseRegistry *reg) {
@@ -73,8 +90,7 @@ size_t lease_registry_held_fds(const LeaseRegistry *reg, const char *holder) {
         size_t n = 0;
         for (size_t i = 0; i < reg->n_leases; i++)
                 if (!holder || streq(reg->leases[i]->holder, holder))
-                        for (size_t k = 0; k < reg->leases[i]->n_fds; k++)
-                                n += reg->leases[i]->fds[k] >= 0;
+                        n += lease_held_fds(reg->leases[i]);
         return n;
 }
 
@@ -118,6 +134,16 @@ int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *j
         if (l)
                 return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is open %s by %s (pid %d)", l->disk, l->vm,
                                 l->read_only ? "read-only" : "read-write", l->holder, (int) l->holder_pid);
+        /* A read-only lease's fds not fetched yet are opened at GetFds from the chain as it was at OpenDisk:
+         * that chain stays until they are fetched (or the lease ends). */
+        for (size_t i = 0; !any_lease && i < leases->n_leases; i++) {
+                const Lease *o = leases->leases[i];
+                if (streq(o->vm, vm) && (!disk || streq(o->disk, disk)) && lease_held_fds(o) > 0)
+                        return op_error(err, -EBUSY,
+                                        "Disk '%s' of VM '%s' is open %s by %s (pid %d), which has not fetched all its fds yet",
+                                        o->disk, o->vm, o->read_only ? "read-only" : "read-write", o->holder,
+                                        (int) o->holder_pid);
+        }
         j = job_registry_find_running(jobs, vm, disk);
         if (j)
                 return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is busy with a %s job (" VDISK_JOB_PREFIX "/%" PRIu64 ")", j->disk,

@@ -2,8 +2,10 @@
 #pragma once
 
 /*
- * Leases as plain data: who holds which disk, in which mode, and the fds opened for it that the holder
- * has not fetched yet. At most one read-write lease per disk, or any number of read-only ones. A lease
+ * Leases as plain data: who holds which disk, in which mode, and the fds the holder has not fetched yet.
+ * Only the first page (the 16 fds of OpenDisk's reply) is opened by OpenDisk; each further fd is opened
+ * when GetFds asks for it, through the same checks of the store (op_lease_get_fds in open-disk.h). A fd
+ * not fetched yet counts as held for the limits whether it is open already or not. At most one read-write lease per disk, or any number of read-only ones. A lease
  * names its disk by VM and disk name; that is an identity because neither DeleteVM nor DeleteDisk is
  * allowed while the disk has any lease, read-only ones included (lease_check_idle(…, any_lease)), so a
  * leased disk cannot be replaced by another of the same name.
@@ -21,6 +23,15 @@
 
 #define LEASE_MAX_FDS_PER_MESSAGE 16U
 
+/* One fd of a lease: which file of which layer (the chain as it was at OpenDisk) and in which mode. */
+typedef struct LeaseFd {
+        char layer[LAYER_ID_LEN + 1];
+        bool data_file;   /* the layer's external data file, not its image file */
+        bool writable;    /* O_RDWR: the top layer (and its data file) of a read-write lease */
+        bool handed_out;  /* sent to the holder (or being sent): never again */
+        int fd;           /* the daemon's copy: -EBADF until opened, and again once handed out */
+} LeaseFd;
+
 typedef struct Lease {
         char id[LAYER_ID_LEN + 1]; /* random: the last element of its object path */
         char *vm, *disk;
@@ -28,7 +39,7 @@ typedef struct Lease {
         char *holder; /* unique bus name of the holder's connection */
         uid_t holder_uid;
         pid_t holder_pid;
-        int *fds; /* top first, each layer's data file right after it; -EBADF once handed out */
+        LeaseFd *fds; /* top first, each layer's data file right after it */
         size_t n_fds;
 } Lease;
 
@@ -38,9 +49,12 @@ typedef struct LeaseRegistry {
 } LeaseRegistry;
 
 Lease *lease_free(Lease *l);
-/* Closes the daemon's copies of fds [first, first + count) once they are on their way to the holder:
- * a hypervisor's image locks live on these open file descriptions and must go with the hypervisor. */
+/* Closes the daemon's copies of fds [first, first + count) once they are on their way to the holder and
+ * marks them handed out: a hypervisor's image locks live on these open file descriptions and must go
+ * with the hypervisor. */
 void lease_forget_fds(Lease *l, size_t first, size_t count);
+/* Whether fds [first, first + count) are all still to be handed out. */
+bool lease_fds_pending(const Lease *l, size_t first, size_t count);
 
 void lease_registry_done(LeaseRegistry *reg);
 int lease_registry_add(LeaseRegistry *reg, Lease *l);
@@ -54,8 +68,10 @@ size_t lease_registry_held_fds(const LeaseRegistry *reg, const char *holder);
 const Lease *lease_registry_conflict(const LeaseRegistry *reg, const char *vm, const char *disk, bool read_only);
 
 /* Whether a disk (any disk of `vm` if `disk` is NULL) may change offline: -EBUSY, naming the holder, the
- * job or the lock, while a lease excludes it (`any_lease`: also read-only leases), a job runs on it, or
- * another process holds QEMU's write locks on its top layer (a QEMU started without vdisk). */
+ * job or the lock, while a lease excludes it (`any_lease`: also read-only leases; without it, a
+ * read-only lease excludes it too as long as it has fds not fetched yet, so that the layers those will
+ * be opened from stay the chain's), a job runs on it, or another process holds QEMU's write locks on
+ * its top layer (a QEMU started without vdisk). */
 int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *jobs, const char *vm, const char *disk,
                      bool any_lease, OpError *err);
 

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <fcntl.h>
-#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,99 +21,178 @@ static size_t chain_fd_count(Store *s, const Disk *d) {
         return n;
 }
 
-static int add_node(struct json_object *nodes, struct json_object *node) {
-        if (!node || json_object_array_add(nodes, node) < 0) {
-                json_object_put(node);
-                return -ENOMEM;
+/* The -blockdev description is written straight into one buffer: built as json-c objects it was most of
+ * OpenDisk's time for deep chains (two objects with a hash table each per layer, then serialized). The
+ * output is what json-c prints with JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE. */
+typedef struct JsonBuf {
+        char *data;
+        size_t len, size;
+        bool oom;
+} JsonBuf;
+
+static void jb_add(JsonBuf *b, const char *s, size_t n) {
+        if (b->oom)
+                return;
+        if (n >= b->size - b->len) {
+                size_t size = MAX(b->size * 2, b->len + n + 1);
+                char *d = realloc(b->data, size);
+                if (!d) {
+                        b->oom = true;
+                        return;
+                }
+                b->data = d;
+                b->size = size;
         }
-        return 0;
+        memcpy(b->data + b->len, s, n);
+        b->len += n;
+        b->data[b->len] = 0;
 }
 
-static struct json_object *file_node(const char *name, size_t fdset, bool ro) {
-        struct json_object *o = json_object_new_object();
-        char path[32];
+static void jb_raw(JsonBuf *b, const char *s) {
+        jb_add(b, s, strlen(s));
+}
 
-        if (!o)
-                return NULL;
-        snprintf(path, sizeof(path), "/dev/fdset/%zu", fdset);
-        if (json_object_object_add(o, "node-name", json_object_new_string(name)) < 0 ||
-            json_object_object_add(o, "driver", json_object_new_string("file")) < 0 ||
-            json_object_object_add(o, "filename", json_object_new_string(path)) < 0 ||
-            json_object_object_add(o, "read-only", json_object_new_boolean(ro)) < 0)
-                return json_object_put(o), NULL;
-        return o;
+/* A JSON string: quotes, backslashes and control characters escaped, the rest (UTF-8) as it is, in runs. */
+static void jb_string(JsonBuf *b, const char *s) {
+        const char *run = s;
+
+        jb_add(b, "\"", 1);
+        for (const char *p = s;; p++) {
+                unsigned char c = (unsigned char) *p;
+                char esc[8];
+
+                if (c != 0 && c != '"' && c != '\\' && c >= 0x20)
+                        continue;
+                jb_add(b, run, (size_t) (p - run));
+                if (c == 0)
+                        break;
+                if (c == '"' || c == '\\') {
+                        esc[0] = '\\';
+                        esc[1] = (char) c;
+                        jb_add(b, esc, 2);
+                } else {
+                        snprintf(esc, sizeof(esc), "\\u%04x", c);
+                        jb_add(b, esc, 6);
+                }
+                run = p + 1;
+        }
+        jb_add(b, "\"", 1);
+}
+
+/* `prefix` followed by `n` in decimal, into buf: snprintf was a tenth of OpenDisk on deep chains. */
+static const char *name_number(char *buf, size_t size, const char *prefix, size_t n) {
+        char digits[24];
+        size_t len = strlen(prefix), k = 0;
+
+        do
+                digits[k++] = (char) ('0' + n % 10);
+        while ((n /= 10) > 0);
+        if (len + k >= size) /* cannot happen: prefixes of at most 12 bytes, 20 digits, 48-byte buffers */
+                return strcpy(buf, "");
+        memcpy(buf, prefix, len);
+        while (k > 0)
+                buf[len++] = digits[--k];
+        buf[len] = 0;
+        return buf;
+}
+
+/* ,"key":"value" (or "key": the first member when `first`) */
+static void jb_member_string(JsonBuf *b, bool first, const char *key, const char *value) {
+        jb_raw(b, first ? "{\"" : ",\"");
+        jb_raw(b, key);
+        jb_raw(b, "\":");
+        if (value)
+                jb_string(b, value);
+        else
+                jb_raw(b, "null");
+}
+
+static void jb_member_bool_end(JsonBuf *b, const char *key, bool value) {
+        jb_raw(b, ",\"");
+        jb_raw(b, key);
+        jb_raw(b, value ? "\":true}" : "\":false}");
+}
+
+static void file_node(JsonBuf *b, const char *name, size_t fdset, bool ro) {
+        char path[48];
+
+        name_number(path, sizeof(path), "/dev/fdset/", fdset);
+        jb_member_string(b, true, "node-name", name);
+        jb_member_string(b, false, "driver", "file");
+        jb_member_string(b, false, "filename", path);
+        jb_member_bool_end(b, "read-only", ro);
 }
 
 /* The format node of layer k: named after the disk at the top, "vdisk-layer-<k>" below it. */
-static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, bool ro) {
-        struct json_object *o = json_object_new_object();
+static void format_node(JsonBuf *b, const Disk *d, const Layer *l, size_t k, bool ro) {
         char name[48], file[48], below[48], data[48];
 
-        if (!o)
-                return NULL;
-        snprintf(name, sizeof(name), "vdisk-layer-%zu", k);
-        snprintf(file, sizeof(file), "vdisk-file-%zu", k);
-        snprintf(data, sizeof(data), "vdisk-data-%zu", k);
-        snprintf(below, sizeof(below), "vdisk-layer-%zu", k + 1);
-        if (json_object_object_add(o, "node-name", json_object_new_string(k == 0 ? d->name : name)) < 0 ||
-            json_object_object_add(o, "driver", json_object_new_string(image_format_to_string(l->format))) < 0 ||
-            json_object_object_add(o, "file", json_object_new_string(file)) < 0)
-                return json_object_put(o), NULL;
+        name_number(name, sizeof(name), "vdisk-layer-", k);
+        name_number(file, sizeof(file), "vdisk-file-", k);
+        name_number(data, sizeof(data), "vdisk-data-", k);
+        name_number(below, sizeof(below), "vdisk-layer-", k + 1);
+        jb_member_string(b, true, "node-name", k == 0 ? d->name : name);
+        jb_member_string(b, false, "driver", image_format_to_string(l->format));
+        jb_member_string(b, false, "file", file);
         if (l->format == IMAGE_FORMAT_QCOW2) {
                 /* The data file in its parent's mode; QEMU never opens the name in the header. */
-                if (l->data_file && json_object_object_add(o, "data-file", json_object_new_string(data)) < 0)
-                        return json_object_put(o), NULL;
+                if (l->data_file)
+                        jb_member_string(b, false, "data-file", data);
                 /* Every backing node named explicitly; the deepest has none (null, not absent). */
-                if (json_object_object_add(o, "backing", k + 1 < d->n_chain ? json_object_new_string(below) : NULL) < 0)
-                        return json_object_put(o), NULL;
+                jb_member_string(b, false, "backing", k + 1 < d->n_chain ? below : NULL);
         }
-        if (json_object_object_add(o, "read-only", json_object_new_boolean(ro)) < 0)
-                return json_object_put(o), NULL;
-        return o;
+        jb_member_bool_end(b, "read-only", ro);
 }
 
 int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret) {
         _cleanup_free_ size_t *fd_index = NULL;
-        struct json_object *nodes;
-        const char *text;
+        _cleanup_free_ const Layer **layers = NULL;
+        JsonBuf b = {};
         size_t n = 0;
-        int r = 0;
 
         /* fds are top first, each layer's data file right after it. */
-        fd_index = calloc(d->n_chain, sizeof(size_t));
-        if (!fd_index)
+        fd_index = calloc(MAX(d->n_chain, (size_t) 1), sizeof(size_t));
+        layers = calloc(MAX(d->n_chain, (size_t) 1), sizeof(Layer *));
+        if (!fd_index || !layers)
                 return -ENOMEM;
         for (size_t k = 0; k < d->n_chain; k++) {
-                Layer *l = store_find_layer(s, d->chain[k]);
-                if (!l)
+                layers[k] = store_find_layer(s, d->chain[k]);
+                if (!layers[k])
                         return -EBADMSG;
                 fd_index[k] = n;
-                n += l->data_file ? 2 : 1;
+                n += layers[k]->data_file ? 2 : 1;
         }
 
-        nodes = json_object_new_array();
-        if (!nodes)
+        /* About 250 bytes a layer: one allocation for most chains. */
+        b.size = 256 * d->n_chain + 64;
+        b.data = malloc(b.size);
+        if (!b.data)
                 return -ENOMEM;
-        for (size_t k = d->n_chain; r >= 0 && k-- > 0;) {
-                Layer *l = store_find_layer(s, d->chain[k]);
+        b.data[0] = 0;
+        jb_raw(&b, "[");
+        for (size_t k = d->n_chain; k-- > 0;) {
+                const Layer *l = layers[k];
                 bool ro = k > 0 || read_only;
-                char name[32];
+                char name[48];
 
-                snprintf(name, sizeof(name), "vdisk-file-%zu", k);
-                r = add_node(nodes, file_node(name, fd_index[k] + 1, ro));
-                if (r >= 0 && l->data_file) {
-                        snprintf(name, sizeof(name), "vdisk-data-%zu", k);
-                        r = add_node(nodes, file_node(name, fd_index[k] + 2, ro));
+                if (k + 1 < d->n_chain)
+                        jb_raw(&b, ",");
+                file_node(&b, name_number(name, sizeof(name), "vdisk-file-", k), fd_index[k] + 1, ro);
+                if (l->data_file) {
+                        name_number(name, sizeof(name), "vdisk-data-", k);
+                        jb_raw(&b, ",");
+                        file_node(&b, name, fd_index[k] + 2, ro);
                 }
-                if (r >= 0)
-                        r = add_node(nodes, format_node(d, l, k, ro));
+                jb_raw(&b, ",");
+                format_node(&b, d, l, k, ro);
         }
-        text = r >= 0 ? json_object_to_json_string_ext(nodes, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
-        *ret = text ? strdup(text) : NULL;
-        json_object_put(nodes);
-        if (r < 0)
-                return r;
-        return *ret ? 0 : -ENOMEM;
+        jb_raw(&b, "]");
+        if (b.oom) {
+                free(b.data);
+                return -ENOMEM;
+        }
+        *ret = b.data;
+        return 0;
 }
 
 static int first_problem(const char *disk, const char *layer, const char *text, void *userdata) {
@@ -166,28 +244,56 @@ static int check_admissible(const Limits *lim, const LeaseRegistry *leases, cons
         return 0;
 }
 
-/* Opens every layer (and data file) of the chain into l->fds; the top is tested for QEMU's locks. */
-static int open_chain(Store *s, const OpenDiskRequest *req, const Disk *d, Lease *l, OpError *err) {
+/* Which file of which layer each fd of the lease is, and its mode; nothing is opened yet. Every layer's
+ * record must be there now, not only those of the first page. */
+static int plan_fds(Store *s, const OpenDiskRequest *req, const Disk *d, Lease *l, OpError *err) {
         for (size_t k = 0; k < d->n_chain; k++) {
                 Layer *layer = store_find_layer(s, d->chain[k]);
-                int flags = k == 0 && !req->read_only ? O_RDWR : O_RDONLY;
-                int fd, r;
+                bool writable = k == 0 && !req->read_only;
 
                 if (!layer)
                         return op_error(err, -EBADMSG, "The record of layer %s is missing", d->chain[k]);
-                fd = store_open_layer(s, layer, flags);
-                l->fds[l->n_fds++] = fd;
-                if (fd < 0)
-                        return op_error(err, fd == -ENOENT ? -EBADMSG : fd, "Cannot open layer %s of the disk", layer->id);
-                if (layer->data_file) {
-                        int dfd = store_open_data_file(s, layer, flags);
-                        l->fds[l->n_fds++] = dfd;
-                        if (dfd < 0)
-                                return op_error(err, dfd == -ENOENT ? -EBADMSG : dfd,
-                                                "Cannot open the data file of layer %s of the disk", layer->id);
+                for (int data = 0; data <= !!layer->data_file; data++) {
+                        LeaseFd *f = &l->fds[l->n_fds++];
+
+                        *f = (LeaseFd) { .data_file = data, .writable = writable, .fd = -EBADF };
+                        snprintf(f->layer, sizeof(f->layer), "%s", d->chain[k]);
                 }
-                if (k == 0 && !req->read_only) {
-                        r = image_lock_test_any(fd);
+        }
+        return 0;
+}
+
+/* Opens fd `i` of the lease through the store's checks (regular file, ours, one link, the recorded inode,
+ * never blocking), in its mode. Whatever fails them is Corrupt, naming the layer. */
+static int open_lease_fd(Store *s, Lease *l, size_t i, OpError *err) {
+        LeaseFd *f = &l->fds[i];
+        Layer *layer = store_find_layer(s, f->layer);
+        int flags = f->writable ? O_RDWR : O_RDONLY;
+        int fd;
+
+        if (!layer)
+                return op_error(err, -EBADMSG, "The record of layer %s is missing", f->layer);
+        fd = f->data_file ? store_open_data_file(s, layer, flags) : store_open_layer(s, layer, flags);
+        if (fd == -ENOENT || fd == -EBADMSG)
+                return op_error(err, -EBADMSG, "Cannot open %s of layer %s of disk '%s' of VM '%s': %s",
+                                f->data_file ? "the data file" : "the image file", layer->id, l->disk, l->vm,
+                                fd == -ENOENT ? "it is missing" : "it is not the file recorded (type, owner, links or inode differ)");
+        if (fd < 0)
+                return op_error(err, fd, "Cannot open %s of layer %s of disk '%s' of VM '%s'",
+                                f->data_file ? "the data file" : "the image file", layer->id, l->disk, l->vm);
+        f->fd = fd;
+        return 0;
+}
+
+/* Opens the fds of OpenDisk's reply (the first page); the top is tested for QEMU's locks. The rest are
+ * opened when fetched (op_lease_get_fds). */
+static int open_first_page(Store *s, const OpenDiskRequest *req, Lease *l, OpError *err) {
+        for (size_t i = 0; i < MIN(l->n_fds, (size_t) LEASE_MAX_FDS_PER_MESSAGE); i++) {
+                int r = open_lease_fd(s, l, i, err);
+                if (r < 0)
+                        return r;
+                if (i == 0 && l->fds[0].writable) {
+                        r = image_lock_test_any(l->fds[0].fd);
                         if (r < 0)
                                 return op_error(err, r, "Cannot test the image locks");
                         if (r > 0)
@@ -195,6 +301,35 @@ static int open_chain(Store *s, const OpenDiskRequest *req, const Disk *d, Lease
                                                 req->disk, req->vm);
                 }
         }
+        return 0;
+}
+
+int op_lease_get_fds(Store *s, Lease *l, uint32_t first, uint32_t count, size_t *ret_count, OpError *err) {
+        size_t n;
+        int r = 0;
+
+        if (first >= l->n_fds)
+                return op_error(err, -EINVAL, "The lease has %zu fds", l->n_fds);
+        /* At most one message's worth, and no more than there is. */
+        n = MIN(MIN((size_t) count, (size_t) LEASE_MAX_FDS_PER_MESSAGE), l->n_fds - first);
+        for (size_t i = first; i < first + n; i++)
+                if (l->fds[i].handed_out)
+                        return op_error(err, -EINVAL, "Fd %zu has already been handed out", i);
+
+        /* All of the page or none: a layer that fails its checks now is named, and what this call opened
+         * is closed again (those fds stay held, to be asked for again or released). Only fds past the
+         * first page can be open and not handed out here: OpenDisk's reply took the others. */
+        for (size_t i = first; r >= 0 && i < first + n; i++)
+                if (l->fds[i].fd < 0)
+                        r = open_lease_fd(s, l, i, err);
+        if (r < 0) {
+                for (size_t i = first; i < first + n; i++)
+                        l->fds[i].fd = safe_close(l->fds[i].fd);
+                log_op(LOG_WARNING, "lease", l->vm, l->disk, NULL, "GetFds of lease " VDISK_LEASE_PREFIX "/%s refused: %s", l->id,
+                       err->reason);
+                return r;
+        }
+        *ret_count = n;
         return 0;
 }
 
@@ -224,15 +359,17 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
                 .holder = strdup(req->holder),
                 .holder_uid = req->holder_uid,
                 .holder_pid = req->holder_pid,
-                .fds = calloc(n_fds, sizeof(int)),
+                .fds = calloc(n_fds, sizeof(LeaseFd)),
         };
         if (!l->vm || !l->disk || !l->holder || !l->fds) {
                 lease_free(l);
                 return -ENOMEM;
         }
-        r = layer_id_new(l->id);
+        r = plan_fds(s, req, d, l, err);
         if (r >= 0)
-                r = open_chain(s, req, d, l, err);
+                r = layer_id_new(l->id);
+        if (r >= 0)
+                r = open_first_page(s, req, l, err);
         if (r < 0) {
                 lease_free(l);
                 return r;
@@ -241,7 +378,7 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
         /* Hand out only what matches the records. Backing layers are never writable by anyone (catalog
          * images and former tops, all handed out O_RDONLY), so the top layer's header is what can differ;
          * it is read through the very description that is handed out. */
-        r = op_verify(s, req->vm, req->disk, true, l->fds[0], first_problem, &problem, err);
+        r = op_verify(s, req->vm, req->disk, true, l->fds[0].fd, first_problem, &problem, err);
         if (r >= 0 && problem)
                 r = op_error(err, -EBADMSG, "Disk '%s' of VM '%s' differs from its records: %s", req->disk, req->vm, problem);
         if (r >= 0)

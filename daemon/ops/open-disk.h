@@ -20,10 +20,17 @@ typedef struct OpenDiskRequest {
         pid_t holder_pid;
 } OpenDiskRequest;
 
-/* On success the new lease is in `leases` (its fds still all held) and `*ret_blockdev` is a JSON array of
+/* On success the new lease is in `leases` (its fds still all held; only the first
+ * LEASE_MAX_FDS_PER_MESSAGE are open, for the reply) and `*ret_blockdev` is a JSON array of
  * -blockdev nodes, deepest first, fd i of the lease being "/dev/fdset/<i+1>". */
 int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRegistry *jobs, const OpenDiskRequest *req,
                  Lease **ret, char **ret_blockdev, OpError *err);
+
+/* GetFds: fds [first, first + *ret_count) of the lease, *ret_count = min(count, 16, n_fds - first), each
+ * opened now if it is not yet, through the same checks as OpenDisk's (a layer failing them is -EBADMSG
+ * naming it, and then none of the page is opened). -EINVAL if `first` is past the end or one of them was
+ * handed out already. The caller sends them, then calls lease_forget_fds(). */
+int op_lease_get_fds(Store *s, Lease *l, uint32_t first, uint32_t count, size_t *ret_count, OpError *err);
 
 /* The -blockdev description of disk `d`'s chain (exposed for tests). */
 int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret);

@@ -4,8 +4,10 @@
  * B6: OpenDisk round trip against the D-Bus floor (Peer.Ping to vdiskd over the same bus), measured
  * interleaved: batches of OpenDisk and of Ping alternate (A B A B ...), one untimed warm-up first;
  * prints the median of the per-pair ratios. Each lease is released after its OpenDisk (untimed).
+ * With `fetch-all`, the timed part also fetches every further fd with Lease.GetFds (16 a call): the
+ * whole hand-out of a chain deeper than one page, for reference.
  *
- *   bench-opendisk VM DISK CALLS PAIRS [read-only]
+ *   bench-opendisk VM DISK CALLS PAIRS [read-only|read-write] [fetch-all]
  */
 
 #include <stdio.h>
@@ -26,6 +28,35 @@ static int cmp_double(const void *a, const void *b) {
         return x < y ? -1 : x > y;
 }
 
+static int fetch_all;
+
+/* Lease.GetFds from fd `have` on until FdCount; returns how many were received (closed at once). */
+static unsigned fetch_rest(sd_bus *bus, const char *lease, unsigned have) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        uint32_t count = 0;
+        unsigned n = 0;
+
+        if (sd_bus_get_property_trivial(bus, "org.vdisk1", lease, "org.vdisk1.Lease", "FdCount", &error, 'u', &count) < 0) {
+                fprintf(stderr, "FdCount: %s\n", error.message);
+                exit(EXIT_FAILURE);
+        }
+        while (have + n < count) {
+                sd_bus_message *reply = NULL;
+                int fd, r;
+
+                r = sd_bus_call_method(bus, "org.vdisk1", lease, "org.vdisk1.Lease", "GetFds", &error, &reply, "uu",
+                                       (uint32_t) (have + n), (uint32_t) 16);
+                if (r < 0 || sd_bus_message_enter_container(reply, 'a', "h") < 0) {
+                        fprintf(stderr, "GetFds: %s\n", error.message);
+                        exit(EXIT_FAILURE);
+                }
+                while (sd_bus_message_read(reply, "h", &fd) > 0)
+                        n++;
+                sd_bus_message_unref(reply);
+        }
+        return n;
+}
+
 static uint64_t open_batch(sd_bus *bus, const char *vm, const char *disk, int calls, int read_only, unsigned *ret_fds) {
         uint64_t total = 0;
 
@@ -39,7 +70,6 @@ static uint64_t open_batch(sd_bus *bus, const char *vm, const char *disk, int ca
 
                 r = sd_bus_call_method(bus, "org.vdisk1", "/org/vdisk1", "org.vdisk1.Manager", "OpenDisk", &error, &reply,
                                        "ssa{sv}", vm, disk, read_only ? 1 : 0, "read_only", "b", read_only);
-                total += now_ns() - t0;
                 if (r < 0) {
                         fprintf(stderr, "OpenDisk: %s\n", error.message);
                         exit(EXIT_FAILURE);
@@ -49,6 +79,9 @@ static uint64_t open_batch(sd_bus *bus, const char *vm, const char *disk, int ca
                         exit(EXIT_FAILURE);
                 while (sd_bus_message_read(reply, "h", &fd) > 0)
                         n++;
+                if (fetch_all)
+                        n += fetch_rest(bus, lease, n);
+                total += now_ns() - t0;
                 *ret_fds = n;
                 r = sd_bus_call_method(bus, "org.vdisk1", lease, "org.vdisk1.Lease", "Release", &error, NULL, "");
                 if (r < 0) {
@@ -85,12 +118,13 @@ int main(int argc, char *argv[]) {
         uint64_t open_total = 0, ping_total = 0;
 
         if (argc < 5) {
-                fprintf(stderr, "usage: %s VM DISK CALLS PAIRS [read-only]\n", argv[0]);
+                fprintf(stderr, "usage: %s VM DISK CALLS PAIRS [read-only|read-write] [fetch-all]\n", argv[0]);
                 return 2;
         }
         calls = atoi(argv[3]);
         pairs = atoi(argv[4]);
         read_only = argc > 5 && strcmp(argv[5], "read-only") == 0;
+        fetch_all = argc > 6 && strcmp(argv[6], "fetch-all") == 0;
         if (calls < 1 || pairs < 1 || sd_bus_open_system(&bus) < 0)
                 return 2;
         ratios = calloc((size_t) pairs, sizeof(double));

@@ -9,7 +9,8 @@ the median of per-round ratios: one untimed warm-up round, then PAIRS rounds in 
 peer run once each, in a fixed order, on the same files.
 
 B1  vdisk: the whole processes `vdiskctl chain VM d` + `vdiskctl verify VM` (wall clock, both);
-    peer: `qemu-img info --backing-chain --output=json TOP` run in the store's images directory.
+    peer: `qemu-img info --backing-chain --output=json TOP` run in the store's images directory;
+    for reference, `busctl call` of the same GetChain and Verify (the floor of a client process).
     All depths take part in every round. Checked: exit statuses, layer counts of both sides on every
     run, and once per depth the same files in the same order on both sides.
 B2  vdisk: one Snapshot call end to end (reply received, so the daemon's record fsyncs included) from
@@ -195,6 +196,13 @@ def bench_b1(cfg, env, depths):
             check(rows == d, f"B1 depth {d}: vdiskctl chain printed {d} layers (got {rows})")
             check("consistent" in out2, f"B1 depth {d}: vdiskctl verify reports a consistent VM")
             r = {"vdisk": t1 + t2, "chain": t1, "verify": t2}
+            if cfg.busctl:
+                # The floor of any client process: busctl making the same two calls (no table, no checks).
+                b1, _ = timed([cfg.busctl, "--system", "call", "org.vdisk1", "/org/vdisk1", "org.vdisk1.Manager",
+                               "GetChain", "ss", vm, "d"])
+                b2, _ = timed([cfg.busctl, "--system", "call", "org.vdisk1", "/org/vdisk1", "org.vdisk1.Manager",
+                               "Verify", "s", vm])
+                r["busctl"], r["busctl chain"], r["busctl verify"] = b1 + b2, b1, b2
             for v, q in cfg.peers:
                 t, out = timed([q, "info", "--backing-chain", "--output=json", top], cwd=img)
                 check(len(json.loads(out)) == d, f"B1 depth {d}: qemu-img {v} listed {d} layers")
@@ -216,6 +224,10 @@ def bench_b1(cfg, env, depths):
                "verify": med([r[d]["verify"] for r in rounds])}
         for k in ("inproc", "inproc chain", "inproc verify"):
             row[k] = med([r[d][k] for r in rounds])
+        if cfg.busctl:
+            for k in ("busctl", "busctl chain", "busctl verify"):
+                row[k] = med([r[d][k] for r in rounds])
+            row["ratio busctl"] = med([r[d]["vdisk"] / r[d]["busctl"] for r in rounds])
         for v, _ in cfg.peers:
             row[v] = med([r[d][v] for r in rounds])
             row["ratio " + v] = med([r[d]["vdisk"] / r[d][v] for r in rounds])
@@ -254,6 +266,17 @@ def report_b1(cfg, rows):
         L.append(f"| {d} | {r['vdisk'] / d * 1e6:.1f} | " + " | ".join(f"{r[v] / d * 1e6:.1f}" for v in vs) + " | " +
                  " | ".join(marg) + " |")
         prev = r
+    if cfg.busctl:
+        L.append("")
+        L.append("The client processes against the floor of any client process: `busctl call` of the same `GetChain` "
+                 "and `Verify` (whole processes, in the same rounds; `busctl` prints the raw reply, `vdiskctl` the "
+                 "table and the verdict):")
+        L.append("")
+        L.append("| depth | vdiskctl ms (chain + verify) | busctl ms (GetChain + Verify) | ratio vdiskctl / busctl |")
+        L.append("|---|---|---|---|")
+        for r in rows:
+            L.append(f"| {r['depth']} | {ms(r['vdisk'])} ({ms(r['chain'])} + {ms(r['verify'])}) | {ms(r['busctl'])} "
+                     f"({ms(r['busctl chain'])} + {ms(r['busctl verify'])}) | {r['ratio busctl']:.3f} |")
     L.append("")
     L.append(f"The daemon's side alone: `GetChain` + `Verify` from the C sd-bus client `bench-b127 chain-verify` on an "
              f"open connection (median of {INPROC_CALLS} pairs of calls per depth and round, median over rounds; "
@@ -665,6 +688,7 @@ def main():
             log(f"SKIP: {tool} not installed")
             sys.exit(77)
     cfg.vdiskd, cfg.vdiskctl, cfg.bench = (os.path.abspath(x) for x in (cfg.vdiskd, cfg.vdiskctl, cfg.bench))
+    cfg.busctl = shutil.which("busctl")
     cfg.b1_depths = [1, 10, 100] if cfg.quick else [1, 10, 100, 1000]
     cfg.b2_depths = [1, 100] if cfg.quick else [1, 100, 1000]
     cfg.b7_vms, cfg.b7_snapshots = (20, 5) if cfg.quick else (100, 20)

@@ -377,6 +377,11 @@ static void test_width(void) {
         CHECK(utf8_width("\033[1mLAYER\033[0m") == 5);
         CHECK(utf8_width("\033[") == 1); /* not a complete sequence: "[" is text, ESC takes no column */
         CHECK(utf8_width("") == 0);
+        /* ASCII is counted without decoding: control characters take no column, and text around a
+         * double-width character is still counted. */
+        CHECK(utf8_width("a\tb\x7f\x01") == 2);
+        CHECK(utf8_width("x\u6f22y") == 4);
+        CHECK(utf8_width("\u6f22\033[1mab") == 4);
         CHECK(locale_is_utf8());
         CHECK(strcmp(tree_branch(), "\u2514\u2500 ") == 0);
         CHECK(utf8_width(tree_branch()) == TREE_INDENT_WIDTH);

@@ -3,7 +3,9 @@
 dbus-daemon with the stock system limits (16 fds per message, 64 incoming), lease exclusivity and
 InUse, the end of a lease when its holder leaves the bus, QEMU image locks, quarantine of a disk
 whose header changed under a read-write lease, authorization — and a real QEMU that opens the
-whole chain from the fds alone."""
+whole chain from the fds alone. Fds past the first page are opened only when GetFds asks for them,
+through the store's checks: a layer tampered with in between is Corrupt, named, and handed out
+never; held-fd limits count them all the same."""
 
 import fcntl
 import json
@@ -20,6 +22,7 @@ from vdisktest import BUS_NAME, Env, check, check_eq, finish, opts, qemu_img
 
 GiB = 1 << 30
 O_ACCMODE = 3
+CORRUPT = "org.vdisk1.Error.Corrupt"
 
 
 def lease_iface(env, path, bus=None):
@@ -109,6 +112,175 @@ def qemu_opens_chain(env, nodes, fds, label, hmp=()):
     check_eq(top["ro"], False, f"{label}: the top node is writable in QEMU")
     # qemu-io prints its results on QEMU's stdout; errors come back as the HMP command's return.
     return [r["return"] for r in replies if isinstance(r.get("return"), str)], out
+
+
+def daemon_fds(env):
+    """The daemon's open fds once it has finished what it was doing (it answers in order)."""
+    ping(env)
+    return len(os.listdir(f"/proc/{env.daemon.pid}/fd"))
+
+
+def ping(env):
+    peer = dbus.Interface(env.bus.get_object(BUS_NAME, "/org/vdisk1", introspect=False), "org.freedesktop.DBus.Peer")
+    try:
+        peer.Ping(timeout=5)
+        return True
+    except dbus.exceptions.DBusException:
+        return False
+
+
+def tamper(kind, path, env):
+    """Puts something else where a layer's file was, after OpenDisk; returns how to undo it."""
+    if kind == "owner":
+        os.chown(path, 65534, 65534)
+        return lambda: os.chown(path, 0, 0)
+    aside = os.path.join(env.tmp, "aside")
+    os.rename(path, aside)
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:  # "replaced": the same bytes in another inode
+        shutil.copyfile(aside, path)
+        os.chmod(path, 0o600)
+
+    def undo():
+        os.unlink(path)
+        os.rename(aside, path)
+    return undo
+
+
+def get_fds_error(lease, first, count):
+    try:
+        fds = lease.GetFds(dbus.UInt32(first), dbus.UInt32(count), timeout=20)
+        for f in fds:
+            os.close(f.take())
+        return None, f"{len(fds)} fds"
+    except dbus.exceptions.DBusException as e:
+        return e.get_dbus_name(), str(e.get_dbus_message())
+
+
+def fetch_rest(lease, have, count):
+    fds = []
+    while have + len(fds) < count:
+        more = lease.GetFds(dbus.UInt32(have + len(fds)), dbus.UInt32(16))
+        fds += [f.take() for f in more]
+    return fds
+
+
+def test_lazy_fds(env, vm):
+    """`vm`/d has 200 layers: OpenDisk opens the 16 of its reply, GetFds each further page when asked."""
+    chain = env.call("GetChain", vm, "d")
+    files = [os.path.join(env.store, str(layer[1])) for layer in chain]
+    inos = [os.stat(f).st_ino for f in files]
+    baseline = daemon_fds(env)
+    path, _, first = env.manager().OpenDisk(vm, "d", opts())
+    first = [f.take() for f in first]
+    lease = lease_iface(env, path)
+    check_eq(len(first), 16, "lazy: the reply carries the first page")
+    check_eq(daemon_fds(env), baseline, "lazy: OpenDisk keeps no fd open for the 184 not fetched yet")
+
+    # Tampered with between OpenDisk and GetFds: Corrupt naming the layer, nothing handed out, nothing
+    # left open, the lease still there; put back, the same page is handed out.
+    for kind, idx in (("replaced", 20), ("owner", 37), ("fifo", 50)):
+        page = idx // 16 * 16
+        undo = tamper(kind, files[idx], env)
+        try:
+            err, msg = get_fds_error(lease, page, 16)
+            check_eq(err, CORRUPT, f"lazy, {kind}: GetFds of the page with layer {idx} is Corrupt ({msg})")
+            check(str(chain[idx][0]) in msg, f"lazy, {kind}: the error names the layer ({msg})")
+            check(ping(env), f"lazy, {kind}: the daemon answers")
+            check_eq(daemon_fds(env), baseline, f"lazy, {kind}: nothing of the refused page stays open")
+        finally:
+            undo()
+    check(env.canary_unchanged(), "lazy: canary unchanged")
+    rest = fetch_rest(lease, 16, len(chain))
+    fds = first + rest
+    check_eq(len(fds), 200, "lazy: after the refusals every page is still handed out once")
+    check_eq([os.fstat(fd).st_ino for fd in fds], inos, "lazy: the fds fetched are the recorded inodes, in chain order")
+    check_eq(fd_flags(fds[0]) & O_ACCMODE, os.O_RDWR, "lazy: the top is read-write")
+    check(all(fd_flags(fd) & O_ACCMODE == os.O_RDONLY for fd in fds[1:]), "lazy: every backing layer is read-only")
+    check_eq(get_fds_error(lease, 48, 16)[0], "org.freedesktop.DBus.Error.InvalidArgs", "lazy: a page fetched is not again")
+    check_eq(daemon_fds(env), baseline, "lazy: every fd fetched, none left in the daemon")
+    for fd in fds:
+        os.close(fd)
+    lease.Release()
+
+    # A read-only lease with fds not fetched yet keeps the chain as it is until they are.
+    path, _, first = env.manager().OpenDisk(vm, "d", opts(read_only=True))
+    first = [f.take() for f in first]
+    lease = lease_iface(env, path)
+    err, msg = env.error("Snapshot", vm, "d", opts())
+    check_eq(err, "org.vdisk1.Error.InUse", "lazy: Snapshot while a read-only lease has fds to fetch is InUse")
+    check("not fetched" in str(msg) and env.bus.get_unique_name() in str(msg), f"lazy: the refusal says why ({msg})")
+    before = env.call("GetChain", vm, "d")
+    check_eq(before, chain, "lazy: the chain did not change")
+    rest = fetch_rest(lease, 16, len(chain))
+    check_eq([os.fstat(fd).st_ino for fd in first + rest], inos, "lazy: read-only lease, the recorded inodes")
+    check(all(fd_flags(fd) & O_ACCMODE == os.O_RDONLY for fd in first + rest), "lazy: read-only lease, every fd read-only")
+    err, _ = env.error("Snapshot", vm, "d", opts())
+    check_eq(err, None, "lazy: once all are fetched, a read-only lease lets Snapshot through as before")
+    for fd in first + rest:
+        os.close(fd)
+    lease.Release()
+
+
+def test_lazy_limits(vdiskd):
+    """Held-fd limits count fds not fetched yet, opened or not: 40 layers keep 24 held."""
+    env = Env(vdiskd, "[Limits]\nMaxLeaseFdsPerCaller=30\nMaxLeaseFds=50\n")
+    try:
+        env.start()
+        env.call("CreateImage", "base", "qcow2", dbus.UInt64(GiB), opts())
+        env.call("CreateVM", "vm", dbus.UInt32(0), opts())
+        env.call("CreateDisk", "vm", "d", "base", dbus.UInt64(0), opts())
+        for _ in range(38):
+            env.call("Snapshot", "vm", "d", opts())
+        chain = env.call("GetChain", "vm", "d")
+        files = [os.path.join(env.store, str(layer[1])) for layer in chain]
+        baseline = daemon_fds(env)
+        m = env.manager()
+        path, _, first = m.OpenDisk("vm", "d", opts(read_only=True))
+        first = [f.take() for f in first]
+        lease = lease_iface(env, path)
+        check_eq(daemon_fds(env), baseline, "limits: the 24 held fds are not open in the daemon")
+        err, msg = env.error("OpenDisk", "vm", "d", opts(read_only=True))
+        check_eq(err, "org.vdisk1.Error.LimitExceeded", "limits: 24 + 24 held fds are over MaxLeaseFdsPerCaller=30")
+        check_eq(str(msg), "You hold too many file descriptors of leases not yet fetched with GetFds "
+                           "(this lease would keep 24, limit 30); fetch or release them first", "limits: the message")
+        other = dbus.bus.BusConnection(env.address)
+        mo = dbus.Interface(other.get_object(BUS_NAME, "/org/vdisk1", introspect=False), "org.vdisk1.Manager")
+        po, _, fo = mo.OpenDisk("vm", "d", opts(read_only=True))
+        for f in fo:
+            os.close(f.take())
+        check(True, "limits: another caller's 24 are granted (48 held in all, MaxLeaseFds=50)")
+        try:
+            mo.OpenDisk("vm", "d", opts(read_only=True))
+            check(False, "limits: 72 held in total are over MaxLeaseFds=50")
+        except dbus.exceptions.DBusException as e:
+            check_eq((e.get_dbus_name(), str(e.get_dbus_message())),
+                     ("org.vdisk1.Error.LimitExceeded", "Too many file descriptors are held for leases (limit 50)"),
+                     "limits: MaxLeaseFds counts fds not opened yet")
+        lease_iface(env, po, other).Release()
+        other.close()
+        # A refused GetFds hands nothing out: the fds stay held.
+        undo = tamper("replaced", files[20], env)
+        try:
+            check_eq(get_fds_error(lease, 16, 16)[0], CORRUPT, "limits: a tampered layer refuses the page")
+        finally:
+            undo()
+        check_eq(env.error("OpenDisk", "vm", "d", opts(read_only=True))[0], "org.vdisk1.Error.LimitExceeded",
+                 "limits: after a refused GetFds the fds are still held")
+        more = [f.take() for f in lease.GetFds(dbus.UInt32(16), dbus.UInt32(16))]
+        check_eq(len(more), 16, "limits: a page fetched")
+        check_eq(env.error("OpenDisk", "vm", "d", opts(read_only=True))[0], "org.vdisk1.Error.LimitExceeded",
+                 "limits: 8 + 24 held are still over 30")
+        more += fetch_rest(lease, 32, len(chain))
+        err, res = env.error("OpenDisk", "vm", "d", opts(read_only=True))
+        check_eq(err, None, "limits: all fetched, a new lease keeping 24 is granted")
+        for f in res[2]:
+            os.close(f.take())
+        for fd in first + more:
+            os.close(fd)
+    finally:
+        env.close()
 
 
 def main():
@@ -319,8 +491,11 @@ time.sleep(600)
         for fd in fds:
             os.close(fd)
         lease.Release()
+
+        test_lazy_fds(env, "deep")
     finally:
         env.close()
+    test_lazy_limits(sys.argv[1])
     finish()
 
 
