@@ -52,48 +52,24 @@ static void jb_raw(JsonBuf *b, const char *s) {
         jb_add(b, s, strlen(s));
 }
 
-/* A JSON string: quotes, backslashes and control characters escaped, the rest (UTF-8) as it is, in runs. */
+/* A JSON string: quotes, backslashes and control characters escaped, the rest (UTF-8) as it is. */
 static void jb_string(JsonBuf *b, const char *s) {
-        const char *run = s;
-
         jb_add(b, "\"", 1);
-        for (const char *p = s;; p++) {
+        for (const char *p = s; *p; p++) {
                 unsigned char c = (unsigned char) *p;
                 char esc[8];
 
-                if (c != 0 && c != '"' && c != '\\' && c >= 0x20)
-                        continue;
-                jb_add(b, run, (size_t) (p - run));
-                if (c == 0)
-                        break;
                 if (c == '"' || c == '\\') {
                         esc[0] = '\\';
                         esc[1] = (char) c;
                         jb_add(b, esc, 2);
-                } else {
+                } else if (c < 0x20) {
                         snprintf(esc, sizeof(esc), "\\u%04x", c);
                         jb_add(b, esc, 6);
-                }
-                run = p + 1;
+                } else
+                        jb_add(b, p, 1);
         }
         jb_add(b, "\"", 1);
-}
-
-/* `prefix` followed by `n` in decimal, into buf: snprintf was a tenth of OpenDisk on deep chains. */
-static const char *name_number(char *buf, size_t size, const char *prefix, size_t n) {
-        char digits[24];
-        size_t len = strlen(prefix), k = 0;
-
-        do
-                digits[k++] = (char) ('0' + n % 10);
-        while ((n /= 10) > 0);
-        if (len + k >= size) /* cannot happen: prefixes of at most 12 bytes, 20 digits, 48-byte buffers */
-                return strcpy(buf, "");
-        memcpy(buf, prefix, len);
-        while (k > 0)
-                buf[len++] = digits[--k];
-        buf[len] = 0;
-        return buf;
 }
 
 /* ,"key":"value" (or "key": the first member when `first`) */
@@ -114,9 +90,9 @@ static void jb_member_bool_end(JsonBuf *b, const char *key, bool value) {
 }
 
 static void file_node(JsonBuf *b, const char *name, size_t fdset, bool ro) {
-        char path[48];
+        char path[32];
 
-        name_number(path, sizeof(path), "/dev/fdset/", fdset);
+        snprintf(path, sizeof(path), "/dev/fdset/%zu", fdset);
         jb_member_string(b, true, "node-name", name);
         jb_member_string(b, false, "driver", "file");
         jb_member_string(b, false, "filename", path);
@@ -127,10 +103,10 @@ static void file_node(JsonBuf *b, const char *name, size_t fdset, bool ro) {
 static void format_node(JsonBuf *b, const Disk *d, const Layer *l, size_t k, bool ro) {
         char name[48], file[48], below[48], data[48];
 
-        name_number(name, sizeof(name), "vdisk-layer-", k);
-        name_number(file, sizeof(file), "vdisk-file-", k);
-        name_number(data, sizeof(data), "vdisk-data-", k);
-        name_number(below, sizeof(below), "vdisk-layer-", k + 1);
+        snprintf(name, sizeof(name), "vdisk-layer-%zu", k);
+        snprintf(file, sizeof(file), "vdisk-file-%zu", k);
+        snprintf(data, sizeof(data), "vdisk-data-%zu", k);
+        snprintf(below, sizeof(below), "vdisk-layer-%zu", k + 1);
         jb_member_string(b, true, "node-name", k == 0 ? d->name : name);
         jb_member_string(b, false, "driver", image_format_to_string(l->format));
         jb_member_string(b, false, "file", file);
@@ -173,13 +149,14 @@ int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret) {
         for (size_t k = d->n_chain; k-- > 0;) {
                 const Layer *l = layers[k];
                 bool ro = k > 0 || read_only;
-                char name[48];
+                char name[32];
 
                 if (k + 1 < d->n_chain)
                         jb_raw(&b, ",");
-                file_node(&b, name_number(name, sizeof(name), "vdisk-file-", k), fd_index[k] + 1, ro);
+                snprintf(name, sizeof(name), "vdisk-file-%zu", k);
+                file_node(&b, name, fd_index[k] + 1, ro);
                 if (l->data_file) {
-                        name_number(name, sizeof(name), "vdisk-data-", k);
+                        snprintf(name, sizeof(name), "vdisk-data-%zu", k);
                         jb_raw(&b, ",");
                         file_node(&b, name, fd_index[k] + 2, ro);
                 }
