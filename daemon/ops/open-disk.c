@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,155 +22,99 @@ static size_t chain_fd_count(Store *s, const Disk *d) {
         return n;
 }
 
-/* The -blockdev description is written straight into one buffer: built as json-c objects it was most of
- * OpenDisk's time for deep chains (two objects with a hash table each per layer, then serialized). The
- * output is what json-c prints with JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE. */
-typedef struct JsonBuf {
-        char *data;
-        size_t len, size;
-        bool oom;
-} JsonBuf;
-
-static void jb_add(JsonBuf *b, const char *s, size_t n) {
-        if (b->oom)
-                return;
-        if (n >= b->size - b->len) {
-                size_t size = MAX(b->size * 2, b->len + n + 1);
-                char *d = realloc(b->data, size);
-                if (!d) {
-                        b->oom = true;
-                        return;
-                }
-                b->data = d;
-                b->size = size;
+static int add_node(struct json_object *nodes, struct json_object *node) {
+        if (!node || json_object_array_add(nodes, node) < 0) {
+                json_object_put(node);
+                return -ENOMEM;
         }
-        memcpy(b->data + b->len, s, n);
-        b->len += n;
-        b->data[b->len] = 0;
+        return 0;
 }
 
-static void jb_raw(JsonBuf *b, const char *s) {
-        jb_add(b, s, strlen(s));
-}
-
-/* A JSON string: quotes, backslashes and control characters escaped, the rest (UTF-8) as it is. */
-static void jb_string(JsonBuf *b, const char *s) {
-        jb_add(b, "\"", 1);
-        for (const char *p = s; *p; p++) {
-                unsigned char c = (unsigned char) *p;
-                char esc[8];
-
-                if (c == '"' || c == '\\') {
-                        esc[0] = '\\';
-                        esc[1] = (char) c;
-                        jb_add(b, esc, 2);
-                } else if (c < 0x20) {
-                        snprintf(esc, sizeof(esc), "\\u%04x", c);
-                        jb_add(b, esc, 6);
-                } else
-                        jb_add(b, p, 1);
-        }
-        jb_add(b, "\"", 1);
-}
-
-/* ,"key":"value" (or "key": the first member when `first`) */
-static void jb_member_string(JsonBuf *b, bool first, const char *key, const char *value) {
-        jb_raw(b, first ? "{\"" : ",\"");
-        jb_raw(b, key);
-        jb_raw(b, "\":");
-        if (value)
-                jb_string(b, value);
-        else
-                jb_raw(b, "null");
-}
-
-static void jb_member_bool_end(JsonBuf *b, const char *key, bool value) {
-        jb_raw(b, ",\"");
-        jb_raw(b, key);
-        jb_raw(b, value ? "\":true}" : "\":false}");
-}
-
-static void file_node(JsonBuf *b, const char *name, size_t fdset, bool ro) {
+static struct json_object *file_node(const char *name, size_t fdset, bool ro) {
+        struct json_object *o = json_object_new_object();
         char path[32];
 
+        if (!o)
+                return NULL;
         snprintf(path, sizeof(path), "/dev/fdset/%zu", fdset);
-        jb_member_string(b, true, "node-name", name);
-        jb_member_string(b, false, "driver", "file");
-        jb_member_string(b, false, "filename", path);
-        jb_member_bool_end(b, "read-only", ro);
+        if (json_object_object_add(o, "node-name", json_object_new_string(name)) < 0 ||
+            json_object_object_add(o, "driver", json_object_new_string("file")) < 0 ||
+            json_object_object_add(o, "filename", json_object_new_string(path)) < 0 ||
+            json_object_object_add(o, "read-only", json_object_new_boolean(ro)) < 0)
+                return json_object_put(o), NULL;
+        return o;
 }
 
 /* The format node of layer k: named after the disk at the top, "vdisk-layer-<k>" below it. */
-static void format_node(JsonBuf *b, const Disk *d, const Layer *l, size_t k, bool ro) {
+static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, bool ro) {
+        struct json_object *o = json_object_new_object();
         char name[48], file[48], below[48], data[48];
 
+        if (!o)
+                return NULL;
         snprintf(name, sizeof(name), "vdisk-layer-%zu", k);
         snprintf(file, sizeof(file), "vdisk-file-%zu", k);
         snprintf(data, sizeof(data), "vdisk-data-%zu", k);
         snprintf(below, sizeof(below), "vdisk-layer-%zu", k + 1);
-        jb_member_string(b, true, "node-name", k == 0 ? d->name : name);
-        jb_member_string(b, false, "driver", image_format_to_string(l->format));
-        jb_member_string(b, false, "file", file);
+        if (json_object_object_add(o, "node-name", json_object_new_string(k == 0 ? d->name : name)) < 0 ||
+            json_object_object_add(o, "driver", json_object_new_string(image_format_to_string(l->format))) < 0 ||
+            json_object_object_add(o, "file", json_object_new_string(file)) < 0)
+                return json_object_put(o), NULL;
         if (l->format == IMAGE_FORMAT_QCOW2) {
                 /* The data file in its parent's mode; QEMU never opens the name in the header. */
-                if (l->data_file)
-                        jb_member_string(b, false, "data-file", data);
+                if (l->data_file && json_object_object_add(o, "data-file", json_object_new_string(data)) < 0)
+                        return json_object_put(o), NULL;
                 /* Every backing node named explicitly; the deepest has none (null, not absent). */
-                jb_member_string(b, false, "backing", k + 1 < d->n_chain ? below : NULL);
+                if (json_object_object_add(o, "backing", k + 1 < d->n_chain ? json_object_new_string(below) : NULL) < 0)
+                        return json_object_put(o), NULL;
         }
-        jb_member_bool_end(b, "read-only", ro);
+        if (json_object_object_add(o, "read-only", json_object_new_boolean(ro)) < 0)
+                return json_object_put(o), NULL;
+        return o;
 }
 
 int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret) {
         _cleanup_free_ size_t *fd_index = NULL;
-        _cleanup_free_ const Layer **layers = NULL;
-        JsonBuf b = {};
+        struct json_object *nodes;
+        const char *text;
         size_t n = 0;
+        int r = 0;
 
         /* fds are top first, each layer's data file right after it. */
-        fd_index = calloc(MAX(d->n_chain, (size_t) 1), sizeof(size_t));
-        layers = calloc(MAX(d->n_chain, (size_t) 1), sizeof(Layer *));
-        if (!fd_index || !layers)
+        fd_index = calloc(d->n_chain, sizeof(size_t));
+        if (!fd_index)
                 return -ENOMEM;
         for (size_t k = 0; k < d->n_chain; k++) {
-                layers[k] = store_find_layer(s, d->chain[k]);
-                if (!layers[k])
+                Layer *l = store_find_layer(s, d->chain[k]);
+                if (!l)
                         return -EBADMSG;
                 fd_index[k] = n;
-                n += layers[k]->data_file ? 2 : 1;
+                n += l->data_file ? 2 : 1;
         }
 
-        /* About 250 bytes a layer: one allocation for most chains. */
-        b.size = 256 * d->n_chain + 64;
-        b.data = malloc(b.size);
-        if (!b.data)
+        nodes = json_object_new_array();
+        if (!nodes)
                 return -ENOMEM;
-        b.data[0] = 0;
-        jb_raw(&b, "[");
-        for (size_t k = d->n_chain; k-- > 0;) {
-                const Layer *l = layers[k];
+        for (size_t k = d->n_chain; r >= 0 && k-- > 0;) {
+                Layer *l = store_find_layer(s, d->chain[k]);
                 bool ro = k > 0 || read_only;
                 char name[32];
 
-                if (k + 1 < d->n_chain)
-                        jb_raw(&b, ",");
                 snprintf(name, sizeof(name), "vdisk-file-%zu", k);
-                file_node(&b, name, fd_index[k] + 1, ro);
-                if (l->data_file) {
+                r = add_node(nodes, file_node(name, fd_index[k] + 1, ro));
+                if (r >= 0 && l->data_file) {
                         snprintf(name, sizeof(name), "vdisk-data-%zu", k);
-                        jb_raw(&b, ",");
-                        file_node(&b, name, fd_index[k] + 2, ro);
+                        r = add_node(nodes, file_node(name, fd_index[k] + 2, ro));
                 }
-                jb_raw(&b, ",");
-                format_node(&b, d, l, k, ro);
+                if (r >= 0)
+                        r = add_node(nodes, format_node(d, l, k, ro));
         }
-        jb_raw(&b, "]");
-        if (b.oom) {
-                free(b.data);
-                return -ENOMEM;
-        }
-        *ret = b.data;
-        return 0;
+        text = r >= 0 ? json_object_to_json_string_ext(nodes, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
+        *ret = text ? strdup(text) : NULL;
+        json_object_put(nodes);
+        if (r < 0)
+                return r;
+        return *ret ? 0 : -ENOMEM;
 }
 
 static int first_problem(const char *disk, const char *layer, const char *text, void *userdata) {
