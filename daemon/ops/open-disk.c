@@ -30,6 +30,11 @@ static int add_node(struct json_object *nodes, struct json_object *node) {
         return 0;
 }
 
+/* Keys are string constants, each added once: json-c need not copy them nor look them up first. */
+static int add_member(struct json_object *o, const char *key, struct json_object *value) {
+        return json_object_object_add_ex(o, key, value, JSON_C_OBJECT_ADD_KEY_IS_NEW | JSON_C_OBJECT_KEY_IS_CONSTANT);
+}
+
 static struct json_object *file_node(const char *name, size_t fdset, bool ro) {
         struct json_object *o = json_object_new_object();
         char path[32];
@@ -37,10 +42,10 @@ static struct json_object *file_node(const char *name, size_t fdset, bool ro) {
         if (!o)
                 return NULL;
         snprintf(path, sizeof(path), "/dev/fdset/%zu", fdset);
-        if (json_object_object_add(o, "node-name", json_object_new_string(name)) < 0 ||
-            json_object_object_add(o, "driver", json_object_new_string("file")) < 0 ||
-            json_object_object_add(o, "filename", json_object_new_string(path)) < 0 ||
-            json_object_object_add(o, "read-only", json_object_new_boolean(ro)) < 0)
+        if (add_member(o, "node-name", json_object_new_string(name)) < 0 ||
+            add_member(o, "driver", json_object_new_string("file")) < 0 ||
+            add_member(o, "filename", json_object_new_string(path)) < 0 ||
+            add_member(o, "read-only", json_object_new_boolean(ro)) < 0)
                 return json_object_put(o), NULL;
         return o;
 }
@@ -56,19 +61,19 @@ static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, 
         snprintf(file, sizeof(file), "vdisk-file-%zu", k);
         snprintf(data, sizeof(data), "vdisk-data-%zu", k);
         snprintf(below, sizeof(below), "vdisk-layer-%zu", k + 1);
-        if (json_object_object_add(o, "node-name", json_object_new_string(k == 0 ? d->name : name)) < 0 ||
-            json_object_object_add(o, "driver", json_object_new_string(image_format_to_string(l->format))) < 0 ||
-            json_object_object_add(o, "file", json_object_new_string(file)) < 0)
+        if (add_member(o, "node-name", json_object_new_string(k == 0 ? d->name : name)) < 0 ||
+            add_member(o, "driver", json_object_new_string(image_format_to_string(l->format))) < 0 ||
+            add_member(o, "file", json_object_new_string(file)) < 0)
                 return json_object_put(o), NULL;
         if (l->format == IMAGE_FORMAT_QCOW2) {
                 /* The data file in its parent's mode; QEMU never opens the name in the header. */
-                if (l->data_file && json_object_object_add(o, "data-file", json_object_new_string(data)) < 0)
+                if (l->data_file && add_member(o, "data-file", json_object_new_string(data)) < 0)
                         return json_object_put(o), NULL;
                 /* Every backing node named explicitly; the deepest has none (null, not absent). */
-                if (json_object_object_add(o, "backing", k + 1 < d->n_chain ? json_object_new_string(below) : NULL) < 0)
+                if (add_member(o, "backing", k + 1 < d->n_chain ? json_object_new_string(below) : NULL) < 0)
                         return json_object_put(o), NULL;
         }
-        if (json_object_object_add(o, "read-only", json_object_new_boolean(ro)) < 0)
+        if (add_member(o, "read-only", json_object_new_boolean(ro)) < 0)
                 return json_object_put(o), NULL;
         return o;
 }
