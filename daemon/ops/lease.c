@@ -159,16 +159,6 @@ int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *j
         return 0;
 }
 
-static int first_problem(const char *disk, const char *layer, const char *text, void *userdata) {
-        char **first = userdata;
-        if (!*first) {
-                *first = strdup(text);
-                if (!*first)
-                        return -ENOMEM;
-        }
-        return 0;
-}
-
 void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
         log_op(LOG_INFO, "lease", l->vm, l->disk, NULL, "Lease " VDISK_LEASE_PREFIX "/%s of disk '%s' of VM '%s' ended (%s)", l->id, l->disk, l->vm,
                why);
@@ -177,7 +167,7 @@ void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
                 OpError err = {};
 
                 /* Only the top layer was writable: backing layers went out O_RDONLY. */
-                if (op_verify(s, l->vm, l->disk, true, -EBADF, first_problem, &problem, &err) >= 0 && problem) {
+                if (op_verify(s, l->vm, l->disk, true, -EBADF, op_verify_first_problem, &problem, &err) >= 0 && problem) {
                         char reason[512];
                         snprintf(reason, sizeof(reason), "headers changed under a read-write lease: %s", problem);
                         (void) op_quarantine(s, l->vm, l->disk, reason, &err);

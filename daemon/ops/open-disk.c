@@ -122,16 +122,6 @@ int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret) {
         return *ret ? 0 : -ENOMEM;
 }
 
-static int first_problem(const char *disk, const char *layer, const char *text, void *userdata) {
-        char **first = userdata;
-        if (!*first) {
-                *first = strdup(text);
-                if (!*first)
-                        return -ENOMEM;
-        }
-        return 0;
-}
-
 /* Refusals that need no file opened: quarantine, jobs, limits, the one-writer rule. */
 static int check_admissible(const Limits *lim, const LeaseRegistry *leases, const JobRegistry *jobs,
                             const OpenDiskRequest *req, const Disk *d, size_t n_fds, OpError *err) {
@@ -305,7 +295,7 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
         /* Hand out only what matches the records. Backing layers are never writable by anyone (catalog
          * images and former tops, all handed out O_RDONLY), so the top layer's header is what can differ;
          * it is read through the very description that is handed out. */
-        r = op_verify(s, req->vm, req->disk, true, l->fds[0].fd, first_problem, &problem, err);
+        r = op_verify(s, req->vm, req->disk, true, l->fds[0].fd, op_verify_first_problem, &problem, err);
         if (r >= 0 && problem)
                 r = op_error(err, -EBADMSG, "Disk '%s' of VM '%s' differs from its records: %s", req->disk, req->vm, problem);
         if (r >= 0)

@@ -73,6 +73,8 @@ typedef int (*VerifyProblemFunc)(const char *disk, const char *layer, const char
  * `top_fd`: the top layer already opened through store_open_layer(), or -EBADF. */
 int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, int top_fd, VerifyProblemFunc cb,
               void *userdata, OpError *err);
+/* A VerifyProblemFunc that keeps the text of the first problem in *(char **) userdata (strdup'd). */
+int op_verify_first_problem(const char *disk, const char *layer, const char *text, void *userdata);
 
 /* Marks a disk as not to be handed out (NULL: lifts it); persisted in the VM record. */
 int op_quarantine(Store *s, const char *vm, const char *disk, const char *reason, OpError *err);

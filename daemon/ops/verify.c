@@ -124,6 +124,17 @@ int op_verify(Store *s, const char *vm, const char *only_disk, bool top_only, in
         return 0;
 }
 
+int op_verify_first_problem(const char *disk, const char *layer, const char *text, void *userdata) {
+        char **first = userdata;
+
+        if (!*first) {
+                *first = strdup(text);
+                if (!*first)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
 int op_check_caller_fd(int fd, OpError *err) {
         struct stat st;
         int flags, copy;
