@@ -88,13 +88,28 @@ static bool qmp_name_is_valid(const char *s) {
         return n > 0;
 }
 
-static void update_defer(QmpClient *c) {
-        bool pending;
+/* The loop takes events at its own pace: it parses lines out of the buffer only while fewer than
+ * QMP_EVENTS_LOOP_MAX are queued, and reads the socket only when the buffer holds no complete line,
+ * so that a burst waits in the socket rather than overflowing the queue. (Synchronous calls parse
+ * everything they meet, and may overflow it: -ENOBUFS.) */
+#define QMP_EVENTS_LOOP_MAX (QMP_EVENTS_MAX / 2U)
 
-        if (!c->defer_source)
-                return;
-        pending = c->n_events > 0 || (c->state == QMP_STATE_DEAD && !c->death_reported);
-        (void) sd_event_source_set_enabled(c->defer_source, pending ? SD_EVENT_ON : SD_EVENT_OFF);
+static bool buffer_has_line(const QmpClient *c) {
+        return c->buf_size > 0 && memchr(c->buf, '\n', c->buf_size);
+}
+
+static void update_sources(QmpClient *c) {
+        bool alive = c->state != QMP_STATE_DEAD;
+        bool pending = c->n_events > 0 || (!alive && !c->death_reported) ||
+                       (alive && c->n_events < QMP_EVENTS_LOOP_MAX && buffer_has_line(c));
+
+        if (c->defer_source)
+                (void) sd_event_source_set_enabled(c->defer_source, pending ? SD_EVENT_ON : SD_EVENT_OFF);
+        if (c->io_source)
+                (void) sd_event_source_set_enabled(c->io_source,
+                                                   c->n_events < QMP_EVENTS_LOOP_MAX && !buffer_has_line(c)
+                                                           ? SD_EVENT_ON
+                                                           : SD_EVENT_OFF);
 }
 
 /* Declares the connection dead for `reason` and returns it. The first reason stays. */
@@ -109,7 +124,7 @@ static int client_kill(QmpClient *c, int reason) {
         free(c->buf);
         c->buf = NULL;
         c->buf_size = c->buf_allocated = 0;
-        update_defer(c);
+        update_sources(c);
         return reason;
 }
 
@@ -319,14 +334,14 @@ static int queue_event(QmpClient *c, json_object *m) {
         }
         c->events[(c->events_first + c->n_events) % QMP_EVENTS_MAX] = m;
         c->n_events++;
-        update_defer(c);
+        update_sources(c);
         return 0;
 }
 
 /* Takes the next complete line out of the buffer, checked: 1 with *ret (the message) and *ret_kind,
- * 0 if no complete line is there, or the connection dies. Events are queued here, and never returned;
- * a greeting is returned only in the GREETING state. */
-static int next_message(QmpClient *c, json_object **ret, QmpMessageKind *ret_kind) {
+ * 0 if no complete line is there (or `max_events` are queued), or the connection dies. Events are
+ * queued here, and never returned; a greeting is returned only in the GREETING state. */
+static int next_message(QmpClient *c, size_t max_events, json_object **ret, QmpMessageKind *ret_kind) {
         for (;;) {
                 json_object *m = NULL;
                 QmpMessageKind kind;
@@ -336,6 +351,8 @@ static int next_message(QmpClient *c, json_object **ret, QmpMessageKind *ret_kin
 
                 if (c->state == QMP_STATE_DEAD)
                         return c->dead_reason;
+                if (c->n_events >= max_events)
+                        return 0;
                 nl = c->buf_size > 0 ? memchr(c->buf, '\n', c->buf_size) : NULL;
                 if (!nl) {
                         /* A line longer than any message can never end well. */
@@ -370,12 +387,12 @@ static int next_message(QmpClient *c, json_object **ret, QmpMessageKind *ret_kin
 
 /* Queues the events already complete in the buffer, so that they do not wait for more bytes on the
  * socket (QEMU may write a reply and events in one go); anything else there is unexpected. */
-static int drain_buffer(QmpClient *c) {
+static int drain_buffer(QmpClient *c, size_t max_events) {
         json_object *m = NULL;
         QmpMessageKind kind;
         int r;
 
-        r = next_message(c, &m, &kind);
+        r = next_message(c, max_events, &m, &kind);
         if (r > 0) {
                 json_object_put(m);
                 log_debug("QMP reply while no call is waiting");
@@ -384,18 +401,23 @@ static int drain_buffer(QmpClient *c) {
         return r;
 }
 
-/* Waits until a message other than an event is complete, or the deadline passes. */
+/* Waits until a message other than an event is complete, or the deadline passes: also while bytes
+ * keep coming, so that a peer trickling a line cannot stretch the wait. */
 static int wait_message(QmpClient *c, uint64_t deadline, json_object **ret, QmpMessageKind *ret_kind) {
-        for (;;) {
+        for (bool last = false;;) {
                 struct pollfd p = { .fd = c->fd, .events = POLLIN };
                 int r;
 
-                r = next_message(c, ret, ret_kind);
+                r = next_message(c, SIZE_MAX, ret, ret_kind);
                 if (r != 0)
                         return r;
+                if (last)
+                        return client_kill(c, -ETIMEDOUT);
                 r = client_read(c);
-                if (r > 0)
+                if (r > 0) {
+                        last = now_usec() >= deadline;
                         continue;
+                }
                 if (r != -EAGAIN)
                         return r;
                 r = poll(&p, 1, poll_timeout_ms(deadline));
@@ -449,6 +471,9 @@ static int write_all(QmpClient *c, const char *data, size_t size, int fd, uint64
                 fd_sent = true;
                 data += n;
                 size -= (size_t) n;
+                /* A peer reading a byte at a time cannot stretch the wait either. */
+                if (size > 0 && now_usec() >= deadline)
+                        return client_kill(c, -ETIMEDOUT);
         }
         return 0;
 }
@@ -501,11 +526,11 @@ static int call_internal(
                 const char *command,
                 json_object *arguments,
                 int fd_to_pass,
-                uint64_t timeout_usec,
+                uint64_t deadline,
                 json_object **ret_return,
                 char **ret_error) {
 
-        uint64_t deadline = deadline_after(timeout_usec), id;
+        uint64_t id;
         _cleanup_free_ char *line = NULL;
         json_object *msg, *exec, *jid, *m = NULL, *v;
         QmpMessageKind kind;
@@ -556,7 +581,8 @@ static int call_internal(
                 return client_kill(c, -EBADMSG);
         }
         /* The reply stands even if what follows it breaks the connection (qmp_client_is_dead() tells). */
-        (void) drain_buffer(c);
+        (void) drain_buffer(c, SIZE_MAX);
+        update_sources(c);
 
         if (kind == QMP_MESSAGE_ERROR) {
                 if (ret_error) {
@@ -590,10 +616,11 @@ int qmp_client_call(
                 return -EINVAL;
         if (c->state != QMP_STATE_READY)
                 return -ENOTCONN;
-        return call_internal(c, command, arguments, fd_to_pass, timeout_usec, ret_return, ret_error);
+        return call_internal(c, command, arguments, fd_to_pass, deadline_after(timeout_usec), ret_return, ret_error);
 }
 
 int qmp_client_handshake(QmpClient *c, uint64_t timeout_usec) {
+        uint64_t deadline = deadline_after(timeout_usec);
         json_object *m = NULL, *g, *ret = NULL;
         QmpMessageKind kind;
         bool empty;
@@ -606,7 +633,7 @@ int qmp_client_handshake(QmpClient *c, uint64_t timeout_usec) {
         if (c->state != QMP_STATE_GREETING)
                 return -EALREADY;
 
-        r = wait_message(c, deadline_after(timeout_usec), &m, &kind);
+        r = wait_message(c, deadline, &m, &kind);
         if (r < 0)
                 return r;
         (void) json_object_object_get_ex(m, "QMP", &g);
@@ -618,7 +645,7 @@ int qmp_client_handshake(QmpClient *c, uint64_t timeout_usec) {
         }
         c->state = QMP_STATE_CAPABILITIES;
 
-        r = call_internal(c, "qmp_capabilities", NULL, -EBADF, timeout_usec, &ret, NULL);
+        r = call_internal(c, "qmp_capabilities", NULL, -EBADF, deadline, &ret, NULL);
         if (r < 0)
                 return client_kill(c, r == -EREMOTEIO ? -EBADMSG : r);
         empty = json_object_is_type(ret, json_type_object) && json_object_object_length(ret) == 0;
@@ -638,7 +665,7 @@ int qmp_client_next_event(QmpClient *c, json_object **ret) {
         c->events[c->events_first] = NULL;
         c->events_first = (c->events_first + 1) % QMP_EVENTS_MAX;
         c->n_events--;
-        update_defer(c);
+        update_sources(c);
         return 1;
 }
 
@@ -646,8 +673,10 @@ static int on_io(_unused_ sd_event_source *s, _unused_ int fd, _unused_ uint32_t
         QmpClient *c = userdata;
 
         /* No call is waiting (calls are synchronous): anything but an event is unexpected. */
-        if (client_read(c) > 0)
-                (void) drain_buffer(c);
+        if (drain_buffer(c, QMP_EVENTS_LOOP_MAX) >= 0 && c->n_events < QMP_EVENTS_LOOP_MAX && !buffer_has_line(c) &&
+            client_read(c) > 0)
+                (void) drain_buffer(c, QMP_EVENTS_LOOP_MAX);
+        update_sources(c);
         return 0;
 }
 
@@ -659,6 +688,8 @@ static int on_defer(_unused_ sd_event_source *s, void *userdata) {
         json_object *m = NULL, *name, *data = NULL;
         int r;
 
+        /* Lines a read brought beyond what the queue took. */
+        (void) drain_buffer(c, QMP_EVENTS_LOOP_MAX);
         if (qmp_client_next_event(c, &m) > 0) {
                 (void) json_object_object_get_ex(m, "event", &name);
                 (void) json_object_object_get_ex(m, "data", &data);
@@ -666,10 +697,10 @@ static int on_defer(_unused_ sd_event_source *s, void *userdata) {
                 json_object_put(m);
         } else if (c->state == QMP_STATE_DEAD && !c->death_reported) {
                 c->death_reported = true;
-                update_defer(c);
+                update_sources(c);
                 r = handler(c, NULL, NULL, u);
         } else {
-                update_defer(c);
+                update_sources(c);
                 return 0;
         }
         if (r < 0)
@@ -701,7 +732,7 @@ int qmp_client_attach_event(QmpClient *c, sd_event *e, int64_t priority, QmpEven
         (void) sd_event_source_set_priority(c->defer_source, priority);
         c->handler = handler;
         c->userdata = userdata;
-        update_defer(c);
+        update_sources(c);
         return 0;
 }
 

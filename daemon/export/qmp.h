@@ -94,6 +94,8 @@ int qmp_client_next_event(QmpClient *c, json_object **ret);
  * touch the client after the handler returns: the handler may call qmp_client_call() (which reads the
  * socket itself and queues the events it meets, for the next dispatches), qmp_client_next_event(),
  * qmp_client_detach_event() or qmp_client_free(). Its return value is only logged if negative.
+ * The loop reads the socket only while fewer than QMP_EVENTS_MAX / 2 events are queued, so a burst
+ * waits in the socket instead of overflowing the queue.
  * Requires the handshake to be done (-EINVAL otherwise); -EBUSY if already attached. */
 typedef int (*QmpEventHandler)(QmpClient *c, const char *event, json_object *data, void *userdata);
 int qmp_client_attach_event(QmpClient *c, sd_event *e, int64_t priority, QmpEventHandler handler, void *userdata);

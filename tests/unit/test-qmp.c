@@ -450,6 +450,24 @@ static void test_peer_gone(void) {
         CHECK_EQ_INT(qmp_client_call(c, "x", NULL, -1, TIMEOUT, NULL, NULL), -ENOTCONN);
         qmp_client_free(c);
         close(server);
+
+        /* A line trickled a byte every 2 ms (it would take 20 s): the wait still ends at its timeout. */
+        {
+                _cleanup_free_ char *slow = malloc(10000);
+                c = ready_client(&server);
+                memcpy(slow, "{\"return\": \"", 12);
+                memset(slow + 12, 'x', 10000 - 12);
+                Script t2 = { .fd = server, .data = slow, .size = 10000, .chunk = 1, .delay_usec = 2000 };
+                CHECK_EQ_INT(pthread_create(&t, NULL, script_run, &t2), 0);
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                start = (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
+                CHECK_EQ_INT(qmp_client_call(c, "x", NULL, -1, 100000, NULL, NULL), -ETIMEDOUT);
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                CHECK((uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U - start < 2000000);
+                qmp_client_free(c); /* the writer's next send fails */
+                pthread_join(t, NULL);
+                close(server);
+        }
 }
 
 static void test_fd_from_peer(void) {
@@ -571,7 +589,7 @@ static void test_queue_limit(void) {
 /* What the event handler saw, as one string: "E1 E2 ... DEAD". */
 typedef struct Seen {
         char log[512];
-        unsigned deaths;
+        unsigned deaths, n_events;
         int server;
         QmpClient *c;
         int call_result;
@@ -582,8 +600,11 @@ static int on_event(QmpClient *c, const char *event, json_object *data, void *us
         json_object *v;
 
         CHECK(c == s->c);
-        snprintf(s->log + strlen(s->log), sizeof(s->log) - strlen(s->log), "%s%s", s->log[0] ? " " : "",
-                 event ?: "DEAD");
+        if (strlen(s->log) < 128) /* (a burst is counted, not logged) */
+                snprintf(s->log + strlen(s->log), sizeof(s->log) - strlen(s->log), "%s%s", s->log[0] ? " " : "",
+                         event ?: "DEAD");
+        if (event)
+                s->n_events++;
         if (!event) {
                 s->deaths++;
                 CHECK(qmp_client_is_dead(c));
@@ -672,6 +693,26 @@ static void test_event_loop(void) {
         run_until(e, &s, "");
         write_str(s.server, "{\"return\": {}, \"id\": 2}\r\n");
         CHECK_EQ_INT(qmp_client_call(s.c, "x", NULL, -1, TIMEOUT, NULL, NULL), 0);
+        qmp_client_free(s.c);
+        close(s.server);
+
+        /* A burst bigger than the queue, read by the loop: it reads no more while the queue is half
+         * full, so every event comes through and the connection lives. */
+        s = (Seen) {};
+        s.c = ready_client(&s.server);
+        CHECK_EQ_INT(qmp_client_attach_event(s.c, e, 0, on_event, &s), 0);
+        {
+                _cleanup_free_ char *burst = malloc(3 * QMP_EVENTS_MAX * 32);
+                size_t n = 0;
+                /* Small ones: one read of the buffer's first 4 KiB holds more than the queue. */
+                for (unsigned i = 0; i < 3 * QMP_EVENTS_MAX / 2; i++)
+                        n += (size_t) sprintf(burst + n, "{\"event\":\"B\"}\r\n");
+                write_str(s.server, burst);
+                for (unsigned i = 0; i < 5000 && s.n_events < 3 * QMP_EVENTS_MAX / 2 && !s.deaths; i++)
+                        CHECK(sd_event_run(e, 10000) >= 0);
+                CHECK_EQ_INT(s.n_events, 3 * QMP_EVENTS_MAX / 2);
+                CHECK(!qmp_client_is_dead(s.c));
+        }
         qmp_client_free(s.c);
         close(s.server);
 
