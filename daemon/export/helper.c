@@ -1,0 +1,300 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+#include <cap-ng.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helper.h"
+#include "log.h"
+#include "util.h"
+
+/* The helper's command line: a QEMU without a machine, devices, network or display, whose only way in
+ * is its monitor on fd 3. TCG is the only accelerator the monitor-only machine can have in Debian's
+ * QEMU (no qtest); split-wx and a one-megabyte translation buffer keep it from mapping 1 GiB of
+ * writable and executable memory. QEMU's sandbox forbids spawning, privilege changes and resource
+ * control on top of vdiskd's own restrictions. */
+static const char *const helper_args[] = {
+        "-nodefaults", "-no-user-config", "-nographic", "-machine", "none", "-accel", "tcg,split-wx=on,tb-size=1",
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-chardev", "socket,id=vdisk-monitor,fd=3,server=on,wait=off", "-mon", "chardev=vdisk-monitor,mode=control",
+        "-msg", "timestamp=on",
+};
+
+static int socket_address(const char *dir, struct sockaddr_un *sa, socklen_t *len) {
+        int n;
+
+        *sa = (struct sockaddr_un) { .sun_family = AF_UNIX };
+        n = snprintf(sa->sun_path, sizeof(sa->sun_path), "%s/%s", dir, HELPER_QMP_SOCKET);
+        if (n < 0 || (size_t) n >= sizeof(sa->sun_path))
+                return -ENAMETOOLONG;
+        *len = offsetof(struct sockaddr_un, sun_path) + n + 1;
+        return 0;
+}
+
+static int monitor_listen(const char *dir) {
+        _cleanup_close_ int fd = -EBADF;
+        struct sockaddr_un sa;
+        socklen_t len;
+        int r;
+
+        r = socket_address(dir, &sa, &len);
+        if (r < 0)
+                return r;
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return negative_errno();
+        (void) unlink(sa.sun_path);
+        if (bind(fd, (struct sockaddr *) &sa, len) < 0 || listen(fd, 1) < 0)
+                return negative_errno();
+        return TAKE_FD(fd);
+}
+
+static int monitor_connect(const char *dir, QmpClient **ret) {
+        _cleanup_close_ int fd = -EBADF;
+        QmpClient *c;
+        struct sockaddr_un sa;
+        socklen_t len;
+        int r;
+
+        r = socket_address(dir, &sa, &len);
+        if (r < 0)
+                return r;
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return negative_errno();
+        if (connect(fd, (struct sockaddr *) &sa, len) < 0)
+                return negative_errno();
+        r = qmp_client_new(fd, &c);
+        if (r < 0)
+                return r;
+        TAKE_FD(fd);
+        r = qmp_client_handshake(c, HELPER_TIMEOUT_USEC);
+        if (r < 0) {
+                qmp_client_free(c);
+                return r;
+        }
+        *ret = c;
+        return 0;
+}
+
+/* Raises (or lowers) one capability in the effective set; it must be permitted already. */
+static int cap_effective(unsigned cap, bool on) {
+        if (geteuid() != 0)
+                return 0;
+        if (capng_get_caps_process() < 0 ||
+            capng_update(on ? CAPNG_ADD : CAPNG_DROP, CAPNG_EFFECTIVE, cap) < 0 ||
+            capng_apply(CAPNG_SELECT_CAPS) < 0)
+                return -EPERM;
+        return 0;
+}
+
+/* In the forked child: becomes the helper, or reports errno through `errpipe` and exits. No return. */
+_noreturn_ static void helper_exec(const HelperSpawn *p, int monitor, int log_fd, int errpipe) {
+        const char *argv[ELEMENTSOF(helper_args) + 4];
+        sigset_t none;
+        size_t n = 0;
+        int r = 0, null_fd;
+
+        (void) setsid(); /* not in vdiskd's session: a signal to vdiskd's group does not reach VMs' disks */
+        sigemptyset(&none);
+        (void) sigprocmask(SIG_SETMASK, &none, NULL);
+        for (int sig = 1; sig < _NSIG; sig++)
+                (void) signal(sig, SIG_DFL);
+
+        null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0 || dup2(monitor, 3) < 0)
+                r = -errno;
+        /* Nothing else of vdiskd's goes with it (all fds are O_CLOEXEC as well). */
+        if (r >= 0 && close_range(4, ~0U, 0) < 0 && errno != ENOSYS)
+                r = -errno;
+        if (r >= 0 && p->switch_uid) {
+                if (cap_effective(CAP_SETGID, true) < 0 || cap_effective(CAP_SETUID, true) < 0)
+                        r = -EPERM;
+                /* Changing all uids away from 0 clears the permitted and effective capability sets. */
+                else if (setgroups(0, NULL) < 0 || setresgid(p->gid, p->gid, p->gid) < 0 ||
+                         setresuid(p->uid, p->uid, p->uid) < 0)
+                        r = -errno;
+        }
+        if (r >= 0 && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                r = -errno;
+        if (r >= 0) {
+                argv[n++] = p->binary;
+                argv[n++] = "-name";
+                argv[n++] = p->name;
+                for (size_t i = 0; i < ELEMENTSOF(helper_args); i++)
+                        argv[n++] = helper_args[i];
+                argv[n] = NULL;
+                execv(p->binary, (char **) argv);
+                r = -errno;
+        }
+        (void) !write(errpipe, &r, sizeof(r));
+        _exit(127);
+}
+
+static int wait_exit(const Helper *h, int timeout_ms) {
+        struct pollfd pfd = { .fd = h->pidfd, .events = POLLIN };
+        int r;
+
+        if (h->pidfd < 0)
+                return -EBADF;
+        r = poll(&pfd, 1, timeout_ms);
+        if (r < 0)
+                return negative_errno();
+        return r > 0;
+}
+
+static void reap(const Helper *h) {
+        siginfo_t si;
+
+        /* Only a helper this vdiskd started is its child; after a restart, init reaps them. */
+        if (h->pidfd >= 0)
+                (void) waitid(P_PIDFD, h->pidfd, &si, WEXITED | WNOHANG);
+}
+
+int helper_spawn(const HelperSpawn *p, Helper **ret) {
+        _cleanup_close_ int monitor = -EBADF, log_fd = -EBADF;
+        _cleanup_free_ char *log_path = NULL;
+        int errpipe[2], child_error = 0;
+        Helper *h;
+        pid_t pid;
+        ssize_t n;
+        int r;
+
+        monitor = monitor_listen(p->dir);
+        if (monitor < 0)
+                return log_error_errno(monitor, "Failed to create the monitor socket of helper %s", p->name);
+        if (asprintf(&log_path, "%s/%s", p->dir, HELPER_LOG) < 0)
+                return -ENOMEM;
+        log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (log_fd < 0)
+                return log_error_errno(errno, "Failed to create %s", log_path);
+        if (pipe2(errpipe, O_CLOEXEC) < 0)
+                return negative_errno();
+
+        pid = fork();
+        if (pid < 0) {
+                r = negative_errno();
+                safe_close(errpipe[0]);
+                safe_close(errpipe[1]);
+                return log_error_errno(r, "Failed to fork helper %s", p->name);
+        }
+        if (pid == 0) {
+                safe_close(errpipe[0]);
+                helper_exec(p, monitor, log_fd, errpipe[1]);
+        }
+        safe_close(errpipe[1]);
+        do
+                n = read(errpipe[0], &child_error, sizeof(child_error));
+        while (n < 0 && errno == EINTR);
+        safe_close(errpipe[0]);
+
+        h = calloc(1, sizeof(Helper));
+        if (!h) {
+                (void) kill(pid, SIGKILL);
+                return -ENOMEM;
+        }
+        h->pid = pid;
+        h->pidfd = pidfd_open(pid, 0);
+        if (h->pidfd < 0)
+                h->pidfd = -errno;
+        if (n == (ssize_t) sizeof(child_error) && child_error < 0) {
+                r = log_error_errno(child_error, "Failed to start helper %s (%s)", p->name, p->binary);
+                reap(h);
+                helper_free(h);
+                return r;
+        }
+        r = monitor_connect(p->dir, &h->qmp);
+        if (r < 0) {
+                log_error_errno(r, "Helper %s (pid %d) did not answer on its monitor (see %s)", p->name, (int) pid, log_path);
+                (void) helper_stop(h, 0);
+                helper_free(h);
+                return r;
+        }
+        log_debug("Helper %s started: pid %d, uid %u, QEMU %u.%u.%u", p->name, (int) pid,
+                  (unsigned) (p->switch_uid ? p->uid : geteuid()), qmp_client_version(h->qmp)->major,
+                  qmp_client_version(h->qmp)->minor, qmp_client_version(h->qmp)->micro);
+        *ret = h;
+        return 0;
+}
+
+static void json_object_putp(json_object **o) {
+        json_object_put(*o);
+}
+
+int helper_attach(const char *dir, const char *name, pid_t pid, Helper **ret) {
+        _cleanup_(json_object_putp) json_object *reply = NULL;
+        json_object *v;
+        Helper *h;
+        int r;
+
+        h = calloc(1, sizeof(Helper));
+        if (!h)
+                return -ENOMEM;
+        h->pid = pid;
+        h->pidfd = pidfd_open(pid, 0);
+        if (h->pidfd < 0) {
+                r = errno == ESRCH ? -ENOENT : -errno;
+                free(h);
+                return r;
+        }
+        r = monitor_connect(dir, &h->qmp);
+        if (r >= 0)
+                r = qmp_client_call(h->qmp, "query-name", NULL, -EBADF, HELPER_TIMEOUT_USEC, &reply, NULL);
+        if (r >= 0 && (!json_object_object_get_ex(reply, "name", &v) || !json_object_is_type(v, json_type_string) ||
+                       !streq(json_object_get_string(v), name)))
+                r = -ESTALE;
+        if (r < 0) {
+                helper_free(h);
+                return r;
+        }
+        *ret = h;
+        return 0;
+}
+
+bool helper_exited(const Helper *h) {
+        return wait_exit(h, 0) > 0;
+}
+
+int helper_stop(Helper *h, uint64_t timeout_usec) {
+        int r;
+
+        if (h->qmp && !qmp_client_is_dead(h->qmp) && timeout_usec > 0)
+                (void) qmp_client_call(h->qmp, "quit", NULL, -EBADF, timeout_usec, NULL, NULL);
+        r = wait_exit(h, (int) (timeout_usec / 1000));
+        if (r <= 0) {
+                /* Still there (or no pidfd to tell): SIGKILL, with CAP_KILL for this one call when the
+                 * helper runs as a uid of its own. */
+                (void) cap_effective(CAP_KILL, true);
+                if (h->pidfd >= 0)
+                        r = pidfd_send_signal(h->pidfd, SIGKILL, NULL, 0) < 0 ? negative_errno() : 0;
+                else
+                        r = kill(h->pid, SIGKILL) < 0 ? negative_errno() : 0;
+                (void) cap_effective(CAP_KILL, false);
+                if (r < 0 && r != -ESRCH)
+                        log_error_errno(r, "Failed to kill helper pid %d", (int) h->pid);
+                (void) wait_exit(h, 5000);
+        }
+        reap(h);
+        return 0;
+}
+
+Helper *helper_free(Helper *h) {
+        if (!h)
+                return NULL;
+        qmp_client_free(h->qmp);
+        safe_close(h->pidfd);
+        free(h);
+        return NULL;
+}

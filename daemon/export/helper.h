@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Storage helpers: one qemu-system-x86_64 per export lease, with no machine, no devices, no network
+ * and QEMU's own seccomp sandbox, running as a uid of its own (when vdiskd is root) without any
+ * capability and with no_new_privs. It receives every file it may touch as an fd over its QMP monitor,
+ * so it cannot open a store file by path: the store is 0700 and owned by uid 0.
+ *
+ * The monitor is a listening AF_UNIX socket that vdiskd binds in the helper's runtime directory
+ * (0700, under vdiskd's runtime directory) before starting the helper, which inherits it as fd 3
+ * ("-chardev socket,fd=3,server=on"). The helper never learns or needs a path; vdiskd connects to
+ * the socket now and again after a restart of its own, since the helper outlives vdiskd (it is
+ * started in its own session, and vdiskd's unit uses KillMode=process): running VMs keep their disks.
+ *
+ * vdiskd keeps CAP_SETUID and CAP_SETGID permitted (never effective) to switch the forked child to
+ * the helper's uid, and CAP_KILL permitted to end a helper that does not quit when asked; each is
+ * raised only for that one step.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "qmp.h"
+
+#define HELPER_QMP_SOCKET "qmp.sock"
+#define HELPER_LOG "helper.log"
+#define HELPER_TIMEOUT_USEC (10U * 1000000U)
+
+typedef struct HelperSpawn {
+        const char *binary; /* qemu-system-x86_64 */
+        const char *dir;    /* the helper's runtime directory: exists, 0700, vdiskd's own */
+        const char *name;   /* QEMU's -name: the lease id, checked again after a restart */
+        bool switch_uid;    /* run as `uid`/`gid` (vdiskd is root); else as vdiskd's own uid */
+        uid_t uid;
+        gid_t gid;
+} HelperSpawn;
+
+typedef struct Helper {
+        pid_t pid;
+        int pidfd; /* -EBADF if the kernel has none for it */
+        QmpClient *qmp;
+} Helper;
+
+/* Starts a helper and completes its QMP handshake. */
+int helper_spawn(const HelperSpawn *p, Helper **ret);
+/* Finds the helper of `dir` again (after vdiskd restarted): connects to its monitor, checks that it
+ * answers to `name`, and takes a pidfd of `pid` (taken before the monitor answered, so it cannot be
+ * another process that got a reused pid). -ECONNREFUSED/-ENOENT: the helper is gone. */
+int helper_attach(const char *dir, const char *name, pid_t pid, Helper **ret);
+/* Asks the helper to quit (QEMU flushes its caches and closes its images), waits up to `timeout_usec`
+ * for it to exit, else kills it. Returns once it is gone. */
+int helper_stop(Helper *h, uint64_t timeout_usec);
+/* Whether the helper process has exited (without reaping it). */
+bool helper_exited(const Helper *h);
+/* Forgets the helper without stopping it (the monitor connection is closed; the helper keeps
+ * running and accepts the next one). */
+Helper *helper_free(Helper *h);
