@@ -31,11 +31,15 @@
 void config_init_default(Config *c) {
         *c = (Config) {};
         limits_init_default(&c->limits);
+        c->exports = (ExportSettings) { .enabled = true, .uid_first = EXPORT_DEFAULT_UID_FIRST,
+                                        .uid_last = EXPORT_DEFAULT_UID_LAST };
 }
 
 void config_done(Config *c) {
         free(c->store_directory);
         free(c->admin_group);
+        free(c->exports.helper);
+        free(c->exports.runtime_dir);
         *c = (Config) {};
 }
 
@@ -65,7 +69,33 @@ typedef enum ConfigType {
         CONFIG_STRING_EMPTY, /* a string; empty means unset (NULL) */
         CONFIG_U32,
         CONFIG_U64,
+        CONFIG_BOOL,
+        CONFIG_UID_RANGE, /* FIRST-LAST, two uids, neither 0 nor -1 */
 } ConfigType;
+
+static int parse_bool(const char *v, bool *ret) {
+        if (streq(v, "yes") || streq(v, "true") || streq(v, "1") || streq(v, "on"))
+                *ret = true;
+        else if (streq(v, "no") || streq(v, "false") || streq(v, "0") || streq(v, "off"))
+                *ret = false;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+static int parse_uid_range(const char *v, ExportSettings *e) {
+        _cleanup_free_ char *first = NULL;
+        const char *dash = strchr(v, '-');
+        uint32_t a, b;
+
+        if (!dash || !(first = strndup(v, dash - v)))
+                return -EINVAL;
+        if (parse_u32(first, &a) < 0 || parse_u32(dash + 1, &b) < 0 || a == 0 || b == UINT32_MAX || a > b)
+                return -EINVAL;
+        e->uid_first = a;
+        e->uid_last = b;
+        return 0;
+}
 
 static const struct {
         const char *section;
@@ -85,6 +115,10 @@ static const struct {
         { "Limits", "MaxLeaseFds",          CONFIG_U32,          offsetof(Config, limits.max_lease_fds) },
         { "Limits", "MaxLeaseFdsPerCaller", CONFIG_U32,          offsetof(Config, limits.max_lease_fds_per_caller) },
         { "Access", "AdminGroup",           CONFIG_STRING_EMPTY, offsetof(Config, admin_group) },
+        { "Exports", "Enabled",             CONFIG_BOOL,         offsetof(Config, exports.enabled) },
+        { "Exports", "Helper",              CONFIG_STRING_EMPTY, offsetof(Config, exports.helper) },
+        { "Exports", "HelperUids",          CONFIG_UID_RANGE,    offsetof(Config, exports) },
+        { "Exports", "RuntimeDirectory",    CONFIG_STRING_EMPTY, offsetof(Config, exports.runtime_dir) },
 };
 
 /* 0 if set, -ENOENT for an unknown section or key, -EINVAL for an invalid value, -ENOMEM. A later
@@ -102,6 +136,10 @@ static int config_set(Config *c, const char *section, const char *key, const cha
                         return parse_u32(value, field);
                 case CONFIG_U64:
                         return parse_u64(value, field);
+                case CONFIG_BOOL:
+                        return parse_bool(value, field);
+                case CONFIG_UID_RANGE:
+                        return parse_uid_range(value, field);
                 case CONFIG_PATH:
                 case CONFIG_STRING_EMPTY:
                         if (value[0] || config_table[i].type == CONFIG_PATH) {

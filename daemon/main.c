@@ -21,9 +21,11 @@
 
 #define DEFAULT_CONFIG "/etc/vdisk/vdiskd.conf"
 #define DEFAULT_STORE "/var/lib/vdisk"
+#define DEFAULT_RUNTIME_DIR "/run/vdisk"
 
 static const char *arg_store;
 static const char *arg_config;
+static const char *arg_runtime_dir;
 static uint64_t arg_exit_on_idle_usec;
 
 /* ---- exit on idle: nothing leased, no job (running or still readable), no call for a while ---- */
@@ -102,12 +104,17 @@ static int name_acquired(sd_bus_message *m, void *userdata, sd_bus_error *ret_er
         return 0;
 }
 
-static int drop_privileges(void) {
-        /* The daemon owns its store and receives callers' files as fds: it needs no capability at all.
-         * Root keeps only its uid (ownership of the store); everything else goes, bounding set included. */
+static int drop_privileges(bool exports) {
+        /* The daemon owns its store and receives callers' files as fds: it needs no capability for that.
+         * Root keeps its uid (ownership of the store); with exports, CAP_SETUID and CAP_SETGID stay
+         * permitted (not effective) for the forked child that becomes a helper's uid, and CAP_KILL for a
+         * helper that does not quit when asked (export/helper.c raises each for that one step).
+         * Everything else goes, bounding set included. */
         if (geteuid() != 0)
                 return 0;
         capng_clear(CAPNG_SELECT_BOTH);
+        if (exports && capng_updatev(CAPNG_ADD, CAPNG_PERMITTED | CAPNG_BOUNDING_SET, CAP_SETUID, CAP_SETGID, CAP_KILL, -1) < 0)
+                return log_error_errno(EPERM, "Failed to keep the capabilities of exports");
         if (capng_apply(CAPNG_SELECT_BOTH) < 0)
                 return log_error_errno(EPERM, "Failed to drop capabilities");
         capng_clear(CAPNG_SELECT_BOUNDS);
@@ -135,9 +142,11 @@ static void help(void) {
                "The vdisk storage service for virtual machine disks (bus name %s).\n\n"
                "  --store DIR     store directory (default: $STATE_DIRECTORY, else %s)\n"
                "  --config FILE   configuration file (default: %s; a missing default is fine)\n"
+               "  --runtime-dir DIR  runtime directory of the exports' helpers (default: $RUNTIME_DIRECTORY,\n"
+               "                  else %s)\n"
                "  --exit-on-idle=SEC  exit after SEC seconds without calls, leases or jobs (0: never, the default)\n"
                "  --debug         log at debug level\n",
-               VDISK_BUS_NAME, DEFAULT_STORE, DEFAULT_CONFIG);
+               VDISK_BUS_NAME, DEFAULT_STORE, DEFAULT_CONFIG, DEFAULT_RUNTIME_DIR);
 }
 
 static int parse_argv(int argc, char *argv[]) {
@@ -146,6 +155,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "version", no_argument, NULL, 'V' },
                 { "store", required_argument, NULL, 's' },
                 { "config", required_argument, NULL, 'c' },
+                { "runtime-dir", required_argument, NULL, 'r' },
                 { "debug", no_argument, NULL, 'd' },
                 { "exit-on-idle", required_argument, NULL, 'i' },
                 {}
@@ -165,6 +175,9 @@ static int parse_argv(int argc, char *argv[]) {
                         break;
                 case 'c':
                         arg_config = optarg;
+                        break;
+                case 'r':
+                        arg_runtime_dir = optarg;
                         break;
                 case 'd':
                         log_set_max_level(LOG_DEBUG);
@@ -206,6 +219,14 @@ static int run(int argc, char *argv[]) {
         }
 
         store = arg_store ?: config.store_directory ?: getenv("STATE_DIRECTORY") ?: DEFAULT_STORE;
+        if (arg_runtime_dir || !config.exports.runtime_dir) {
+                free(config.exports.runtime_dir);
+                config.exports.runtime_dir = strdup(arg_runtime_dir ?: getenv("RUNTIME_DIRECTORY") ?: DEFAULT_RUNTIME_DIR);
+                if (!config.exports.runtime_dir) {
+                        config_done(&config);
+                        return log_error_errno(ENOMEM, "Out of memory");
+                }
+        }
 
         r = manager_new(&config, &m);
         config_done(&config);
@@ -234,11 +255,15 @@ static int run(int argc, char *argv[]) {
         if (r >= 0)
                 r = bus_watch_names(m);
         if (r >= 0)
+                r = manager_recover_exports(m);
+        if (r >= 0)
+                r = bus_check_lease_holders(m);
+        if (r >= 0)
                 r = sd_bus_add_object_manager(m->bus, NULL, VDISK_MANAGER_PATH);
         if (r >= 0)
                 r = sd_bus_request_name_async(m->bus, NULL, VDISK_BUS_NAME, 0, name_acquired, m);
         if (r >= 0)
-                r = drop_privileges();
+                r = drop_privileges(m->config.exports.enabled);
         if (r >= 0) {
                 sigset_t ss;
                 sigemptyset(&ss);

@@ -17,6 +17,12 @@ int manager_new(const Config *config, Manager **ret) {
         m->config = *config;
         m->config.store_directory = strdup_or_null(config->store_directory);
         m->config.admin_group = strdup_or_null(config->admin_group);
+        m->config.exports.helper = strdup(config->exports.helper ?: EXPORT_DEFAULT_HELPER);
+        m->config.exports.runtime_dir = strdup_or_null(config->exports.runtime_dir);
+        if (!m->config.exports.helper || (config->exports.runtime_dir && !m->config.exports.runtime_dir)) {
+                manager_free(m);
+                return -ENOMEM;
+        }
 
         if (m->config.admin_group) {
                 struct group *g = getgrnam(m->config.admin_group);
@@ -50,6 +56,21 @@ Manager *manager_free(Manager *m) {
         config_done(&m->config);
         free(m);
         return NULL;
+}
+
+/* A helper exited on its own: its lease ends (the holder's VM sees its disk fail). */
+static void manager_export_gone(Lease *l, void *userdata) {
+        Manager *m = userdata;
+        lease_end(m->store, &m->leases, l, "its storage helper exited");
+}
+
+ExportContext manager_export_context(Manager *m) {
+        return (ExportContext) { .settings = &m->config.exports, .event = m->event, .gone = manager_export_gone, .userdata = m };
+}
+
+int manager_recover_exports(Manager *m) {
+        ExportContext c = manager_export_context(m);
+        return export_recover(c.settings, m->store, &m->leases, m->event, c.gone, c.userdata);
 }
 
 bool manager_busy(const Manager *m) {

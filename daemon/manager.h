@@ -55,5 +55,9 @@ typedef struct Manager {
 
 int manager_new(const Config *config, Manager **ret);
 Manager *manager_free(Manager *m);
+/* What OpenDisk needs to start an export, with the manager's handler for helpers that exit. */
+ExportContext manager_export_context(Manager *m);
+/* After a restart: the exports whose helpers still serve become leases again. */
+int manager_recover_exports(Manager *m);
 /* Nothing leased and no job, running or still readable. */
 bool manager_busy(const Manager *m);

@@ -34,6 +34,8 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_free_ char *blockdev = NULL;
         OpenDiskRequest req = { .holder_uid = c->uid, .holder_pid = c->pid };
+        ExportContext ectx = manager_export_context(m);
+        const char *export = NULL;
         char path[sizeof(VDISK_LEASE_PREFIX) + LAYER_ID_LEN + 1];
         OpError err = {};
         size_t first_count;
@@ -41,14 +43,17 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
         int r;
 
         CHECK(sd_bus_message_read(msg, "ss", &req.vm, &req.disk));
-        CHECK(bus_read_options(msg, (const OptionSpec[]) { { "read_only", 'b', &req.read_only }, {} }, error));
+        CHECK(bus_read_options(msg, (const OptionSpec[]) { { "read_only", 'b', &req.read_only }, { "export", 's', &export }, {} },
+                               error));
+        if (export_type_from_string(export, &req.export) < 0)
+                return bus_errorf(error, -EINVAL, "Unknown export type: the option 'export' is vhost-user-blk or nbd");
         CHECK(bus_check_name("VM", req.vm, error));
         CHECK(bus_check_name("disk", req.disk, error));
         req.holder = sd_bus_message_get_sender(msg);
         if (!req.holder)
                 return bus_errorf(error, -EACCES, "Cannot identify the caller");
 
-        r = op_open_disk(m->store, &m->config.limits, &m->leases, &m->jobs, &req, &l, &blockdev, &err);
+        r = op_open_disk(m->store, &m->config.limits, &m->leases, &m->jobs, &ectx, &req, &l, &blockdev, &err);
         if (r < 0)
                 return bus_error_from_op(error, r, err.code ? err.reason : NULL);
 
@@ -62,8 +67,7 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
         if (r >= 0)
                 r = sd_bus_send(NULL, reply, NULL);
         if (r < 0) {
-                lease_registry_remove(&m->leases, l);
-                lease_free(l);
+                lease_end(m->store, &m->leases, l, "the reply could not be sent");
                 return r;
         }
         lease_forget_fds(l, 0, first_count);

@@ -557,3 +557,27 @@ int bus_watch_names(Manager *m) {
                 return log_error_errno(r, "Failed to watch bus names");
         return 0;
 }
+
+/* After a restart, leases found again (exports) whose holder left the bus while vdiskd was away end now;
+ * the NameOwnerChanged match, asked for before, catches those that leave later. */
+int bus_check_lease_holders(Manager *m) {
+        for (size_t i = 0; i < m->leases.n_leases;) {
+                _cleanup_(sd_bus_error_free) sd_bus_error e = SD_BUS_ERROR_NULL;
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+                Lease *l = m->leases.leases[i];
+                int has = 0, r;
+
+                r = sd_bus_call_method(m->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                       "NameHasOwner", &e, &reply, "s", l->holder);
+                if (r >= 0)
+                        r = sd_bus_message_read(reply, "b", &has);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to ask the bus about lease holder %s", l->holder);
+                if (!has) {
+                        lease_end(m->store, &m->leases, l, "holder left the bus while vdiskd was not running");
+                        continue;
+                }
+                i++;
+        }
+        return 0;
+}

@@ -17,6 +17,7 @@ int bus_manager_register(Manager *m);
 int bus_job_register(Manager *m);
 int bus_lease_register(Manager *m);
 int bus_watch_names(Manager *m);
+int bus_check_lease_holders(Manager *m);
 
 /* Methods of org.vdisk1.Manager implemented beside their topic (bus-xml.c, bus-lease.c). */
 int method_get_domain_xml(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error);

@@ -148,7 +148,7 @@ static int wait_exit(const Helper *h, int timeout_ms) {
         int r;
 
         if (h->pidfd < 0)
-                return -EBADF;
+                return h->is_child ? 0 : -EBADF;
         r = poll(&pfd, 1, timeout_ms);
         if (r < 0)
                 return negative_errno();
@@ -159,8 +159,10 @@ static void reap(const Helper *h) {
         siginfo_t si;
 
         /* Only a helper this vdiskd started is its child; after a restart, init reaps them. */
-        if (h->pidfd >= 0)
+        if (h->is_child && h->pidfd >= 0)
                 (void) waitid(P_PIDFD, h->pidfd, &si, WEXITED | WNOHANG);
+        else if (h->is_child)
+                (void) waitid(P_PID, (id_t) h->pid, &si, WEXITED | WNOHANG);
 }
 
 int helper_spawn(const HelperSpawn *p, Helper **ret) {
@@ -206,6 +208,7 @@ int helper_spawn(const HelperSpawn *p, Helper **ret) {
                 return -ENOMEM;
         }
         h->pid = pid;
+        h->is_child = true;
         h->pidfd = pidfd_open(pid, 0);
         if (h->pidfd < 0)
                 h->pidfd = -errno;
@@ -277,10 +280,14 @@ int helper_stop(Helper *h, uint64_t timeout_usec) {
                 /* Still there (or no pidfd to tell): SIGKILL, with CAP_KILL for this one call when the
                  * helper runs as a uid of its own. */
                 (void) cap_effective(CAP_KILL, true);
+                /* Never by a pid alone that might have been reused: a helper found again after a restart
+                 * is killed only through the pidfd taken while its monitor answered. */
                 if (h->pidfd >= 0)
                         r = pidfd_send_signal(h->pidfd, SIGKILL, NULL, 0) < 0 ? negative_errno() : 0;
-                else
+                else if (h->is_child)
                         r = kill(h->pid, SIGKILL) < 0 ? negative_errno() : 0;
+                else
+                        r = -ESRCH;
                 (void) cap_effective(CAP_KILL, false);
                 if (r < 0 && r != -ESRCH)
                         log_error_errno(r, "Failed to kill helper pid %d", (int) h->pid);

@@ -39,7 +39,8 @@ typedef struct HelperSpawn {
 
 typedef struct Helper {
         pid_t pid;
-        int pidfd; /* -EBADF if the kernel has none for it */
+        int pidfd;     /* -EBADF if the kernel has none for it */
+        bool is_child; /* started by this vdiskd: its pid cannot be reused before it is reaped */
         QmpClient *qmp;
 } Helper;
 

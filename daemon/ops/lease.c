@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "export.h"
 #include "image-lock.h"
 #include "lease.h"
 #include "vdisk-bus.h"
@@ -18,6 +19,7 @@ Lease *lease_free(Lease *l) {
         for (size_t i = 0; i < l->n_fds; i++)
                 safe_close(l->fds[i].fd);
         free(l->fds);
+        export_free(l->export); /* the helper keeps serving: vdiskd may be stopping, not the lease */
         free(l->vm);
         free(l->disk);
         free(l->holder);
@@ -162,6 +164,9 @@ int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *j
 void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
         log_op(LOG_INFO, "lease", l->vm, l->disk, NULL, "Lease " VDISK_LEASE_PREFIX "/%s of disk '%s' of VM '%s' ended (%s)", l->id, l->disk, l->vm,
                why);
+        /* An export's helper flushes and closes the chain before the headers are read. */
+        if (l->export)
+                export_stop(l->export);
         if (!l->read_only && store_find_vm(s, l->vm)) {
                 _cleanup_free_ char *problem = NULL;
                 OpError err = {};

@@ -32,6 +32,8 @@ typedef struct LeaseFd {
         int fd;           /* the daemon's copy: -EBADF until opened, and again once handed out */
 } LeaseFd;
 
+typedef struct Export Export;
+
 typedef struct Lease {
         char id[LAYER_ID_LEN + 1]; /* random: the last element of its object path */
         char *vm, *disk;
@@ -39,8 +41,9 @@ typedef struct Lease {
         char *holder; /* unique bus name of the holder's connection */
         uid_t holder_uid;
         pid_t holder_pid;
-        LeaseFd *fds; /* top first, each layer's data file right after it */
+        LeaseFd *fds; /* top first, each layer's data file right after it; an export: its one socket */
         size_t n_fds;
+        Export *export; /* NULL: the chain's fds are handed out (ops/export.h) */
 } Lease;
 
 typedef struct LeaseRegistry {

@@ -35,7 +35,20 @@ static int add_member(struct json_object *o, const char *key, struct json_object
         return json_object_object_add_ex(o, key, value, JSON_C_OBJECT_ADD_KEY_IS_NEW | JSON_C_OBJECT_KEY_IS_CONSTANT);
 }
 
-static struct json_object *file_node(const char *name, size_t fdset, bool ro) {
+/* The file nodes of an export's backing layers are opened read-only (their fds are), but may become
+ * writable when a live commit hands the helper a read-write fd of the layer to commit into: QEMU
+ * reopens a file node for writing only if it was added with "auto-read-only". Their format nodes stay
+ * "read-only": true (QEMU 7.2 refuses a writable format node over a read-only file). */
+static int add_mode(struct json_object *o, bool ro, bool reopenable) {
+        if (reopenable && ro)
+                return add_member(o, "read-only", json_object_new_boolean(false)) < 0 ||
+                                       add_member(o, "auto-read-only", json_object_new_boolean(true)) < 0
+                               ? -ENOMEM
+                               : 0;
+        return add_member(o, "read-only", json_object_new_boolean(ro)) < 0 ? -ENOMEM : 0;
+}
+
+static struct json_object *file_node(const char *name, size_t fdset, bool ro, bool reopenable) {
         struct json_object *o = json_object_new_object();
         char path[32];
 
@@ -44,8 +57,7 @@ static struct json_object *file_node(const char *name, size_t fdset, bool ro) {
         snprintf(path, sizeof(path), "/dev/fdset/%zu", fdset);
         if (add_member(o, "node-name", json_object_new_string(name)) < 0 ||
             add_member(o, "driver", json_object_new_string("file")) < 0 ||
-            add_member(o, "filename", json_object_new_string(path)) < 0 ||
-            add_member(o, "read-only", json_object_new_boolean(ro)) < 0)
+            add_member(o, "filename", json_object_new_string(path)) < 0 || add_mode(o, ro, reopenable) < 0)
                 return json_object_put(o), NULL;
         return o;
 }
@@ -73,12 +85,12 @@ static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, 
                 if (add_member(o, "backing", k + 1 < d->n_chain ? json_object_new_string(below) : NULL) < 0)
                         return json_object_put(o), NULL;
         }
-        if (add_member(o, "read-only", json_object_new_boolean(ro)) < 0)
+        if (add_mode(o, ro, false) < 0)
                 return json_object_put(o), NULL;
         return o;
 }
 
-int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret) {
+int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export, char **ret) {
         _cleanup_free_ size_t *fd_index = NULL;
         struct json_object *nodes;
         const char *text;
@@ -103,13 +115,14 @@ int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret) {
         for (size_t k = d->n_chain; r >= 0 && k-- > 0;) {
                 Layer *l = store_find_layer(s, d->chain[k]);
                 bool ro = k > 0 || read_only;
+                bool reopenable = for_export && !read_only && k > 0;
                 char name[32];
 
                 snprintf(name, sizeof(name), "vdisk-file-%zu", k);
-                r = add_node(nodes, file_node(name, fd_index[k] + 1, ro));
+                r = add_node(nodes, file_node(name, fd_index[k] + 1, ro, reopenable));
                 if (r >= 0 && l->data_file) {
                         snprintf(name, sizeof(name), "vdisk-data-%zu", k);
-                        r = add_node(nodes, file_node(name, fd_index[k] + 2, ro));
+                        r = add_node(nodes, file_node(name, fd_index[k] + 2, ro, reopenable));
                 }
                 if (r >= 0)
                         r = add_node(nodes, format_node(d, l, k, ro));
@@ -250,8 +263,18 @@ int op_lease_get_fds(Store *s, Lease *l, uint32_t first, uint32_t count, size_t 
         return 0;
 }
 
-int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRegistry *jobs, const OpenDiskRequest *req,
-                 Lease **ret, char **ret_blockdev, OpError *err) {
+/* An export's helper gets every fd of the chain now: the ones past the first page too. */
+static int open_rest(Store *s, Lease *l, OpError *err) {
+        for (size_t i = LEASE_MAX_FDS_PER_MESSAGE; i < l->n_fds; i++) {
+                int r = open_lease_fd(s, l, i, err);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRegistry *jobs, const ExportContext *ectx,
+                 const OpenDiskRequest *req, Lease **ret, char **ret_blockdev, OpError *err) {
         _cleanup_free_ char *blockdev = NULL, *problem = NULL;
         Lease *l;
         Disk *d;
@@ -262,7 +285,7 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
         if (r < 0)
                 return r;
         n_fds = chain_fd_count(s, d);
-        r = check_admissible(lim, leases, jobs, req, d, n_fds, err);
+        r = check_admissible(lim, leases, jobs, req, d, req->export != EXPORT_NONE ? 1 : n_fds, err);
         if (r < 0)
                 return r;
 
@@ -298,17 +321,24 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
         r = op_verify(s, req->vm, req->disk, true, l->fds[0].fd, op_verify_first_problem, &problem, err);
         if (r >= 0 && problem)
                 r = op_error(err, -EBADMSG, "Disk '%s' of VM '%s' differs from its records: %s", req->disk, req->vm, problem);
-        if (r >= 0)
-                r = open_disk_blockdev(s, d, req->read_only, &blockdev);
+        if (r >= 0 && req->export == EXPORT_NONE)
+                r = open_disk_blockdev(s, d, req->read_only, false, &blockdev);
+        if (r >= 0 && req->export != EXPORT_NONE)
+                r = open_rest(s, l, err);
+        if (r >= 0 && req->export != EXPORT_NONE)
+                r = export_start(ectx->settings, s, leases, d, l, req->export, ectx->event, ectx->gone, ectx->userdata,
+                                 &blockdev, err);
         if (r >= 0)
                 r = lease_registry_add(leases, l);
         if (r < 0) {
+                if (l->export)
+                        export_stop(l->export);
                 lease_free(l);
                 return r;
         }
-        log_op(LOG_INFO, "open", req->vm, req->disk, d->chain[0], "Disk '%s' of VM '%s' opened %s by %s (uid %u, pid %d): %zu fds",
+        log_op(LOG_INFO, "open", req->vm, req->disk, d->chain[0], "Disk '%s' of VM '%s' opened %s by %s (uid %u, pid %d): %s",
                req->disk, req->vm, req->read_only ? "read-only" : "read-write", req->holder, (unsigned) req->holder_uid,
-               (int) req->holder_pid, l->n_fds);
+               (int) req->holder_pid, req->export != EXPORT_NONE ? export_type_to_string(req->export) : "chain fds");
         *ret = l;
         *ret_blockdev = TAKE_PTR(blockdev);
         return 0;

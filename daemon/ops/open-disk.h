@@ -9,12 +9,14 @@
  * when a limit on leases or held fds would be passed.
  */
 
+#include "export.h"
 #include "lease.h"
 #include "ops.h"
 
 typedef struct OpenDiskRequest {
         const char *vm, *disk;
         bool read_only;
+        ExportType export;  /* EXPORT_NONE: the chain's fds */
         const char *holder; /* unique bus name */
         uid_t holder_uid;
         pid_t holder_pid;
@@ -23,8 +25,8 @@ typedef struct OpenDiskRequest {
 /* On success the new lease is in `leases` (its fds still all held; only the first
  * LEASE_MAX_FDS_PER_MESSAGE are open, for the reply) and `*ret_blockdev` is a JSON array of
  * -blockdev nodes, deepest first, fd i of the lease being "/dev/fdset/<i+1>". */
-int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRegistry *jobs, const OpenDiskRequest *req,
-                 Lease **ret, char **ret_blockdev, OpError *err);
+int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRegistry *jobs, const ExportContext *ectx,
+                 const OpenDiskRequest *req, Lease **ret, char **ret_blockdev, OpError *err);
 
 /* GetFds: fds [first, first + *ret_count) of the lease, *ret_count = min(count, 16, n_fds - first), each
  * opened now if it is not yet, through the same checks as OpenDisk's (a layer failing them is -EBADMSG
@@ -33,4 +35,4 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
 int op_lease_get_fds(Store *s, Lease *l, uint32_t first, uint32_t count, size_t *ret_count, OpError *err);
 
 /* The -blockdev description of disk `d`'s chain (exposed for tests). */
-int open_disk_blockdev(Store *s, const Disk *d, bool read_only, char **ret);
+int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export, char **ret);

@@ -90,6 +90,7 @@ class Env:
         self.copies_for_others = {}  # readable_copy()
         self.socket = os.path.join(self.tmp, "bus.sock")
         self.store = os.path.join(self.tmp, "store")
+        self.runtime_dir = os.path.join(self.tmp, "run")
         self.address = "unix:path=" + self.socket
         with open(os.path.join(self.tmp, "bus.conf"), "w") as f:
             f.write(BUS_CONF.format(socket=self.socket))
@@ -130,7 +131,8 @@ class Env:
         # VDISK_TEST_WRAPPER: a command that runs vdiskd, e.g. valgrind (tests/ROBUSTNESS.md); its start
         # takes longer, hence the longer wait for the bus name.
         wrapper = shlex.split(os.environ.get("VDISK_TEST_WRAPPER", ""))
-        self.daemon = subprocess.Popen(wrapper + [self.vdiskd, "--store", self.store, "--config", self.config],
+        self.daemon = subprocess.Popen(wrapper + [self.vdiskd, "--store", self.store, "--config", self.config,
+                                                  "--runtime-dir", self.runtime_dir],
                                        env=e, stdout=subprocess.DEVNULL, stderr=open(self.log, "a"))
         if not expect_ready:
             return self.daemon
@@ -179,7 +181,24 @@ class Env:
         except OSError:
             return ""
 
+    def helper_pids(self):
+        """The storage helpers of exports (they outlive vdiskd by design), from their state files."""
+        pids = []
+        exports = os.path.join(self.runtime_dir, "exports")
+        for d in os.listdir(exports) if os.path.isdir(exports) else []:
+            try:
+                with open(os.path.join(exports, d, "state.json")) as f:
+                    pid = int(json.load(f)["helper-pid"])
+                # Only while that pid is still the helper of this lease (pids are reused).
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f"\0-name\0{d}\0".encode() in f.read():
+                        pids.append(pid)
+            except (OSError, ValueError, KeyError):
+                pass
+        return pids
+
     def close(self):
+        helpers = self.helper_pids()
         try:
             if self.daemon and self.daemon.poll() is None:
                 self.daemon.send_signal(signal.SIGTERM)
@@ -190,6 +209,11 @@ class Env:
                     self.daemon.wait()
             self.check_sanitizers()
         finally:
+            for pid in helpers:  # started by the vdiskd this harness started
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
             self.bus.close()
             self.bus_proc.terminate()
             self.bus_proc.wait()

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Exports: the second way to hand out a disk. The chain's fds go to a storage helper (export/helper.h)
+ * instead of the caller; the helper serves the chain over vhost-user-blk or NBD on one socket whose
+ * other end is the only fd the caller gets. The helper's directory under vdiskd's runtime directory
+ * holds its monitor socket, its log and state.json, the lease as plain data, so that a restarted vdiskd
+ * finds its exports again (export_recover) while the VMs keep running.
+ */
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include <systemd/sd-event.h>
+
+#include "helper.h"
+#include "lease.h"
+#include "ops.h"
+
+typedef enum ExportType {
+        EXPORT_NONE,
+        EXPORT_VHOST_USER_BLK,
+        EXPORT_NBD,
+} ExportType;
+
+const char *export_type_to_string(ExportType t);
+/* EXPORT_NONE for NULL; -EINVAL for an unknown name. */
+int export_type_from_string(const char *s, ExportType *ret);
+
+/* [Exports] of vdiskd.conf. */
+typedef struct ExportSettings {
+        bool enabled;
+        char *helper;      /* the helper binary */
+        char *runtime_dir; /* vdiskd's runtime directory; exports live in <runtime_dir>/exports/<lease> */
+        uid_t uid_first, uid_last; /* helper uids, one per export, when vdiskd is root */
+} ExportSettings;
+
+#define EXPORT_DEFAULT_HELPER "/usr/bin/qemu-system-x86_64"
+#define EXPORT_DEFAULT_UID_FIRST 2113929216U /* 0x7e000000 */
+#define EXPORT_DEFAULT_UID_LAST 2113994751U  /* 0x7e00ffff */
+
+/* Called when a helper dies on its own: the lease must end. */
+typedef void (*ExportGoneHandler)(Lease *l, void *userdata);
+
+/* What OpenDisk needs to start exports. */
+typedef struct ExportContext {
+        const ExportSettings *settings;
+        sd_event *event;
+        ExportGoneHandler gone;
+        void *userdata;
+} ExportContext;
+
+typedef struct Export {
+        ExportType type;
+        char *dir;
+        uid_t uid;
+        Helper *helper;
+        char **nodes; /* the helper's format node of each layer, top first */
+        size_t n_nodes;
+        Lease *lease; /* back pointer: the lease that owns this export */
+        ExportGoneHandler gone;
+        void *userdata;
+} Export;
+
+/* Starts the helper of lease `l`, whose chain fds are all open (l->fds); hands them over and replaces
+ * them by the one socket the caller gets (l->fds[0], not a layer). `*ret_attach` is the JSON object
+ * that tells a launcher how to attach it. */
+int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *leases, const Disk *d, Lease *l,
+                 ExportType type, sd_event *event, ExportGoneHandler gone, void *userdata, char **ret_attach,
+                 OpError *err);
+/* Ends the export of a lease that ends: stops the helper and removes its directory. */
+void export_stop(Export *e);
+/* Frees the daemon's side only: the helper keeps serving (vdiskd stops, a VM keeps its disk). */
+Export *export_free(Export *e);
+
+/* After a restart: every export directory whose helper still serves becomes a lease again in `leases`;
+ * the others are ended (their disks' headers checked as at the end of any read-write lease). The bus
+ * face then checks that each holder is still on the bus. */
+int export_recover(const ExportSettings *set, Store *s, LeaseRegistry *leases, sd_event *event, ExportGoneHandler gone,
+                   void *userdata);
+
+/* Whether a uid is free for a new helper; exposed for tests. */
+int export_pick_uid(const ExportSettings *set, const LeaseRegistry *leases, uid_t *ret);
