@@ -116,8 +116,9 @@ _noreturn_ static void helper_exec(const HelperSpawn *p, int monitor, int log_fd
         null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
         if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0 || dup2(monitor, 3) < 0)
                 r = -errno;
-        /* Nothing else of vdiskd's goes with it (all fds are O_CLOEXEC as well). */
-        if (r >= 0 && close_range(4, ~0U, 0) < 0 && errno != ENOSYS)
+        /* Nothing else of vdiskd's goes with it (all its fds are O_CLOEXEC already; this makes sure, and
+         * keeps `errpipe` open until the exec). */
+        if (r >= 0 && close_range(4, ~0U, CLOSE_RANGE_CLOEXEC) < 0 && errno != ENOSYS)
                 r = -errno;
         if (r >= 0 && p->switch_uid) {
                 if (cap_effective(CAP_SETGID, true) < 0 || cap_effective(CAP_SETUID, true) < 0)

@@ -407,7 +407,7 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                 r = mkdir(e->dir, 0700) < 0 ? negative_errno() : 0;
         if (r < 0) {
                 l->export = export_free(e);
-                return op_error(err, r, "Cannot create the export's directory under %s", set->runtime_dir);
+                return op_error(err, -EIO, "Cannot create the export's directory under %s: %s", set->runtime_dir, strerror(-r));
         }
         if (geteuid() == 0) {
                 r = export_pick_uid(set, leases, &e->uid);
@@ -421,7 +421,7 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                                 .uid = e->uid, .gid = (gid_t) e->uid };
         r = helper_spawn(&spawn, &e->helper);
         if (r < 0) {
-                op_error(err, r, "Cannot start the storage helper %s", set->helper);
+                r = op_error(err, -EIO, "Cannot start the storage helper %s: %s", set->helper, strerror(-r));
                 goto fail;
         }
         r = hand_over_chain(e, s, d, l, err);

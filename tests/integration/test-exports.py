@@ -1,0 +1,350 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""OpenDisk exports (option "export"): one connected socket instead of the chain's fds, served by a
+storage helper that vdiskd starts per lease. Checks the attach description, the helper's sandbox (its
+uid, no capabilities, no_new_privs, seccomp, and that its uid cannot open a store file), data through a
+real NBD client (qemu-io on the handed-out fd: base data read, writes landing in the top layer only),
+the one-connection socket, the lease's end by Release, by the holder leaving the bus and by the helper
+dying, InUse while exported, the errors, and vdiskd restarting (SIGKILL) while an export serves: the
+lease is found again with the same helper, or ended if its holder or helper went away meanwhile."""
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import dbus
+
+from vdisktest import BUS_NAME, Env, check, check_eq, finish, opts, qemu_img, require
+
+HELPER_UIDS = (2113929216, 2113994751)  # [Exports] HelperUids= default
+LEASE = "org.vdisk1.Lease"
+
+
+def lease_obj(env, path, bus=None):
+    return dbus.Interface((bus or env.bus).get_object(BUS_NAME, path, introspect=False), LEASE)
+
+
+def lease_props(env, path):
+    return dbus.Interface(env.bus.get_object(BUS_NAME, path, introspect=False), "org.freedesktop.DBus.Properties")
+
+
+def manager(bus):
+    return dbus.Interface(bus.get_object(BUS_NAME, "/org/vdisk1", introspect=False), "org.vdisk1.Manager")
+
+
+def export_dirs(env):
+    d = os.path.join(env.runtime_dir, "exports")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def state_of(env, lease_path):
+    with open(os.path.join(env.runtime_dir, "exports", lease_path.rsplit("/", 1)[1], "state.json")) as f:
+        return json.load(f)
+
+
+def proc_status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(what, cond, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    check(False, f"{what} (waited {timeout} s)")
+    return False
+
+
+def qemu_io(fd, *cmds, read_only=False):
+    args = ["qemu-io"] + (["-r"] if read_only else []) + [
+        "--image-opts", f"driver=nbd,server.type=fd,server.str={fd},export=d"]
+    for c in cmds:
+        args += ["-c", c]
+    p = subprocess.run(args, pass_fds=[fd], capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout + p.stderr
+
+
+def open_export(env, kind, bus=None, **kw):
+    path, attach, fds = manager(bus or env.bus).OpenDisk("vm", "d", opts(export=kind, **kw))
+    check_eq(len(fds), 1, f"{kind}: OpenDisk returns exactly one fd")
+    return str(path), json.loads(str(attach)), fds[0].take()
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def case_attach_and_sandbox(env, base_file):
+    path, attach, fd = open_export(env, "vhost-user-blk")
+    check_eq(attach, {"type": "vhost-user-blk", "socket": 0, "read-only": False, "size": 64 << 20,
+                      "chardev": {"id": "d", "backend": "socket"},
+                      "device": {"driver": "vhost-user-blk-pci", "chardev": "d", "config-wce": False},
+                      "shared-memory": True}, "vhost-user-blk: the attach description")
+    st = os.fstat(fd)
+    check(stat.S_ISSOCK(st.st_mode), "the fd is a socket")
+    s = socket.socket(fileno=os.dup(fd))
+    check_eq((s.family, s.type), (socket.AF_UNIX, socket.SOCK_STREAM), "an AF_UNIX stream socket")
+    check(s.getpeername() != "", "connected (it has a peer)")
+    s.close()
+    props = lease_props(env, path)
+    check_eq(int(props.Get(LEASE, "FdCount")), 1, "FdCount is 1")
+    try:
+        lease_obj(env, path).GetFds(dbus.UInt32(0), dbus.UInt32(1))
+        check(False, "GetFds(0) of an export is refused")
+    except dbus.exceptions.DBusException as e:
+        check_eq(e.get_dbus_name(), "org.freedesktop.DBus.Error.InvalidArgs", "GetFds(0): already handed out")
+
+    state = state_of(env, path)
+    pid = state["helper-pid"]
+    status = proc_status(pid)
+    uids = [int(x) for x in status["Uid"].split()]
+    if os.geteuid() == 0:
+        check(HELPER_UIDS[0] <= uids[0] <= HELPER_UIDS[1], f"helper runs as a uid of the helper range ({uids[0]})")
+        check_eq(len(set(uids)), 1, "real, effective, saved and fs uid are the same")
+        gids = [int(x) for x in status["Gid"].split()]
+        check_eq(gids, [uids[0]] * 4, "its gids are its uid")
+        check_eq(status["Groups"], "", "no supplementary groups")
+    else:
+        check_eq(uids[0], os.geteuid(), "helper of an unprivileged vdiskd runs as vdiskd's uid")
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        check_eq(int(status[cap], 16), 0, f"helper {cap} is empty")
+    check_eq(status["NoNewPrivs"], "1", "helper has no_new_privs")
+    check_eq(status["Seccomp"], "2", "helper runs under a seccomp filter")
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    check(b"-sandbox" in argv and b"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" in argv,
+          "helper started with QEMU's sandbox")
+    check(b"-machine" in argv and b"none" in argv, "helper has no machine")
+    # The helper's uid cannot open a store file by path.
+    if os.geteuid() == 0 and subprocess.run(["which", "setpriv"], capture_output=True).returncode == 0:
+        p = subprocess.run(["setpriv", f"--reuid={uids[0]}", f"--regid={uids[0]}", "--clear-groups", "--",
+                            "head", "-c", "1", base_file], capture_output=True, text=True)
+        check(p.returncode != 0 and "Permission denied" in p.stderr,
+              f"the helper's uid cannot open a store file ({p.stderr.strip()})")
+    # Our own process holds no image fd; the helper holds the chain.
+    mine = [os.readlink(f"/proc/self/fd/{n}") for n in os.listdir("/proc/self/fd") if n.isdigit()
+            if os.path.exists(f"/proc/self/fd/{n}")]
+    check(not any(env.store in m for m in mine), "the caller holds no store file")
+    helper_files = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+    check(any(os.path.join(env.store, "images") in h for h in helper_files), "the helper holds the chain's files")
+    # Nobody else can connect: the socket's name is gone.
+    check(not os.path.exists(os.path.join(env.runtime_dir, "exports", path.rsplit("/", 1)[1], "export.sock")),
+          "the export socket has no name any more")
+
+    err, msg = env.error("OpenDisk", "vm", "d", opts(export="nbd"))
+    check_eq(err, "org.vdisk1.Error.InUse", "a second read-write export is InUse")
+    err, msg = env.error("OpenDisk", "vm", "d", opts())
+    check_eq(err, "org.vdisk1.Error.InUse", "chain fds while exported: InUse")
+    err, msg = env.error("DeleteDisk", "vm", "d")
+    check_eq(err, "org.vdisk1.Error.InUse", "DeleteDisk while exported: InUse")
+
+    lease_obj(env, path).Release()
+    wait_for("Release stops the helper", lambda: not alive(pid))
+    check_eq(export_dirs(env), [], "Release removes the export's directory")
+    os.close(fd)
+
+
+def case_nbd_data(env, base_file):
+    before = env.snapshot_store()
+    path, attach, fd = open_export(env, "nbd")
+    check_eq(attach, {"type": "nbd", "socket": 0, "read-only": False, "size": 64 << 20,
+                      "blockdev": {"driver": "nbd", "node-name": "d", "export": "d",
+                                   "server": {"type": "fd", "str": ""}, "read-only": False}},
+             "nbd: the attach description")
+    rc, out = qemu_io(fd, "read -P 0x5a 0 1M", "write -P 0x77 2M 64k", "read -P 0x77 2M 64k")
+    check_eq(rc, 0, f"NBD: base data read and a write through the export ({out.strip()[-200:]})")
+    rc, out = qemu_io(fd, "read 0 512")
+    check(rc != 0, "the socket serves one connection only: a second client on it gets nothing")
+    pid = state_of(env, path)["helper-pid"]
+    lease_obj(env, path).Release()
+    wait_for("helper gone", lambda: not alive(pid))
+    os.close(fd)
+    after = env.snapshot_store()
+    changed = sorted(k for k in after if before.get(k) != after[k])
+    top = str(env.call("GetChain", "vm", "d")[0][1])
+    check_eq(changed, [top], "only the top layer's file changed")
+    check_eq(sha(base_file), before[os.path.relpath(base_file, env.store)], "the base is unchanged")
+
+    # Read-only export: the data is there, and writes are refused.
+    path, attach, fd = open_export(env, "nbd", read_only=True)
+    check_eq(attach["read-only"], True, "read-only export says so")
+    rc, out = qemu_io(fd, "read -P 0x77 2M 64k", "read -P 0x5a 0 1M", read_only=True)
+    check_eq(rc, 0, f"read-only export: the earlier write and the base data ({out.strip()[-200:]})")
+    path2, _, fd2 = open_export(env, "nbd", read_only=True)
+    check(path2 != path, "read-only exports coexist")
+    check(state_of(env, path)["helper-uid"] != state_of(env, path2)["helper-uid"] or os.geteuid() != 0,
+          "each helper has its own uid")
+    rc, out = qemu_io(fd2, "write -P 0x11 0 4k")
+    check(rc != 0 or "failed" in out, f"a read-only export refuses writes ({out.strip()[-200:]})")
+    for p, f in ((path, fd), (path2, fd2)):
+        lease_obj(env, p).Release()
+        os.close(f)
+    wait_for("both helpers gone", lambda: export_dirs(env) == [])
+
+
+def case_holder_leaves(env):
+    bus2 = dbus.bus.BusConnection(env.address)
+    path, _, fd = open_export(env, "vhost-user-blk", bus=bus2)
+    pid = state_of(env, path)["helper-pid"]
+    bus2.close()
+    wait_for("the holder leaving the bus ends the export", lambda: not alive(pid))
+    wait_for("its directory goes", lambda: export_dirs(env) == [])
+    os.close(fd)
+
+
+def case_helper_dies(env):
+    path, _, fd = open_export(env, "nbd")
+    pid = state_of(env, path)["helper-pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for("a helper that dies ends its lease", lambda: "its storage helper exited" in env.log_text())
+    wait_for("the lease object goes", lambda: export_dirs(env) == [])
+    err, _ = env.error("OpenDisk", "vm", "d", opts())
+    check_eq(err, None, "the disk can be opened again")
+    os.close(fd)
+
+
+def case_errors(env):
+    before = env.snapshot_store()
+    err, msg = env.error("OpenDisk", "vm", "d", opts(export="iscsi"))
+    check_eq((err, msg), ("org.freedesktop.DBus.Error.InvalidArgs",
+                          "Unknown export type: the option 'export' is vhost-user-blk or nbd"), "unknown export type")
+    err, msg = env.error("OpenDisk", "vm", "d", dbus.Dictionary({"export": dbus.UInt32(1)}, signature="sv"))
+    check_eq(err, "org.freedesktop.DBus.Error.InvalidArgs", "export of the wrong type")
+    check_eq(env.snapshot_store(), before, "refusals change nothing")
+    check_eq(export_dirs(env), [], "refusals start no helper")
+
+
+def case_config(env_factory):
+    env = env_factory("[Exports]\nEnabled=no\n")
+    try:
+        env.start()
+        setup(env)
+        err, msg = env.error("OpenDisk", "vm", "d", opts(export="nbd"))
+        check_eq((err, msg), ("org.vdisk1.Error.NotSupported", "Exports are disabled ([Exports] Enabled=no)"),
+                 "exports disabled")
+        check_eq(export_dirs(env), [], "nothing started")
+    finally:
+        env.close()
+    env = env_factory("[Exports]\nHelper=/nonexistent/qemu\n")
+    try:
+        env.start()
+        setup(env)
+        err, msg = env.error("OpenDisk", "vm", "d", opts(export="nbd"))
+        check_eq((err, msg), ("org.freedesktop.DBus.Error.Failed",
+                              "Cannot start the storage helper /nonexistent/qemu: No such file or directory"),
+                 "a missing helper binary")
+        check_eq(export_dirs(env), [], "its directory is removed again")
+        err, _ = env.error("OpenDisk", "vm", "d", opts())
+        check_eq(err, None, "no lease was left behind")
+    finally:
+        env.close()
+
+
+def case_restart(env):
+    # 1. The holder stays: the lease is found again, same helper, the data path keeps working.
+    bus2 = dbus.bus.BusConnection(env.address)
+    path, _, fd = open_export(env, "nbd", bus=bus2)
+    pid = state_of(env, path)["helper-pid"]
+    env.daemon.kill()
+    env.daemon.wait()
+    check(alive(pid), "the helper outlives vdiskd")
+    env.start()
+    check_eq(str(lease_props(env, path).Get(LEASE, "Disk")), "d", "the lease is there again after the restart")
+    check_eq(state_of(env, path)["helper-pid"], pid, "with the same helper")
+    err, _ = env.error("OpenDisk", "vm", "d", opts(export="nbd"))
+    check_eq(err, "org.vdisk1.Error.InUse", "and it still excludes a second writer")
+    rc, out = qemu_io(fd, "read -P 0x5a 0 1M", "write -P 0x33 4M 4k", "read -P 0x33 4M 4k")
+    check_eq(rc, 0, f"the export serves across the restart ({out.strip()[-200:]})")
+    lease_obj(env, path, bus2).Release()
+    wait_for("Release after the restart stops the helper", lambda: not alive(pid))
+    os.close(fd)
+
+    # 2. The holder leaves while vdiskd is down: the lease ends at the start.
+    path, _, fd = open_export(env, "vhost-user-blk", bus=bus2)
+    pid = state_of(env, path)["helper-pid"]
+    env.daemon.kill()
+    env.daemon.wait()
+    bus2.close()
+    env.start()
+    wait_for("a lease whose holder left meanwhile ends at the start", lambda: not alive(pid))
+    check_eq(export_dirs(env), [], "and its directory goes")
+    check("holder left the bus while vdiskd was not running" in env.log_text(), "the log says why")
+    os.close(fd)
+
+    # 3. The helper dies while vdiskd is down.
+    path, _, fd = open_export(env, "nbd")
+    pid = state_of(env, path)["helper-pid"]
+    env.daemon.kill()
+    env.daemon.wait()
+    os.kill(pid, signal.SIGKILL)
+    env.start()
+    check_eq(export_dirs(env), [], "an export whose helper died meanwhile is ended at the start")
+    check("its storage helper exited while vdiskd was not running" in env.log_text(), "the log says why")
+    err, _ = env.error("OpenDisk", "vm", "d", opts(export="nbd"))
+    check_eq(err, None, "the disk can be exported again")
+    os.close(fd)
+
+
+def setup(env):
+    raw = os.path.join(env.tmp, "base.raw")
+    if not os.path.exists(raw):
+        qemu_img("create", "-f", "raw", raw, "64M")
+        subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 1M", raw], check=True, stdout=subprocess.DEVNULL)
+    check_eq(env.import_file("base", "raw", raw), (None, ""), "import the base")
+    env.call("CreateVM", "vm", dbus.UInt32(0), opts())
+    env.call("CreateDisk", "vm", "d", "base", dbus.UInt64(0), opts())
+    env.call("Snapshot", "vm", "d", opts())  # two layers: a private one over the catalog image
+
+
+def main():
+    vdiskd = sys.argv[1]
+    require("qemu-io", "qemu-system-x86_64")
+
+    def fresh(config=""):
+        return Env(vdiskd, config)
+
+    env = fresh()
+    try:
+        env.start()
+        setup(env)
+        base = os.path.join(env.store, str(env.call("GetChain", "vm", "d")[-1][1]))
+        case_attach_and_sandbox(env, base)
+        case_nbd_data(env, base)
+        case_holder_leaves(env)
+        case_errors(env)
+        case_restart(env)
+    finally:
+        env.close()
+    env = fresh()
+    try:
+        env.start()
+        setup(env)
+        case_helper_dies(env)
+    finally:
+        env.close()
+    case_config(fresh)
+    finish()
+
+
+if __name__ == "__main__":
+    main()
