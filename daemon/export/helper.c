@@ -25,6 +25,9 @@
  * QEMU (no qtest); split-wx and a one-megabyte translation buffer keep it from mapping 1 GiB of
  * writable and executable memory. QEMU's sandbox forbids spawning, privilege changes and resource
  * control on top of vdiskd's own restrictions. */
+#define HELPER_PR_SET_MDWE 65              /* PR_SET_MDWE, Linux 6.3 */
+#define HELPER_PR_MDWE_REFUSE_EXEC_GAIN 1U /* PR_MDWE_REFUSE_EXEC_GAIN */
+
 static const char *const helper_args[] = {
         "-nodefaults", "-no-user-config", "-nographic", "-machine", "none", "-accel", "tcg,split-wx=on,tb-size=1",
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
@@ -129,6 +132,10 @@ _noreturn_ static void helper_exec(const HelperSpawn *p, int monitor, int log_fd
                         r = -errno;
         }
         if (r >= 0 && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                r = -errno;
+        /* No memory that is writable and executable, ever (TCG's split-wx needs none); kernels before
+         * 6.3 do not know the setting. */
+        if (r >= 0 && prctl(HELPER_PR_SET_MDWE, HELPER_PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) < 0 && errno != EINVAL)
                 r = -errno;
         if (r >= 0) {
                 argv[n++] = p->binary;
