@@ -12,6 +12,7 @@
 
 #include "bus.h"
 #include "config.h"
+#include "live.h"
 #include "log.h"
 #include "query.h"
 #include "reshape.h"
@@ -221,6 +222,7 @@ static int method_get_chain(sd_bus_message *msg, Manager *m, const Caller *c, sd
 
 static int method_snapshot(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
         const char *vm, *disk;
+        Lease *live;
         char layer[LAYER_ID_LEN + 1];
         OpError err = {};
         int r;
@@ -229,8 +231,12 @@ static int method_snapshot(sd_bus_message *msg, Manager *m, const Caller *c, sd_
         CHECK(bus_read_options(msg, NULL, error));
         CHECK(bus_check_name("VM", vm, error));
         CHECK(bus_check_name("disk", disk, error));
-        r = lease_check_idle(m->store, &m->leases, &m->jobs, vm, disk, false, &err);
-        if (r >= 0)
+        live = lease_registry_find_live(&m->leases, vm, disk);
+        if (live)
+                r = op_live_snapshot(m->store, &m->config.limits, &m->jobs, live, layer, &err);
+        else
+                r = lease_check_idle(m->store, &m->leases, &m->jobs, vm, disk, false, &err);
+        if (r >= 0 && !live)
                 r = op_snapshot(m->store, &m->config.limits, vm, disk, layer, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);

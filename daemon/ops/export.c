@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "export.h"
+#include "live.h"
 #include "log.h"
 #include "open-disk.h"
 #include "util.h"
@@ -91,7 +92,7 @@ void export_stop(Export *e) {
 
 /* One QMP command whose failure is the operation's: the helper's words go to the log, a short reason to
  * the caller. */
-static int qmp_do(Export *e, const char *command, json_object *args, int fd, json_object **ret, OpError *err) {
+int export_qmp(Export *e, const char *command, json_object *args, int fd, json_object **ret, OpError *err) {
         _cleanup_free_ char *text = NULL;
         int r;
 
@@ -139,7 +140,7 @@ static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError
                 r = args_add(args, "opaque", json_object_new_string(l->fds[i].layer));
                 if (r < 0)
                         return r;
-                r = qmp_do(e, "add-fd", args, l->fds[i].fd, NULL, err);
+                r = export_qmp(e, "add-fd", args, l->fds[i].fd, NULL, err);
                 if (r < 0)
                         return r;
         }
@@ -150,7 +151,7 @@ static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError
         if (!nodes || !json_object_is_type(nodes, json_type_array))
                 return -EINVAL;
         for (size_t i = 0; i < json_object_array_length(nodes); i++) {
-                r = qmp_do(e, "blockdev-add", json_object_array_get_idx(nodes, i), -EBADF, NULL, err);
+                r = export_qmp(e, "blockdev-add", json_object_array_get_idx(nodes, i), -EBADF, NULL, err);
                 if (r < 0)
                         return r;
         }
@@ -158,10 +159,10 @@ static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError
         if (!e->nodes)
                 return -ENOMEM;
         for (size_t k = 0; k < d->n_chain; k++) {
-                if (k == 0)
-                        e->nodes[k] = strdup(d->name);
-                else if (asprintf(&e->nodes[k], "vdisk-layer-%zu", k) < 0)
-                        e->nodes[k] = NULL;
+                char name[EXPORT_NODE_NAME_MAX];
+
+                export_node_name(name, 'L', d->chain[k]);
+                e->nodes[k] = strdup(name);
                 if (!e->nodes[k])
                         return -ENOMEM;
                 e->n_nodes++;
@@ -204,7 +205,7 @@ static int start_export(Export *e, const char *disk, bool read_only, int listene
         json_object *addr;
         int r;
 
-        r = qmp_do(e, "getfd", fdname, listener, NULL, err);
+        r = export_qmp(e, "getfd", fdname, listener, NULL, err);
         if (r < 0)
                 return r;
         if (e->type == EXPORT_NBD) {
@@ -215,7 +216,7 @@ static int start_export(Export *e, const char *disk, bool read_only, int listene
                 server = addr ? args_new("addr", addr) : NULL;
                 if (r < 0 || !server)
                         return -ENOMEM;
-                r = qmp_do(e, "nbd-server-start", server, -EBADF, NULL, err);
+                r = export_qmp(e, "nbd-server-start", server, -EBADF, NULL, err);
                 if (r < 0)
                         return r;
                 r = args_add(args, "name", json_object_new_string(disk));
@@ -235,7 +236,7 @@ static int start_export(Export *e, const char *disk, bool read_only, int listene
                 r = args_add(args, "writable", json_object_new_boolean(!read_only));
         if (r < 0)
                 return r;
-        return qmp_do(e, "block-export-add", args, -EBADF, NULL, err);
+        return export_qmp(e, "block-export-add", args, -EBADF, NULL, err);
 }
 
 /* What a launcher needs to attach the socket (docs/dbus-api.md, "Exports"). */
@@ -296,7 +297,7 @@ static int attach_description(const Export *e, const char *disk, bool read_only,
 }
 
 /* The lease as plain data, so that a restarted vdiskd finds it again. Written atomically (rename). */
-static int export_save(const Export *e) {
+int export_save_state(const Export *e) {
         _cleanup_json_ json_object *o = json_object_new_object(), *nodes = json_object_new_array();
         const Lease *l = e->lease;
         char path[PATH_MAX], tmp[PATH_MAX];
@@ -442,7 +443,7 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                 safe_close(l->fds[i].fd);
         l->n_fds = 1;
         l->fds[0] = (LeaseFd) { .fd = TAKE_FD(client) };
-        r = export_save(e);
+        r = export_save_state(e);
         if (r >= 0)
                 r = qmp_client_attach_event(e->helper->qmp, event, SD_EVENT_PRIORITY_NORMAL, on_helper_event, e);
         if (r < 0) {
@@ -590,6 +591,13 @@ static void recover_one(const ExportSettings *set, Store *s, LeaseRegistry *leas
         }
         log_info("Lease " VDISK_LEASE_PREFIX "/%s of disk '%s' of VM '%s' found again: helper pid %d serves it", l->id,
                  l->disk, l->vm, (int) h->pid);
+        /* A live snapshot recorded before vdiskd stopped, but not switched to yet. */
+        if (!l->read_only) {
+                OpError err = {};
+                if (export_reconcile(l->export, s, &err) < 0)
+                        log_error("Export of disk '%s' of VM '%s' does not serve its recorded chain: %s", l->disk, l->vm,
+                                  err.reason);
+        }
 }
 
 int export_recover(const ExportSettings *set, Store *s, LeaseRegistry *leases, sd_event *event, ExportGoneHandler gone,

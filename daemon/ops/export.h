@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include <json-c/json.h>
 #include <systemd/sd-event.h>
 
 #include "helper.h"
@@ -79,6 +80,12 @@ Export *export_free(Export *e);
  * face then checks that each holder is still on the bus. */
 int export_recover(const ExportSettings *set, Store *s, LeaseRegistry *leases, sd_event *event, ExportGoneHandler gone,
                    void *userdata);
+
+/* One QMP command to the export's helper; a refusal is logged with the helper's words and is -EIO for
+ * the caller, with a short reason in `err`. */
+int export_qmp(Export *e, const char *command, json_object *args, int fd, json_object **ret, OpError *err);
+/* Writes the export's state.json again (after its chain changed). */
+int export_save_state(const Export *e);
 
 /* Whether a uid is free for a new helper; exposed for tests. */
 int export_pick_uid(const ExportSettings *set, const LeaseRegistry *leases, uid_t *ret);

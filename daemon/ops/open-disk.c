@@ -62,18 +62,42 @@ static struct json_object *file_node(const char *name, size_t fdset, bool ro, bo
         return o;
 }
 
-/* The format node of layer k: named after the disk at the top, "vdisk-layer-<k>" below it. */
-static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, bool ro) {
+void export_node_name(char ret[static EXPORT_NODE_NAME_MAX], char kind, const char *layer_id) {
+        ret[0] = kind;
+        memcpy(ret + 1, layer_id, EXPORT_NODE_NAME_MAX - 2);
+        ret[EXPORT_NODE_NAME_MAX - 1] = 0;
+}
+
+/* Node names: a launcher's are named after the disk at the top, "vdisk-layer-<k>" (format),
+ * "vdisk-file-<k>", "vdisk-data-<k>" below it; a helper's after their layer, which stays the same as the
+ * chain grows and shrinks under live operations: "L", "F" or "D" and the layer id's first 30 digits. */
+static void node_names(const Disk *d, size_t k, bool for_export, char name[static 48], char file[static 48],
+                       char data[static 48], char below[static 48]) {
+        if (for_export) {
+                export_node_name(name, 'L', d->chain[k]);
+                export_node_name(file, 'F', d->chain[k]);
+                export_node_name(data, 'D', d->chain[k]);
+                if (k + 1 < d->n_chain)
+                        export_node_name(below, 'L', d->chain[k + 1]);
+                return;
+        }
+        if (k == 0)
+                snprintf(name, 48, "%s", d->name);
+        else
+                snprintf(name, 48, "vdisk-layer-%zu", k);
+        snprintf(file, 48, "vdisk-file-%zu", k);
+        snprintf(data, 48, "vdisk-data-%zu", k);
+        snprintf(below, 48, "vdisk-layer-%zu", k + 1);
+}
+
+static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, bool ro, bool for_export) {
         struct json_object *o = json_object_new_object();
         char name[48], file[48], below[48], data[48];
 
         if (!o)
                 return NULL;
-        snprintf(name, sizeof(name), "vdisk-layer-%zu", k);
-        snprintf(file, sizeof(file), "vdisk-file-%zu", k);
-        snprintf(data, sizeof(data), "vdisk-data-%zu", k);
-        snprintf(below, sizeof(below), "vdisk-layer-%zu", k + 1);
-        if (add_member(o, "node-name", json_object_new_string(k == 0 ? d->name : name)) < 0 ||
+        node_names(d, k, for_export, name, file, data, below);
+        if (add_member(o, "node-name", json_object_new_string(name)) < 0 ||
             add_member(o, "driver", json_object_new_string(image_format_to_string(l->format))) < 0 ||
             add_member(o, "file", json_object_new_string(file)) < 0)
                 return json_object_put(o), NULL;
@@ -116,16 +140,14 @@ int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export,
                 Layer *l = store_find_layer(s, d->chain[k]);
                 bool ro = k > 0 || read_only;
                 bool reopenable = for_export && !read_only && k > 0;
-                char name[32];
+                char name[48], file[48], data[48], below[48];
 
-                snprintf(name, sizeof(name), "vdisk-file-%zu", k);
-                r = add_node(nodes, file_node(name, fd_index[k] + 1, ro, reopenable));
-                if (r >= 0 && l->data_file) {
-                        snprintf(name, sizeof(name), "vdisk-data-%zu", k);
-                        r = add_node(nodes, file_node(name, fd_index[k] + 2, ro, reopenable));
-                }
+                node_names(d, k, for_export, name, file, data, below);
+                r = add_node(nodes, file_node(file, fd_index[k] + 1, ro, reopenable));
+                if (r >= 0 && l->data_file)
+                        r = add_node(nodes, file_node(data, fd_index[k] + 2, ro, reopenable));
                 if (r >= 0)
-                        r = add_node(nodes, format_node(d, l, k, ro));
+                        r = add_node(nodes, format_node(d, l, k, ro, for_export));
         }
         text = r >= 0 ? json_object_to_json_string_ext(nodes, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
         *ret = text ? strdup(text) : NULL;

@@ -34,5 +34,11 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
  * handed out already. The caller sends them, then calls lease_forget_fds(). */
 int op_lease_get_fds(Store *s, Lease *l, uint32_t first, uint32_t count, size_t *ret_count, OpError *err);
 
-/* The -blockdev description of disk `d`'s chain (exposed for tests). */
+/* A helper's node of a layer: `kind` ('L' format, 'F' file, 'D' data file) and the layer id's first 30
+ * digits (QEMU's node names have at most 31 characters). */
+#define EXPORT_NODE_NAME_MAX 32U
+void export_node_name(char ret[static EXPORT_NODE_NAME_MAX], char kind, const char *layer_id);
+
+/* The -blockdev description of disk `d`'s chain: for a launcher, or for an export's helper (nodes named
+ * after their layers, backing file nodes reopenable for writing). */
 int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export, char **ret);

@@ -273,7 +273,7 @@ def case_restart(env):
     check_eq(state_of(env, path)["helper-pid"], pid, "with the same helper")
     err, _ = env.error("OpenDisk", "vm", "d", opts(export="nbd"))
     check_eq(err, "org.vdisk1.Error.InUse", "and it still excludes a second writer")
-    rc, out = qemu_io(fd, "read -P 0x5a 0 1M", "write -P 0x33 4M 4k", "read -P 0x33 4M 4k")
+    rc, out = qemu_io(fd, "read -P 0x5a 512k 512k", "write -P 0x33 4M 4k", "read -P 0x33 4M 4k")
     check_eq(rc, 0, f"the export serves across the restart ({out.strip()[-200:]})")
     lease_obj(env, path, bus2).Release()
     wait_for("Release after the restart stops the helper", lambda: not alive(pid))
@@ -300,8 +300,95 @@ def case_restart(env):
     env.start()
     check_eq(export_dirs(env), [], "an export whose helper died meanwhile is ended at the start")
     check("its storage helper exited while vdiskd was not running" in env.log_text(), "the log says why")
-    err, _ = env.error("OpenDisk", "vm", "d", opts(export="nbd"))
-    check_eq(err, None, "the disk can be exported again")
+    err, res = env.error("OpenDisk", "vm", "d", opts(export="nbd"))
+    check_eq(err, None, f"the disk can be exported again ({res if err else ''})")
+    os.close(fd)
+
+
+class QemuIo:
+    """A long-lived NBD client on an export's fd: qemu-io reading commands from a pipe, one at a time
+    (it reads its input in chunks, so a command is sent only once the previous one's prompt came)."""
+
+    PROMPT = "qemu-io> "
+
+    def __init__(self, fd):
+        # stdbuf: unbuffered, so that each prompt arrives as soon as qemu-io prints it.
+        self.p = subprocess.Popen(["stdbuf", "-o0", "qemu-io", "--image-opts",
+                                   f"driver=nbd,server.type=fd,server.str={fd},export=d"],
+                                  pass_fds=[fd], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+        self.read_prompt()
+
+    def read_prompt(self, timeout=60):
+        out = b""
+        end = time.time() + timeout
+        while not out.endswith(self.PROMPT.encode()) and time.time() < end:
+            chunk = os.read(self.p.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            out += chunk
+        return out.decode(errors="replace")
+
+    def do(self, cmd):
+        self.p.stdin.write((cmd + "\n").encode())
+        self.p.stdin.flush()
+        return self.read_prompt()
+
+    def close(self):
+        self.p.stdin.write(b"quit\n")
+        self.p.stdin.close()
+        self.p.wait(timeout=30)
+
+
+def layer_file(env, layer_id):
+    for row in env.call("GetChain", "vm", "d"):
+        if str(row[0]) == layer_id:
+            return os.path.join(env.store, str(row[1]))
+    return None
+
+
+def case_live_snapshot(env):
+    chain0 = [str(r[0]) for r in env.call("GetChain", "vm", "d")]
+    path, _, fd = open_export(env, "nbd")
+    io = QemuIo(fd)
+    out = io.do("write -P 0x61 0 64k")
+    check("wrote 65536/65536" in out, f"write before the snapshot ({out.strip()})")
+    layer = str(env.call("Snapshot", "vm", "d", opts()))
+    chain1 = [str(r[0]) for r in env.call("GetChain", "vm", "d")]
+    check_eq(chain1, [layer] + chain0, "a live snapshot adds the new layer on top")
+    state = state_of(env, path)
+    check_eq(state["nodes"][0], "L" + layer[:30], "the helper serves the new layer (state.json)")
+    out = io.do("write -P 0x62 64k 64k")
+    check("wrote 65536/65536" in out, f"write after the snapshot ({out.strip()})")
+    out = io.do("read -P 0x61 0 64k")
+    check("read 65536/65536" in out and "Pattern verification failed" not in out,
+          f"the write before the snapshot reads back through the new top ({out.strip()})")
+    layer2 = str(env.call("Snapshot", "vm", "d", opts()))
+    out = io.do("write -P 0x63 128k 64k")
+    check("wrote 65536/65536" in out, "write after a second snapshot")
+    io.close()
+    pid = state_of(env, path)["helper-pid"]
+    lease_obj(env, path).Release()
+    wait_for("helper gone", lambda: not alive(pid))
+    os.close(fd)
+    check_eq(env.call("Verify", "vm"), dbus.Array([], signature="(sss)"), "Verify: records and headers agree")
+    # Each write is in the layer that was on top when it happened.
+    def holds(layer_id, off, pattern):
+        p = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-U", "-c", f"read -P {pattern} {off} 64k",
+                            "-c", f"map", layer_file(env, layer_id)], capture_output=True, text=True)
+        return p.returncode == 0 and "Pattern verification failed" not in p.stdout, p.stdout
+    # (qemu-io on a layer alone opens its backing file by name: read each layer's own clusters with map)
+    def allocated(layer_id):
+        p = subprocess.run(["qemu-img", "map", "--output=json", "-U", "-f", "qcow2", layer_file(env, layer_id)],
+                           capture_output=True, text=True, cwd=os.path.join(env.store, "images"))
+        return [(e["start"], e["length"]) for e in json.loads(p.stdout) if e.get("data") and e.get("depth") == 0]
+    check_eq(allocated(chain0[0]), [(0, 65536), (2 << 20, 65536)], "the first write is in the old top (with case_nbd_data's)")
+    check_eq(allocated(layer), [(65536, 65536)], "the second in the first live snapshot")
+    check_eq(allocated(layer2), [(131072, 65536)], "the third in the second")
+    path, _, fd = open_export(env, "nbd", read_only=True)
+    rc, out = qemu_io(fd, "read -P 0x61 0 64k", "read -P 0x62 64k 64k", "read -P 0x63 128k 64k", read_only=True)
+    check_eq(rc, 0, f"all three writes read back through the chain ({out.strip()[-300:]})")
+    lease_obj(env, path).Release()
     os.close(fd)
 
 
@@ -332,6 +419,7 @@ def main():
         case_nbd_data(env, base)
         case_holder_leaves(env)
         case_errors(env)
+        case_live_snapshot(env)
         case_restart(env)
     finally:
         env.close()
