@@ -5,7 +5,8 @@
  * descriptors (at most 16 arrive per message; Lease.GetFds pages the rest) and either becomes the
  * hypervisor (exec with -add-fd and -blockdev arguments) or holds the leases until SIGINT/SIGTERM. A
  * lease lives as long as the bus connection that took it, so in the exec case that connection is handed
- * down to the hypervisor.
+ * down to the hypervisor. With --export, vdiskd serves each disk through a storage helper and hands out
+ * one socket per disk, with a JSON object that says how to attach it (qemu-args.c writes the options).
  */
 
 #include <errno.h>
@@ -24,6 +25,7 @@
 #include "bus-util.h"
 #include "i18n.h"
 #include "output.h"
+#include "qemu-args.h"
 #include "string-util.h"
 #include "vdiskctl.h"
 
@@ -39,7 +41,8 @@ typedef struct DiskLease {
         const char *vm;
         const char *disk;
         char *path;
-        json_object *blockdev; /* the array of -blockdev nodes, deepest first */
+        json_object *blockdev; /* the array of -blockdev nodes, deepest first; with --export, vdiskd's
+                                * attach description (an object) */
         int *fds;              /* fd i of the lease is /dev/fdset/<set_offset+i+1> */
         size_t n_fds;
         size_t n_alloc;
@@ -107,6 +110,7 @@ static int disk_leases_parse(DiskLeases *ls, const char *verb, const char *vm, c
 /* Takes over the fds of an "ah" from a reply: checked with fstat and duplicated (O_CLOEXEC) so that
  * they outlive the message. */
 static int disk_lease_take_fds(DiskLease *l, sd_bus_message *reply, size_t *ret_taken) {
+        bool want_socket = arg_export; /* an export's one fd is a socket to the storage helper */
         size_t taken = 0;
         int fd, r;
 
@@ -124,7 +128,7 @@ static int disk_lease_take_fds(DiskLease *l, sd_bus_message *reply, size_t *ret_
 
                 if (fstat(fd, &st) < 0)
                         return log_error_errno(-errno, _("Failed to take over a file descriptor passed by vdiskd"));
-                if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+                if (want_socket ? !S_ISSOCK(st.st_mode) : !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
                         return log_error_errno(-EBADFD, _("Failed to take over a file descriptor passed by vdiskd"));
 
                 copy = fcntl(fd, F_DUPFD_CLOEXEC, LEASE_FD_MIN);
@@ -152,6 +156,10 @@ static int disk_lease_parse_blockdev(DiskLease *l, const char *text) {
         if (!o)
                 return log_bus_parse_error(-EBADMSG);
         l->blockdev = o;
+
+        if (arg_export)
+                return qemu_export_attach_check(o, l->disk, qemu_export_from_string(arg_export)) < 0 ?
+                               log_bus_parse_error(-EBADMSG) : 0;
 
         if (!json_object_is_type(o, json_type_array))
                 return log_bus_parse_error(-EBADMSG);
@@ -237,6 +245,8 @@ static int disk_lease_open(sd_bus *bus, DiskLease *l) {
                 r = sd_bus_message_open_container(m, 'a', "{sv}");
         if (r >= 0 && arg_read_only)
                 r = sd_bus_message_append(m, "{sv}", "read_only", "b", 1);
+        if (r >= 0 && arg_export)
+                r = sd_bus_message_append(m, "{sv}", "export", "s", arg_export);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r < 0)
@@ -263,6 +273,10 @@ static int disk_lease_open(sd_bus *bus, DiskLease *l) {
         if (r < 0)
                 return log_call_error(&error, r, _("Failed to get the file descriptors of disk '%s' of VM '%s'"), l->disk,
                                       l->vm);
+
+        /* An export is one socket. */
+        if (arg_export && count != 1)
+                return log_bus_parse_error(-EBADMSG);
 
         l->fds = calloc(MAX(count, 1U), sizeof(int));
         if (!l->fds)
@@ -328,10 +342,73 @@ static void strv_freep(char ***v) {
         strv_free(*v);
 }
 
+/* The disks as qemu-args.c sees them: names and export types, and once the leases exist their attach
+ * descriptions and sockets. */
+static int export_disks_new(const DiskLeases *ls, QemuExportDisk **ret) {
+        QemuExportDisk *d = calloc(MAX(ls->n, 1U), sizeof(QemuExportDisk));
+
+        if (!d)
+                return log_oom();
+        for (size_t j = 0; j < ls->n; j++)
+                d[j] = (QemuExportDisk) {
+                        .disk = ls->l[j].disk,
+                        .type = qemu_export_from_string(arg_export),
+                        .attach = ls->l[j].blockdev,
+                        .fd = ls->l[j].n_fds > 0 ? ls->l[j].fds[0] : -EBADF,
+                };
+        *ret = d;
+        return 0;
+}
+
+/* Whether COMMAND can be carried over to the export (checked before any lease is taken). Returns 0, or
+ * EXIT_USAGE after saying why. */
+static int check_export_command(const DiskLeases *ls, char **command, size_t n_command) {
+        _cleanup_free_ QemuExportDisk *disks = NULL;
+        _cleanup_free_ char *error = NULL;
+        int r;
+
+        r = export_disks_new(ls, &disks);
+        if (r < 0)
+                return r;
+        r = qemu_args_check_export(command, n_command, disks, ls->n, &error);
+        if (r == -EINVAL) {
+                log_usage("open", "%s", error);
+                return EXIT_USAGE;
+        }
+        if (r < 0)
+                return log_oom();
+        return 0;
+}
+
+/* COMMAND ARGS... (-device options rewritten for vhost-user-blk) -chardev .../-blockdev {nbd} ... and a
+ * shared memory backend if needed. */
+static int build_export_command_line(const DiskLeases *ls, char **command, size_t n_command, char ***ret) {
+        _cleanup_free_ QemuExportDisk *disks = NULL;
+        _cleanup_free_ char *error = NULL;
+        int r;
+
+        r = export_disks_new(ls, &disks);
+        if (r < 0)
+                return r;
+        r = qemu_args_build_export(command, n_command, disks, ls->n, ret, &error);
+        if (r == -EINVAL) {
+                log_usage("open", "%s", error); /* not reached: checked before the leases */
+                return EXIT_USAGE;
+        }
+        if (r == -EBADMSG)
+                return log_bus_parse_error(r);
+        if (r < 0)
+                return log_oom();
+        return 0;
+}
+
 /* COMMAND ARGS... -add-fd fd=N,set=1 ... -blockdev {...} ..., disk after disk. */
 static int build_command_line(const DiskLeases *ls, char **command, size_t n_command, char ***ret) {
         _cleanup_(strv_freep) char **v = NULL;
         size_t n = n_command + 1, k = 0;
+
+        if (arg_export)
+                return build_export_command_line(ls, command, n_command, ret);
 
         for (size_t j = 0; j < ls->n; j++)
                 n += 2 * ls->l[j].n_fds + 2 * json_object_array_length(ls->l[j].blockdev);
@@ -454,9 +531,32 @@ static int exec_command(sd_bus *bus, const DiskLeases *ls, char **argv) {
         return log_error_errno(r, _("Failed to run '%s'"), argv[0]);
 }
 
+/* With --export: the socket's fd number in this process and vdiskd's attach description as it is. */
+static int export_lease_to_json(const DiskLease *l, json_object **ret) {
+        _cleanup_json_ json_object *o = NULL;
+
+        o = json_object_new_object();
+        if (!o ||
+            json_add_string(o, "lease", l->path) < 0 ||
+            json_add_string(o, "vm", l->vm) < 0 ||
+            json_add_string(o, "disk", l->disk) < 0 ||
+            json_add_bool(o, "read_only", arg_read_only) < 0 ||
+            json_add_uint64(o, "pid", (uint64_t) getpid()) < 0 ||
+            json_add_string(o, "export", arg_export) < 0 ||
+            json_add_uint64(o, "fd", (uint64_t) l->fds[0]) < 0 ||
+            json_object_object_add(o, "attach", json_object_get(l->blockdev)) < 0)
+                return log_oom();
+
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
 static int lease_to_json(const DiskLease *l, json_object **ret) {
         _cleanup_json_ json_object *o = NULL;
         json_object *fds;
+
+        if (arg_export)
+                return export_lease_to_json(l, ret);
 
         o = json_object_new_object();
         fds = json_object_new_array();
@@ -628,6 +728,12 @@ int verb_open(int argc, char *argv[]) {
                 return EXIT_USAGE;
         }
 
+        if (arg_export && n_command > 0) {
+                r = check_export_command(&ls, command, n_command);
+                if (r != 0)
+                        return r;
+        }
+
         if (n_command == 0) {
                 /* Blocked before the lease exists, so that a Ctrl-C at any time releases it. */
                 sigemptyset(&mask);
@@ -657,7 +763,7 @@ int verb_open(int argc, char *argv[]) {
                 r = disk_lease_open(bus, &ls.l[j]);
                 if (r != 0)
                         return r;
-                if (j > 0) {
+                if (j > 0 && !arg_export) {
                         r = disk_lease_relabel(&ls.l[j], fds, j);
                         if (r < 0)
                                 return r;
@@ -668,7 +774,7 @@ int verb_open(int argc, char *argv[]) {
                 return hold_leases(bus, &ls);
 
         r = build_command_line(&ls, command, n_command, &command_line);
-        if (r < 0)
+        if (r != 0)
                 return r;
 
         if (arg_print) {

@@ -46,6 +46,7 @@ static const struct {
         { OPTION_DATA_FILE_RAW, "--data-file-raw" },
         { OPTION_DOMAIN, "--domain" },
         { OPTION_CONNECT, "--connect" },
+        { OPTION_EXPORT, "--export" },
 };
 
 static bool arg_help = false;
@@ -69,6 +70,7 @@ bool arg_read_only = false;
 bool arg_print = false;
 const char *arg_domain = NULL;
 const char *arg_connect = NULL;
+const char *arg_export = NULL;
 
 typedef enum VerbSection {
         SECTION_IMAGES,
@@ -158,6 +160,7 @@ static const VerbOption options_adopt[] = {
 static const VerbOption options_open[] = {
         { OPTION_READ_ONLY, "--read-only", N_("Open every layer read-only; read-only leases of a disk may coexist") },
         { OPTION_PRINT, "--print", N_("Print the command line instead of running COMMAND, then end the lease") },
+        { OPTION_EXPORT, "--export=TYPE", N_("Let vdiskd serve the disk through a socket: vhost-user-blk or nbd") },
         { OPTION_JSON, "--json[=MODE]", N_("Print JSON (MODE short: on one line); with --print, the arguments as a JSON array") },
         {}
 };
@@ -280,9 +283,18 @@ static const Verb verbs[] = {
              "per line and quoted for the shell, and exits: the leases end then, and with them the file\n"
              "descriptors the command line names.\n"
              "\n"
+             "With --export=TYPE, vdiskd serves each disk itself through a storage helper and passes one socket\n"
+             "per disk instead of the files; COMMAND is written as above. nbd: vdiskctl appends '-blockdev JSON',\n"
+             "an nbd node named DISK on the socket. vhost-user-blk: vdiskctl appends '-chardev\n"
+             "socket,id=DISK,fd=N', turns '-device virtio-blk-pci,drive=DISK,...' into '-device\n"
+             "vhost-user-blk-pci,chardev=DISK,config-wce=off,...' (a property vhost-user-blk-pci does not have\n"
+             "is an error) and, unless COMMAND sets -machine memory-backend=, shares the guest's memory (the size\n"
+             "of -m, 128M without) with the helper: '-object memory-backend-memfd,id=vdisk-mem,size=BYTES,\n"
+             "share=on -machine memory-backend=vdisk-mem'. A backend of COMMAND's own must have share=on.\n"
+             "\n"
              "Without COMMAND, vdiskctl prints the nodes and its file descriptors as JSON (one object per disk,\n"
-             "in an array when there are several) and holds the leases until Ctrl-C (SIGINT) or SIGTERM, then\n"
-             "releases them."),
+             "in an array when there are several; with --export, the socket's fd and vdiskd's description of\n"
+             "how to attach it) and holds the leases until Ctrl-C (SIGINT) or SIGTERM, then releases them."),
           options_open, verb_open },
         { "adopt", "VM FILE", 2, 2, SECTION_DISKS,
           N_("Take an existing disk chain into the store"),
@@ -478,6 +490,7 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 ARG_DATA_FILE_RAW,
                 ARG_DOMAIN,
                 ARG_CONNECT,
+                ARG_EXPORT,
         };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
@@ -500,6 +513,7 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                 { "data-file-raw", no_argument, NULL, ARG_DATA_FILE_RAW },
                 { "domain", required_argument, NULL, ARG_DOMAIN },
                 { "connect", required_argument, NULL, ARG_CONNECT },
+                { "export", required_argument, NULL, ARG_EXPORT },
                 {}
         };
         const Verb *verb;
@@ -634,6 +648,13 @@ static int parse_argv(int argc, char *argv[], const Verb **ret_verb) {
                                 return -EINVAL;
                         }
                         arg_connect = optarg;
+                        break;
+
+                case ARG_EXPORT:
+                        arg_seen |= OPTION_EXPORT;
+                        if (parse_enum_option("--export", optarg, "vhost-user-blk", "nbd") < 0)
+                                return -EINVAL;
+                        arg_export = optarg;
                         break;
 
                 case ARG_READ_ONLY:

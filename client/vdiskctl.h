@@ -32,6 +32,7 @@ typedef enum OptionFlag {
         OPTION_DATA_FILE_RAW = 1 << 15,
         OPTION_DOMAIN = 1 << 16,
         OPTION_CONNECT = 1 << 17,
+        OPTION_EXPORT = 1 << 18,
 } OptionFlag;
 
 /* Accepted by every command; commands that print nothing ignore them. */
@@ -56,6 +57,7 @@ extern bool arg_data_file;
 extern bool arg_data_file_raw;
 extern const char *arg_domain;
 extern const char *arg_connect;
+extern const char *arg_export; /* "vhost-user-blk" or "nbd"; NULL: the chain's fds */
 
 /* vdiskctl-util.c */
 void log_usage(const char *verb, const char *format, ...) _printf_(2, 3);

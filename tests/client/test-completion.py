@@ -185,6 +185,10 @@ check_eq(complete("vdiskctl", "chain", "web", "ro"), ["root", "rootfs"], "chain 
 check_eq(complete("vdiskctl", "--json", "chain", "--no-legend", "web", "d"), ["data"],
          "chain DISK after options before and after the command")
 check_eq(complete("vdiskctl", "open", "--read-only", "web", "r"), ["root", "rootfs"], "open DISK after an option")
+check_eq(complete("vdiskctl", "open", "web", "--export", "=", ""), ["vhost-user-blk", "nbd"], "--export=TYPE values")
+check_eq(complete("vdiskctl", "open", "web", "--export=n"), ["--export=nbd"], "--export=TYPE without '=' as a word break")
+check_eq(complete("vdiskctl", "open", "--export", "nbd", "web", "r"), ["root", "rootfs"],
+         "open DISK after --export TYPE: the option's value is not the VM")
 check_eq(complete("vdiskctl", "open", "web", "root,"), ["root,data", "root,rootfs"],
          "open DISK,DISK: the disks after the comma, without those already named")
 check_eq(complete("vdiskctl", "open", "web", "data,root,r"), ["data,root,rootfs"], "open DISK,DISK,DISK: prefix 'r'")

@@ -33,7 +33,7 @@ COMMANDS = {
     "verify": ["--json"],
     "xml": [],
     "adopt": ["--move"],
-    "open": ["--read-only", "--print", "--json", "-- COMMAND"],
+    "open": ["--read-only", "--print", "--export=TYPE", "vhost-user-blk", "nbd", "--json", "-- COMMAND"],
     "jobs": ["--json"],
     "cancel": [],
     "inspect": ["--format="],
@@ -147,6 +147,23 @@ USAGE_ERRORS = [
     (["open", "vm1", "d1", "--print"], "--print needs a COMMAND"),
     (["open", "vm1", "d1", "--print", "--"], "--print needs a COMMAND"),
     (["open", "vm1", "d1", "--unsafe"], "Option --unsafe cannot be used with 'open'"),
+    (["open", "vm1", "d1", "--export=iscsi"], "Invalid value 'iscsi' for --export: use vhost-user-blk or nbd."),
+    (["open", "vm1", "d1", "--export"], "Option '--export' needs a value."),
+    (["snapshot", "vm1", "d1", "--export=nbd"], "Option --export cannot be used with 'snapshot'"),
+    # The command line is checked before the leases are taken (and before vdiskctl connects).
+    (["open", "vm1", "d1", "--export=vhost-user-blk", "--", "qemu-system-x86_64", "-device",
+      "virtio-blk-pci,drive=d1,serial=abc"],
+     "Property 'serial' of '-device virtio-blk-pci,drive=d1,serial=abc' does not exist in vhost-user-blk-pci, "
+     "which attaches disk 'd1' (--export=vhost-user-blk): remove it."),
+    (["open", "vm1", "d0,d1", "--export=vhost-user-blk", "--print", "--", "qemu-system-x86_64", "--device",
+      "driver=virtio-blk-pci,drive=d1,config-wce=on"],
+     "'-device driver=virtio-blk-pci,drive=d1,config-wce=on' turns config-wce on: disk 'd1' is exported as "
+     "vhost-user-blk, which needs config-wce=off so that the guest flushes its writes."),
+    (["open", "vm1", "d1", "--export=vhost-user-blk", "--", "qemu-system-x86_64", "-device", "scsi-hd,drive=d1"],
+     "Disk 'd1' is exported as vhost-user-blk: '-device scsi-hd,drive=d1' cannot attach it. Use virtio-blk-pci, "
+     "which vdiskctl turns into vhost-user-blk-pci."),
+    (["open", "vm1", "d1", "--export=vhost-user-blk", "--", "qemu-system-x86_64", "-m", "lots"],
+     "Invalid memory size in '-m lots'."),
     (["snapshot", "vm1", "d1", "--read-only"], "Option --read-only cannot be used with 'snapshot'"),
     (["chain", "vm1", "d1", "--print"], "Option --print cannot be used with 'chain'"),
     (["list-disks"], "Wrong number of arguments for 'list-disks'. Usage: vdiskctl list-disks VM"),
@@ -166,7 +183,13 @@ for args, message in USAGE_ERRORS:
 
 for args in (["status"], ["list-images", "--json"], ["list-disks", "vm1"], ["list-disks", "vm1", "--json=short"],
              ["delete-vm", "vm1"], ["cancel", "5"], ["open", "vm1", "d1"],
-             ["open", "vm1", "d1", "--print", "--", "qemu-system-x86_64", "-S"]):
+             ["open", "vm1", "d1", "--print", "--", "qemu-system-x86_64", "-S"],
+             ["open", "vm1", "d1", "--export=nbd"],
+             # Accepted as they are: the properties vhost-user-blk-pci has; nbd does not read -m or -device.
+             ["open", "vm1", "d1", "--export=vhost-user-blk", "--print", "--", "qemu-system-x86_64", "-m", "1G",
+              "-device", "virtio-blk-pci,drive=d1,id=v1,bootindex=1,config-wce=off"],
+             ["open", "vm1", "d1", "--export=nbd", "--", "qemu-system-x86_64", "-m", "lots", "-device",
+              "virtio-blk-pci,drive=d1,serial=abc"]):
     p = run(*args)
     name = "vdiskctl " + " ".join(args)
     check(p.returncode == 4, f"'{name}' without a bus exits 4", p)
