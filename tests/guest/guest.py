@@ -366,13 +366,17 @@ def build_initramfs(cache_dir=None, modules=MODULES):
     return kernel, out
 
 
-def qemu_argv(extra=(), memory=256, smp=1, append="", cache_dir=None, qmp=None):
+def qemu_argv(extra=(), memory=256, smp=1, append="", cache_dir=None, qmp=None, shared_memory=False):
     """The QEMU command line of a guest (serial console on stdio, no other default device), then `extra`.
-    qmp: a socket path for a QMP server (QEMU listens, does not wait)."""
+    memory in MiB. qmp: a socket path for a QMP server (QEMU listens, does not wait). shared_memory: guest
+    RAM from a shared memfd, which a vhost-user back end needs to map."""
     kernel, initrd = build_initramfs(cache_dir)
     argv = [QEMU, "-accel", "tcg", "-m", str(memory), "-smp", str(smp), "-nodefaults", "-no-user-config",
             "-display", "none", "-serial", "stdio", "-no-reboot",
             "-kernel", kernel, "-initrd", initrd, "-append", (KERNEL_APPEND + " " + append).strip()]
+    if shared_memory:
+        argv += ["-object", f"memory-backend-memfd,id=guest-ram,size={memory}M,share=on",
+                 "-machine", "memory-backend=guest-ram"]
     if qmp:
         argv += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     return argv + list(extra)
