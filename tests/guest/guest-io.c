@@ -41,6 +41,7 @@
 #include <inttypes.h>
 #include <linux/fs.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -380,10 +381,18 @@ static int cmd_counter(bool write, int argc, char **argv) {
         return ret;
 }
 
+static volatile sig_atomic_t writer_stop;
+
+static void on_stop_signal(int sig) {
+        (void) sig;
+        writer_stop = 1;
+}
+
 /* writer: writes seq 1, 2, ... to blocks start, start+1, ... (wrapping after --blocks), each one
  * fdatasync'ed; with --log prints every acknowledged write as it completes: {"seq":N,"block":B,"lat_us":L}
- * (the latency of pwrite + fdatasync). Stops after --count writes or --seconds, else runs until killed
- * (SIGTERM, SIGKILL: every line printed is a write that was acknowledged). At the end prints
+ * (the latency of pwrite + fdatasync). Stops after --count writes or --seconds, else runs until SIGTERM or
+ * SIGINT (finishes the write in flight, then the summary) or SIGKILL (no summary; every line printed is
+ * still a write that was acknowledged). At the end prints
  * {"done":true,"writes":N,"last_seq":N,"max_lat_us":L,"avg_lat_us":A}. */
 static int cmd_writer(int argc, char **argv) {
         uint64_t start_block = 0, blocks = 1024, interval_ms = 100, count = 0, seconds = 0, run_id = 0;
@@ -409,8 +418,11 @@ static int cmd_writer(int argc, char **argv) {
                 return io_error("alloc", -ENOMEM);
         }
         setvbuf(stdout, NULL, _IOLBF, 0);
+        struct sigaction sa = { .sa_handler = on_stop_signal };   /* no SA_RESTART: ends the sleep */
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
         uint64_t t0 = now_ns(), next = t0;
-        while ((count == 0 || seq < count) && (seconds == 0 || now_ns() - t0 < seconds * 1000000000u)) {
+        while (!writer_stop && (count == 0 || seq < count) && (seconds == 0 || now_ns() - t0 < seconds * 1000000000u)) {
                 uint64_t block = start_block + seq % blocks, t, lat;
                 int r;
 

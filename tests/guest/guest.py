@@ -25,6 +25,7 @@ input, so a change of the kernel, busybox, a module, guest-io.c or this file reb
 Also the host side of guest-io's data layouts: pattern(), counter_block(), fnv1a64()."""
 
 import base64
+import codecs
 import hashlib
 import json
 import lzma
@@ -38,6 +39,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GUEST_IO_C = os.path.join(HERE, "guest-io.c")
@@ -210,8 +212,7 @@ def _decompress(path):
     if path.endswith(".zst"):
         return subprocess.run(["zstd", "-dc", path], check=True, capture_output=True).stdout
     if path.endswith(".gz"):
-        import gzip
-        return gzip.decompress(data)
+        return zlib.decompress(data, 31)
     return data
 
 
@@ -308,7 +309,7 @@ def _kernel_for_qemu(kernel, cache_dir):
     data = open(kernel, "rb").read()
     formats = [(b"\xfd7zXZ\x00", lambda d: lzma.LZMADecompressor().decompress(d)),
                (b"\x28\xb5\x2f\xfd", lambda d: subprocess.run(["zstd", "-dc"], input=d, capture_output=True).stdout),
-               (b"\x1f\x8b\x08", lambda d: __import__("zlib").decompressobj(31).decompress(d))]
+               (b"\x1f\x8b\x08", lambda d: zlib.decompressobj(31).decompress(d))]
     for magic, unpack in formats:
         i = data.find(magic)
         while i >= 0:
@@ -420,7 +421,7 @@ class Guest:
 
     def _read(self):
         fd = self.proc.stdout.fileno()
-        dec = __import__("codecs").getincrementaldecoder("utf-8")("replace")
+        dec = codecs.getincrementaldecoder("utf-8")("replace")
         while True:
             try:
                 chunk = os.read(fd, 65536)

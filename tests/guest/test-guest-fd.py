@@ -4,11 +4,12 @@
 
 The chain: a raw catalog image with a known pattern, the disk's overlay on it and a snapshot on top
 (three layers). The guest sees the disk at the catalog image's size and reads the pattern back, writes
-another pattern over 1 MiB, fdatasyncs, reads it back and powers off. Meanwhile QEMU's own fd table
+another pattern over 1 MiB, fdatasyncs, reads it back, runs guest-io writer for a moment (counter blocks,
+stopped by SIGTERM, checked by writer-verify) and powers off. Meanwhile QEMU's own fd table
 (/proc/PID/fd of the process vdiskctl became) holds every file of the chain, the top one read-write
 and the others read-only: the contrast for the export modes, where QEMU must hold none of them. After:
 the base and middle files are byte-identical to before, the write is allocated in the top layer only
-(qemu-img map: depth 0 exactly there), the chain's content is the base pattern with the write in it
+(qemu-img map: depth 0 exactly there), the chain's content is the base pattern with the writes in it
 (qemu-img compare against an expected raw file), qemu-img check is clean, Verify finds nothing and the
 lease ended with QEMU (Snapshot works again).
 
@@ -33,6 +34,9 @@ SIZE = 8 * MiB
 BASE_SEED = 0x1234
 WRITE_SEED = 0xBEEF
 WRITE_OFF, WRITE_LEN = 2 * MiB, 1 * MiB
+# guest-io writer: 16 counter blocks (one 64 KiB cluster) at 4 MiB.
+WRITER_BLOCK, WRITER_BLOCKS = 1024, 16
+WRITER_ARGS = f"--start-block {WRITER_BLOCK} --blocks {WRITER_BLOCKS} --run-id 8"
 
 
 def sha256(path):
@@ -104,6 +108,23 @@ def main():
         check_eq(r.get("ok"), True, "the guest writes 1 MiB and fdatasyncs")
         r = g.run_json(f"guest-io check /dev/vda {WRITE_OFF} {WRITE_LEN} {WRITE_SEED}", timeout=120, want_status=None)
         check_eq(r.get("ok"), True, "the guest reads its write back")
+
+        # The writer the export tests use: counter blocks, each fdatasync'ed, stopped by SIGTERM.
+        pid = g.spawn(f"guest-io writer /dev/vda {WRITER_ARGS} --interval-ms 20 --log", "/tmp/writer.log")
+        time.sleep(1.5)
+        g.stop(pid)
+        lines = [json.loads(x) for x in g.check("cat /tmp/writer.log").splitlines() if x.startswith("{")]
+        acked = [x["seq"] for x in lines if "seq" in x]
+        summary = lines[-1] if lines else {}
+        check(len(acked) >= 3 and acked == list(range(1, len(acked) + 1)),
+              f"the writer logs every acknowledged write in order ({len(acked)} writes)")
+        check_eq((summary.get("done"), summary.get("last_seq")), (True, len(acked)),
+                 "on SIGTERM the writer ends with its summary")
+        last_seq = len(acked)
+        r = g.run_json(f"guest-io writer-verify /dev/vda {last_seq} {WRITER_ARGS}", want_status=None)
+        check_eq((r.get("ok"), r.get("lost_count")), (True, 0), f"writer-verify: no acknowledged write lost ({r})")
+        r = g.run_json(f"guest-io writer-verify /dev/vda {last_seq + 1} {WRITER_ARGS}", want_status=None)
+        check_eq((r.get("ok"), r.get("lost")), (False, [last_seq + 1]), "writer-verify reports a write never made")
         status = g.poweroff(timeout=60)
         check_eq(status, 0, "the guest powers off and QEMU exits 0")
         print(f"guest session: {time.monotonic() - t0:.1f} s")
@@ -112,15 +133,21 @@ def main():
             check_eq(sha256(p), before[p], f"layer {i} is byte-identical to before the guest ran")
         p = qemu_img("map", "--output=json", "-f", "qcow2", files[0])
         ranges = [(e["start"], e["length"]) for e in json.loads(p.stdout or "[]") if e["depth"] == 0 and e["data"]]
-        check_eq(ranges, [(WRITE_OFF, WRITE_LEN)], "the write is allocated in the top layer, and nothing else is")
+        check_eq(ranges, [(WRITE_OFF, WRITE_LEN), (WRITER_BLOCK * 4096, WRITER_BLOCKS * 4096)],
+                 "the writes are allocated in the top layer, and nothing else is")
         expected = os.path.join(env.tmp, "expected.raw")
         with open(expected, "wb") as f:
             f.write(guest.pattern(0, SIZE, BASE_SEED))
             f.seek(WRITE_OFF)
             f.write(guest.pattern(WRITE_OFF, WRITE_LEN, WRITE_SEED))
+            # The last write of each counter block (blocks never written keep the base's pattern).
+            for seq in range(max(1, last_seq - WRITER_BLOCKS + 1), last_seq + 1):
+                block = WRITER_BLOCK + (seq - 1) % WRITER_BLOCKS
+                f.seek(block * 4096)
+                f.write(guest.counter_block(block, seq, 8))
         p = qemu_img("compare", "-f", "qcow2", "-F", "raw", files[0], expected)
         check_eq((p.returncode, p.stdout.strip()), (0, "Images are identical."),
-                 "the chain's content is the base pattern with the guest's write")
+                 "the chain's content is the base pattern with the guest's writes (counter blocks as guest.py builds them)")
         p = qemu_img("check", "-f", "qcow2", files[0])
         check_eq(p.returncode, 0, f"qemu-img check of the top layer is clean ({p.stdout.strip()[-300:]})")
         check_eq(env.error("Verify", "vm")[1], [], "Verify finds nothing")
