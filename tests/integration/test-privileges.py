@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""vdiskd keeps no capability once it serves (vdiskd(8), PRIVILEGES; docs/security.md rule 12).
+"""vdiskd keeps no capability it does not need once it serves (vdiskd(8), PRIVILEGES; docs/security.md).
 
-Started as root with a full capability set, the running vdiskd has empty inheritable, permitted,
-effective, bounding and ambient sets, and still uid 0; they stay empty after it has served calls
-that create files, hand out fds and run a job. And the drop is real, not just what /proc says:
+Started as root with a full capability set, the running vdiskd has empty inheritable, effective and
+ambient sets, and still uid 0; its permitted and bounding sets hold exactly CAP_SETUID, CAP_SETGID and
+CAP_KILL (for the storage helpers of exports: switching the child to a helper uid, killing a helper
+that does not quit) — and nothing at all with [Exports] Enabled=no. They stay so after it has served
+calls that create files, hand out fds and run a job. And the drop is real, not just what /proc says:
 - a root-owned 0600 image is adoptable (uid 0 keeps the owner's access: why vdiskd is not the
   `vdisk` user);
 - an image owned by another uid with mode 0600, which root *with* CAP_DAC_OVERRIDE would read, is
@@ -44,10 +46,15 @@ def disk_xml(target, path, fmt):
             f"<backingStore/><target dev='{target}' bus='virtio'/></disk>")
 
 
-def check_no_caps(env, when):
+CAP_KILL, CAP_SETGID, CAP_SETUID = 5, 6, 7
+HELPER_CAPS = (1 << CAP_KILL) | (1 << CAP_SETGID) | (1 << CAP_SETUID)
+
+
+def check_no_caps(env, when, exports=True):
     c = caps(env.daemon.pid)
     for s in CAP_SETS:
-        check_eq(c[s], 0, f"{when}: vdiskd's {s} is empty")
+        want = HELPER_CAPS if exports and s in ("CapPrm", "CapBnd") else 0
+        check_eq(c[s], want, f"{when}: vdiskd's {s} is {'CAP_KILL, CAP_SETGID, CAP_SETUID' if want else 'empty'}")
     check_eq(c["Uid"], [0, 0, 0, 0], f"{when}: vdiskd still runs as uid 0 (real, effective, saved, fs)")
 
 
@@ -113,6 +120,14 @@ def main():
         check_eq(env.snapshot_store(), before, "nothing was added to the store")
         check_no_caps(env, "at the end")
         check(env.canary_unchanged(), "the canary is unchanged")
+        env.stop()
+    finally:
+        env.close()
+
+    env = Env(sys.argv[1], "[Exports]\nEnabled=no\n")
+    try:
+        env.start()
+        check_no_caps(env, "exports disabled", exports=False)
         env.stop()
     finally:
         env.close()
