@@ -291,6 +291,10 @@ int config_load(Config *c, const char *path) {
         if (r != 0) /* a line inih refused that config_check_line() let through */
                 return log_error_errno(EINVAL, "%s:%d: syntax error", path, r);
 
+        if (c->exports.helper && c->exports.helper[0] != '/')
+                return log_error_errno(EINVAL, "%s: [Exports] Helper= must be an absolute path", path);
+        if (c->exports.runtime_dir && c->exports.runtime_dir[0] != '/')
+                return log_error_errno(EINVAL, "%s: [Exports] RuntimeDirectory= must be an absolute path", path);
         if (c->limits.max_chain_depth < 1 || c->limits.max_virtual_size < 512 ||
             c->limits.max_virtual_size > FORMAT_DEFAULT_MAX_VIRTUAL_SIZE || c->limits.max_jobs < 1)
                 return log_error_errno(EINVAL, "%s: limits out of range", path);

@@ -138,7 +138,7 @@ static void raise_fd_limit(void) {
 }
 
 static void help(void) {
-        printf("Usage: vdiskd [--store DIR] [--config FILE]\n\n"
+        printf("Usage: vdiskd [--store DIR] [--config FILE] [--runtime-dir DIR] [--exit-on-idle=SEC] [--debug]\n\n"
                "The vdisk storage service for virtual machine disks (bus name %s).\n\n"
                "  --store DIR     store directory (default: $STATE_DIRECTORY, else %s)\n"
                "  --config FILE   configuration file (default: %s; a missing default is fine)\n"
@@ -263,7 +263,7 @@ static int run(int argc, char *argv[]) {
         if (r >= 0)
                 r = sd_bus_request_name_async(m->bus, NULL, VDISK_BUS_NAME, 0, name_acquired, m);
         if (r >= 0)
-                r = drop_privileges(m->config.exports.enabled);
+                r = drop_privileges(m->config.exports.enabled || m->leases.n_leases > 0);
         if (r >= 0) {
                 sigset_t ss;
                 sigemptyset(&ss);

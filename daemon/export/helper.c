@@ -274,6 +274,18 @@ int helper_attach(const char *dir, const char *name, pid_t pid, Helper **ret) {
         return 0;
 }
 
+int helper_quit_dir(const char *dir) {
+        QmpClient *c;
+        int r;
+
+        r = monitor_connect(dir, &c);
+        if (r < 0)
+                return r;
+        (void) qmp_client_call(c, "quit", NULL, -EBADF, HELPER_TIMEOUT_USEC, NULL, NULL);
+        qmp_client_free(c);
+        return 0;
+}
+
 bool helper_exited(const Helper *h) {
         return wait_exit(h, 0) > 0;
 }
@@ -297,8 +309,10 @@ int helper_stop(Helper *h, uint64_t timeout_usec) {
                 else
                         r = -ESRCH;
                 (void) cap_effective(CAP_KILL, false);
-                if (r < 0 && r != -ESRCH)
-                        log_error_errno(r, "Failed to kill helper pid %d", (int) h->pid);
+                if (r < 0 && r != -ESRCH) {
+                        reap(h);
+                        return log_error_errno(r, "Failed to kill helper pid %d", (int) h->pid);
+                }
                 (void) wait_exit(h, 5000);
         }
         reap(h);

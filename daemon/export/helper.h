@@ -50,8 +50,12 @@ int helper_spawn(const HelperSpawn *p, Helper **ret);
  * answers to `name`, and takes a pidfd of `pid` (taken before the monitor answered, so it cannot be
  * another process that got a reused pid). -ECONNREFUSED/-ENOENT: the helper is gone. */
 int helper_attach(const char *dir, const char *name, pid_t pid, Helper **ret);
+/* Asks whatever helper serves the monitor socket of `dir` to quit, without knowing its pid (an export
+ * whose start vdiskd did not finish). 0 if one answered, -ECONNREFUSED/-ENOENT if none is there. */
+int helper_quit_dir(const char *dir);
 /* Asks the helper to quit (QEMU flushes its caches and closes its images), waits up to `timeout_usec`
- * for it to exit, else kills it. Returns once it is gone. */
+ * for it to exit, else kills it. Returns once it is gone; < 0 if it could not be killed (it may still
+ * be running). */
 int helper_stop(Helper *h, uint64_t timeout_usec);
 /* Whether the helper process has exited (without reaping it). */
 bool helper_exited(const Helper *h);

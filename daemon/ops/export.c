@@ -84,10 +84,13 @@ static void export_remove_dir(const char *dir) {
                 log_warning("Failed to remove %s: %s", dir, strerror(errno));
 }
 
-void export_stop(Export *e) {
+int export_stop(Export *e) {
+        int r = 0;
+
         if (e->helper)
-                (void) helper_stop(e->helper, EXPORT_STOP_TIMEOUT_USEC);
+                r = helper_stop(e->helper, EXPORT_STOP_TIMEOUT_USEC);
         export_remove_dir(e->dir);
+        return r;
 }
 
 /* One QMP command whose failure is the operation's: the helper's words go to the log, a short reason to
@@ -331,6 +334,8 @@ int export_save_state(const Export *e) {
                 r = args_add(o, "helper-uid", json_object_new_int64(e->uid));
         if (r >= 0)
                 r = args_add(o, "nodes", TAKE_PTR(nodes));
+        if (r >= 0)
+                r = args_add(o, "starting", json_object_new_boolean(e->starting));
         if (r < 0)
                 return r;
         text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
@@ -425,7 +430,14 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                 r = op_error(err, -EIO, "Cannot start the storage helper %s: %s", set->helper, strerror(-r));
                 goto fail;
         }
-        r = hand_over_chain(e, s, d, l, err);
+        /* Recorded before the helper gets any file: a vdiskd that dies from here on finds the helper
+         * again at its next start and stops it (state "starting"). */
+        e->starting = true;
+        r = export_save_state(e);
+        if (r >= 0)
+                r = hand_over_chain(e, s, d, l, err);
+        if (r >= 0)
+                crash_point("export:after-handover");
         if (r >= 0)
                 r = listener = export_socket(e->dir, &client);
         if (r >= 0)
@@ -443,6 +455,7 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                 safe_close(l->fds[i].fd);
         l->n_fds = 1;
         l->fds[0] = (LeaseFd) { .fd = TAKE_FD(client) };
+        e->starting = false;
         r = export_save_state(e);
         if (r >= 0)
                 r = qmp_client_attach_event(e->helper->qmp, event, SD_EVENT_PRIORITY_NORMAL, on_helper_event, e);
@@ -557,17 +570,22 @@ static int lease_from_state(const char *dir, const char *id, json_object *st, Le
 static void recover_one(const ExportSettings *set, Store *s, LeaseRegistry *leases, sd_event *event, const char *dir,
                         const char *id, ExportGoneHandler gone, void *userdata) {
         _cleanup_(json_putp) json_object *st = NULL;
+        json_object *starting;
         Helper *h = NULL;
         Lease *l = NULL;
         int r;
 
         r = read_state(dir, &st);
+        if (r >= 0 && json_object_object_get_ex(st, "starting", &starting) && json_object_get_boolean(starting))
+                r = -EINPROGRESS;
         if (r >= 0)
                 r = lease_from_state(dir, id, st, &l);
         if (r < 0) {
-                /* Not one of ours, or written only in part (vdiskd died while starting it): the helper
-                 * never served anyone, since OpenDisk had not answered. */
-                log_warning("Export directory %s has no usable state (%s): removed", dir, strerror(-r));
+                /* vdiskd died while starting it (OpenDisk had not answered: the helper never served
+                 * anyone), or not one of ours: whatever helper answers on its monitor quits. */
+                log_warning("Export directory %s: %s; its helper (if any) is stopped and the directory removed", dir,
+                            r == -EINPROGRESS ? "the export's start was interrupted" : "no usable state");
+                (void) helper_quit_dir(dir);
                 export_remove_dir(dir);
                 return;
         }

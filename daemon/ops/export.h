@@ -60,6 +60,7 @@ typedef struct Export {
         char **nodes; /* the helper's format node of each layer, top first */
         size_t n_nodes;
         Lease *lease; /* back pointer: the lease that owns this export */
+        bool starting; /* the helper is being given the chain: OpenDisk has not answered yet */
         ExportGoneHandler gone;
         void *userdata;
 } Export;
@@ -70,8 +71,9 @@ typedef struct Export {
 int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *leases, const Disk *d, Lease *l,
                  ExportType type, sd_event *event, ExportGoneHandler gone, void *userdata, char **ret_attach,
                  OpError *err);
-/* Ends the export of a lease that ends: stops the helper and removes its directory. */
-void export_stop(Export *e);
+/* Ends the export of a lease that ends: stops the helper and removes its directory. < 0 if the helper
+ * could not be stopped (it may still write: the caller quarantines the disk). */
+int export_stop(Export *e);
 /* Frees the daemon's side only: the helper keeps serving (vdiskd stops, a VM keeps its disk). */
 Export *export_free(Export *e);
 

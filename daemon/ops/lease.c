@@ -164,9 +164,12 @@ int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *j
 void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
         log_op(LOG_INFO, "lease", l->vm, l->disk, NULL, "Lease " VDISK_LEASE_PREFIX "/%s of disk '%s' of VM '%s' ended (%s)", l->id, l->disk, l->vm,
                why);
-        /* An export's helper flushes and closes the chain before the headers are read. */
-        if (l->export)
-                export_stop(l->export);
+        /* An export's helper flushes and closes the chain before the headers are read. One that cannot
+         * be stopped may still write: its disk is quarantined. */
+        if (l->export && export_stop(l->export) < 0 && store_find_vm(s, l->vm)) {
+                OpError err = {};
+                (void) op_quarantine(s, l->vm, l->disk, "its storage helper could not be stopped when its lease ended", &err);
+        }
         if (!l->read_only && store_find_vm(s, l->vm)) {
                 _cleanup_free_ char *problem = NULL;
                 OpError err = {};

@@ -205,6 +205,7 @@ int op_live_snapshot(Store *s, const Limits *lim, const JobRegistry *jobs, Lease
         r = op_snapshot(s, lim, l->vm, l->disk, ret_layer, err);
         if (r < 0)
                 return r;
+        crash_point("live-snapshot:after-commit");
         r = export_reconcile(l->export, s, err);
         if (r < 0) {
                 log_op(LOG_ERR, "snapshot", l->vm, l->disk, ret_layer,

@@ -303,6 +303,8 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
         size_t n_fds;
         int r;
 
+        if (req->export != EXPORT_NONE && !ectx->settings->enabled)
+                return op_error(err, -EOPNOTSUPP, "Exports are disabled ([Exports] Enabled=no)");
         r = op_find_disk(s, req->vm, req->disk, NULL, &d, err);
         if (r < 0)
                 return r;
