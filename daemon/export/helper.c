@@ -151,12 +151,40 @@ _noreturn_ static void helper_exec(const HelperSpawn *p, int monitor, int log_fd
         _exit(127);
 }
 
+/* Without a pidfd (a kernel or a valgrind without pidfd_open): a child is polled with waitid(); a helper
+ * found again after a restart is gone once its monitor socket refuses connections (only the helper
+ * holds the listening socket). */
+static int wait_exit_polling(const Helper *h, int timeout_ms) {
+        for (int waited = 0;; waited += 10) {
+                siginfo_t si = {};
+                struct sockaddr_un sa;
+                socklen_t len;
+
+                if (h->is_child) {
+                        if (waitid(P_PID, (id_t) h->pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+                                return errno == ECHILD ? 1 : negative_errno();
+                        if (si.si_pid == h->pid)
+                                return 1;
+                } else if (h->dir && socket_address(h->dir, &sa, &len) >= 0) {
+                        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                        if (fd < 0)
+                                return negative_errno();
+                        if (connect(fd, (struct sockaddr *) &sa, len) < 0 && (errno == ECONNREFUSED || errno == ENOENT))
+                                return 1;
+                } else
+                        return -EBADF;
+                if (waited >= timeout_ms)
+                        return 0;
+                (void) poll(NULL, 0, 10);
+        }
+}
+
 static int wait_exit(const Helper *h, int timeout_ms) {
         struct pollfd pfd = { .fd = h->pidfd, .events = POLLIN };
         int r;
 
         if (h->pidfd < 0)
-                return h->is_child ? 0 : -EBADF;
+                return wait_exit_polling(h, timeout_ms);
         r = poll(&pfd, 1, timeout_ms);
         if (r < 0)
                 return negative_errno();
@@ -254,12 +282,19 @@ int helper_attach(const char *dir, const char *name, pid_t pid, Helper **ret) {
         if (!h)
                 return -ENOMEM;
         h->pid = pid;
-        h->pidfd = pidfd_open(pid, 0);
-        if (h->pidfd < 0) {
-                r = errno == ESRCH ? -ENOENT : -errno;
+        h->dir = strdup(dir);
+        if (!h->dir) {
                 free(h);
+                return -ENOMEM;
+        }
+        h->pidfd = pidfd_open(pid, 0);
+        if (h->pidfd < 0 && errno != ENOSYS) {
+                r = errno == ESRCH ? -ENOENT : -errno;
+                helper_free(h);
                 return r;
         }
+        if (h->pidfd < 0)
+                h->pidfd = -EBADF; /* then it can only be asked to quit, not killed */
         r = monitor_connect(dir, &h->qmp);
         if (r >= 0)
                 r = qmp_client_call(h->qmp, "query-name", NULL, -EBADF, HELPER_TIMEOUT_USEC, &reply, NULL);
@@ -324,6 +359,7 @@ Helper *helper_free(Helper *h) {
                 return NULL;
         qmp_client_free(h->qmp);
         safe_close(h->pidfd);
+        free(h->dir);
         free(h);
         return NULL;
 }

@@ -41,6 +41,7 @@ typedef struct Helper {
         pid_t pid;
         int pidfd;     /* -EBADF if the kernel has none for it */
         bool is_child; /* started by this vdiskd: its pid cannot be reused before it is reaped */
+        char *dir;     /* found again after a restart: its directory, to tell whether it still runs */
         QmpClient *qmp;
 } Helper;
 
