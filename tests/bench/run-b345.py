@@ -737,7 +737,8 @@ def render(cfg, results, peers, machine):
     L.append("")
     L.append("```sh")
     L.append("/usr/bin/python3 tests/bench/run-b345.py build/daemon/vdiskd --qemu10-dir build/qemu-img-10"
-             + (" --quick" if cfg.quick else "") + (f" --pairs {cfg.pairs}" if cfg.pairs_given else ""))
+             + (" --quick" if cfg.quick else "") + (f" --pairs {cfg.pairs}" if cfg.pairs_given else "")
+             + (" --baseline-vdiskd OLD-VDISKD" if cfg.baseline else ""))
     L.append("```")
     L.append("")
     L.append("(`tests/bench/fetch-qemu-img.sh DIR` fetches qemu-img 10.0.2 from bookworm-backports into DIR by "
