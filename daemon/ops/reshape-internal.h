@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -23,6 +24,9 @@
 
 #define RESHAPE_STEP_BYTES (UINT64_C(256) << 20)
 #define COPY_BUFFER (UINT64_C(1) << 20)
+/* Copying into a file that does not share extents, its writeback is started every this many bytes:
+ * 4 MiB measured best against 1 and 16 MiB (tests/bench/RESULTS-b345.md, "Copy engines"). */
+#define COPY_KICK_BYTES (UINT64_C(4) << 20)
 
 typedef struct ViewLayer {
         Layer *layer; /* the store's record; stable while the disk is busy with this job */
@@ -102,6 +106,9 @@ struct ReshapeOp {
         /* Pending copy, extended while source and target stay contiguous. */
         int cp_src, cp_dst;
         uint64_t cp_src_off, cp_dst_off, cp_len;
+        int cp_kick_fd;       /* the target whose writeback copy_kick() starts, -EBADF before the first copy */
+        bool cp_shares;       /* ... is on a file system that shares extents: no writeback to start */
+        uint64_t cp_unkicked; /* bytes copied into it since its writeback was last started */
 };
 
 /* reshape-plan.c */
@@ -113,6 +120,7 @@ int reshape_plan_rebase(ReshapeOp *op, OpError *err);
 int reshape_plan_commit(ReshapeOp *op, OpError *err);
 
 /* reshape-copy.c */
+bool reshape_fs_shares_extents(int64_t f_type);
 int reshape_copy_flush(ReshapeOp *op, OpError *err);
 int reshape_materialize_qcow2(ReshapeOp *op, const size_t *view, size_t n, uint64_t a, uint64_t b, OpError *err);
 int reshape_materialize_raw(ReshapeOp *op, uint64_t a, uint64_t b, OpError *err);

@@ -273,7 +273,7 @@ static int reshape_op_new(Store *s, const Limits *lim, ReshapeKind kind, const c
         op->shared = SIZE_MAX;
         op->target.fd = op->target.undo_fd = op->upper.fd = op->upper.undo_fd = -EBADF;
         op->target.data_fd = op->target.data_undo_fd = op->upper.data_fd = op->upper.data_undo_fd = -EBADF;
-        op->cp_src = op->cp_dst = -EBADF;
+        op->cp_src = op->cp_dst = op->cp_kick_fd = -EBADF;
         op->step_bytes = test_hook_step_bytes(RESHAPE_STEP_BYTES);
         op->vm = strdup(vm);
         op->disk = strdup(disk);

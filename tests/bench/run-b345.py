@@ -14,7 +14,7 @@ of the per-round ratios vdisk / peer. Every result is checked: `qemu-img compare
 against the untouched pre-op chain and `qemu-img check` of every written image, plus GetChain and
 Verify on the daemon's side.
 
-Usage: run-b345.py VDISKD [--quick] [--pairs N] [--only B3a,B3b,B3c,B4,B5a,B5b]
+Usage: run-b345.py VDISKD [--quick] [--pairs N] [--only B3a,B3b,B3m,B3c,B4,B5a,B5b] [--baseline-vdiskd OLD]
                           [--qemu10-dir DIR | --no-qemu10] [--workdir DIR] [--results FILE]
 Must run as root (qemu-io into the store, page-cache drops)."""
 
@@ -146,6 +146,7 @@ class Daemon:
         os.environ["TMPDIR"] = tmpdir
         tempfile.tempdir = tmpdir
         self.env = Env(vdiskd)
+        self.env_binary = vdiskd
         self.sbus = dbus.bus.BusConnection(self.env.address,
                                            mainloop=dbus.mainloop.glib.DBusGMainLoop(set_as_default=False))
         self.finished = {}
@@ -167,6 +168,12 @@ class Daemon:
 
     def start(self):
         self.env.start()
+
+    def use_binary(self, path):
+        """The daemon started next runs this binary (copied over the path Env starts)."""
+        tmp = self.env_binary + ".new"
+        shutil.copy2(path, tmp)
+        os.replace(tmp, self.env_binary)
 
     def stop(self):
         d = self.env.daemon
@@ -210,9 +217,9 @@ class Daemon:
     def chain(self, vm, disk):
         return [(str(r[0]), str(r[1])) for r in self.call("GetChain", vm, disk)]
 
-    def import_image(self, name, path):
+    def import_image(self, name, path, fmt="qcow2"):
         with open(path, "rb") as f:
-            self.job("ImportImage", name, "qcow2", dbus.types.UnixFd(f.fileno()), opts())
+            self.job("ImportImage", name, fmt, dbus.types.UnixFd(f.fileno()), opts())
 
 
 def qemu_io(path, cmds):
@@ -241,6 +248,8 @@ class Workload:
     """A chain in a template store, the same image files in a reference dir, and what to run."""
     name = ""
     title = ""
+    warm = False  # True: the page cache is warmed (files read) instead of dropped before each run
+    peer_fsync = False  # True: the peer's time includes an fsync of its output file
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -333,6 +342,55 @@ class B3Drop(Workload):
 
     def expected_chain(self):
         return [self.chain[0][0], self.chain[2][0]]
+
+
+class B3Medium(Workload):
+    """B3m, the medium difference: a raw catalog base (first half random), a private layer of 1 MiB writes
+    every 4 MiB, a second layer of 1 MiB writes every 8 MiB, 32 KiB writes and a 1 MiB zero write, an
+    empty top; rebase the top onto the first private layer (the second leaves the chain). Warm page cache
+    on both sides; the peer's time includes an fsync of its result (vdisk's job flushes its own)."""
+    name = "B3m"
+    warm = True
+    peer_fsync = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.V = int(256 * MiB * self.s)
+        self.title = (f"B3 (m) safe rebase, medium difference: {fmt_bytes(self.V)} raw base (first half random), "
+                      f"layer 1: {int(64 * self.s)} x 1 MiB every 4 MiB; layer 2: {int(32 * self.s)} x 1 MiB every 8 MiB "
+                      f"+ {int(64 * self.s)} x 32 KiB + a 1 MiB zero write; empty top; drop layer 2; warm page cache, "
+                      f"the peer's time includes an fsync of its result")
+
+    def build(self, d):
+        s, V = self.s, self.V
+        tmp = tempfile.mkdtemp(dir=self.cfg.workdir)
+        base = os.path.join(tmp, "base.raw")
+        with open(base, "wb") as f:
+            f.write(random.Random(3).randbytes(V // 2))
+            f.truncate(V)
+        d.import_image("base", base, "raw")
+        shutil.rmtree(tmp)
+        d.call("CreateVM", self.vm, dbus.UInt32(0), opts())
+        d.call("CreateDisk", self.vm, self.disk, "base", dbus.UInt64(0), opts())
+        qemu_io(top_file(d, self.vm, self.disk), extents(0, MiB, 4 * MiB, int(64 * s), 0x41))
+        snapshot(d, self.vm, self.disk)
+        cmds = extents(2 * MiB, MiB, 8 * MiB, int(32 * s), 0x81)
+        cmds += extents(MiB, 32 * KiB, 4 * MiB, int(64 * s), 0xC1)
+        cmds.append(f"write -q -z {V // 4 + 3 * MiB} {MiB}")
+        qemu_io(top_file(d, self.vm, self.disk), cmds)
+        snapshot(d, self.vm, self.disk)
+        self.chain = d.chain(self.vm, self.disk)
+        assert len(self.chain) == 4, self.chain
+
+    def vdisk_args(self):
+        return ("Rebase", self.vm, self.disk, self.chain[2][0], opts())
+
+    def peers(self):
+        top, new = (os.path.basename(self.chain[i][1]) for i in (0, 2))
+        return [("rebase", ["rebase", "-b", new, "-F", "qcow2", top], top)]
+
+    def expected_chain(self):
+        return [self.chain[0][0]] + [c[0] for c in self.chain[2:]]
 
 
 class B3Deep(Workload):
@@ -496,6 +554,15 @@ def restore_store(tpl, store):
                 json.dump(o, f)
 
 
+def warm_cache(directory):
+    """Writes back what the copy left dirty, then reads every file of directory into the page cache."""
+    os.sync()
+    for n in os.listdir(directory):
+        with open(os.path.join(directory, n), "rb") as f:
+            while f.read(8 * MiB):
+                pass
+
+
 def verify_images(out, ref, what, problems):
     p = subprocess.run([CHECK_QEMU_IMG, "compare", "-q", "-f", "qcow2", "-F", "qcow2", out, ref],
                        capture_output=True, text=True)
@@ -534,9 +601,11 @@ def bench(cfg, d, w, peers):
         for label, tail, out in w.peers():
             order.append(("peer", ver, label, [binary] + tail, out))
         if i == 0:
-            order.append(("vdisk", None, None, None, None))
+            if cfg.baseline:
+                order.append(("vdisk", "vdisk-before", None, None, None))
+            order.append(("vdisk", "vdisk", None, None, None))
     if len(peers) == 0:
-        order.append(("vdisk", None, None, None, None))
+        order.append(("vdisk", "vdisk", None, None, None))
 
     rounds = []
     problems = []
@@ -546,9 +615,18 @@ def bench(cfg, d, w, peers):
             if side == "peer":
                 copy_tree(ref, pdir)
                 subprocess.run([argv[0], "--version"], capture_output=True)  # the tool itself in cache, as the daemon is
-                drop_caches()
+                if w.warm:
+                    warm_cache(pdir)
+                else:
+                    drop_caches()
                 subprocess.run([argv[0], "--version"], capture_output=True)
                 m = spawn_measured(argv, pdir, os.path.join(wdir, "peer.log"))
+                if w.peer_fsync:
+                    t = time.perf_counter()
+                    fd = os.open(os.path.join(pdir, out), os.O_RDONLY)
+                    os.fsync(fd)
+                    os.close(fd)
+                    m["wall"] += time.perf_counter() - t
                 t = time.perf_counter()
                 os.sync()
                 m["sync_after"] = time.perf_counter() - t
@@ -558,8 +636,12 @@ def bench(cfg, d, w, peers):
             else:
                 d.stop()
                 restore_store(tpl, d.store)
+                d.use_binary(cfg.baseline if ver == "vdisk-before" else cfg.vdiskd_path)
                 d.start()
-                drop_caches()
+                if w.warm:
+                    warm_cache(os.path.join(d.store, "images"))
+                else:
+                    drop_caches()
                 pid = d.pid
                 io0, cpu0 = read_io(pid), daemon_cpu_ns(pid)
                 t0, t1 = d.job(*w.vdisk_args())
@@ -571,15 +653,15 @@ def bench(cfg, d, w, peers):
                 m["wall_sync"] = m["wall"] + m["sync_after"]
                 chain = [c[0] for c in d.chain(w.vm, w.disk)]
                 if chain != w.expected_chain():
-                    problems.append(f"{w.name} round {rnd} vdisk: chain after the job is {chain[:5]}..., "
+                    problems.append(f"{w.name} round {rnd} {ver}: chain after the job is {chain[:5]}..., "
                                     f"want {w.expected_chain()[:5]}...")
                 vp = list(map(str, d.call("Verify", w.vm)))
                 if vp:
-                    problems.append(f"{w.name} round {rnd} vdisk: Verify: {vp}")
-                verify_images(os.path.join(d.store, w.vdisk_output()), ref_top, f"{w.name} round {rnd} vdisk", problems)
-                res["vdisk"] = m
+                    problems.append(f"{w.name} round {rnd} {ver}: Verify: {vp}")
+                verify_images(os.path.join(d.store, w.vdisk_output()), ref_top, f"{w.name} round {rnd} {ver}", problems)
+                res[ver] = m
         log(f"{w.name} {'warm-up' if rnd == 0 else f'round {rnd}'}: " +
-            ", ".join(f"{k if k == 'vdisk' else ' '.join(k)} {v['wall']:.3f} s" for k, v in res.items()))
+            ", ".join(f"{k if isinstance(k, str) else ' '.join(k)} {v['wall']:.3f} s" for k, v in res.items()))
         if rnd > 0:
             rounds.append(res)
     d.stop()
@@ -597,21 +679,22 @@ def ratio(a, b):
     return a / b
 
 
-def medians(result):
-    """{(ver, label): {metric: median ratio}}, and medians of the absolute figures."""
+def medians(result, vkey="vdisk"):
+    """{(ver, label): {metric: median ratio}}, and medians of the absolute figures (of vkey: "vdisk", or
+    "vdisk-before" for the --baseline-vdiskd binary)."""
     rounds = result["rounds"]
-    keys = [k for k in rounds[0] if k != "vdisk"]
+    keys = [k for k in rounds[0] if not isinstance(k, str)]
     out = {}
     for k in keys:
         row = {}
         for m, _ in METRICS:
-            rs = [ratio(r["vdisk"][m], r[k][m]) for r in rounds]
+            rs = [ratio(r[vkey][m], r[k][m]) for r in rounds]
             rs = [x for x in rs if x is not None]
             row[m] = statistics.median(rs) if rs else None
         row["peer_abs"] = {m: statistics.median(r[k][m] for r in rounds) for m in ("wall", "read_bytes", "write_bytes",
                                                                                     "rchar", "wchar", "cpu", "sync_after")}
         out[k] = row
-    vd = {m: statistics.median(r["vdisk"][m] for r in rounds) for m in ("wall", "read_bytes", "write_bytes", "rchar",
+    vd = {m: statistics.median(r[vkey][m] for r in rounds) for m in ("wall", "read_bytes", "write_bytes", "rchar",
                                                                         "wchar", "cpu", "sync_after")}
     return out, vd
 
@@ -620,6 +703,7 @@ def medians(result):
 TARGETS = [
     ("B3a", None, "write_bytes", "eq", 1.0), ("B3a", None, "read_bytes", "le", 0.6), ("B3a", None, "wall", "le", 0.8),
     ("B3b", None, "write_bytes", "eq", 1.0), ("B3b", None, "read_bytes", "le", 0.6), ("B3b", None, "wall", "le", 0.8),
+    ("B3m", None, "wall", "le", 0.8),
     ("B3c", None, "wall", "le", 0.05),
     ("B4", None, "wall", "le", 0.7),
     ("B5a", "convert", "wall", "le", 1.0),
@@ -653,7 +737,8 @@ def render(cfg, results, peers, machine):
     L.append("")
     L.append("```sh")
     L.append("/usr/bin/python3 tests/bench/run-b345.py build/daemon/vdiskd --qemu10-dir build/qemu-img-10"
-             + (" --quick" if cfg.quick else "") + (f" --pairs {cfg.pairs}" if cfg.pairs_given else ""))
+             + (" --quick" if cfg.quick else "") + (f" --pairs {cfg.pairs}" if cfg.pairs_given else "")
+             + (" --baseline-vdiskd OLD-VDISKD" if cfg.baseline else ""))
     L.append("```")
     L.append("")
     L.append("(`tests/bench/fetch-qemu-img.sh DIR` fetches qemu-img 10.0.2 from bookworm-backports into DIR by "
@@ -680,8 +765,12 @@ def render(cfg, results, peers, machine):
   binary and libraries are read once more after the drop (`qemu-img --version`), as the daemon's code
   is resident. vdisk is measured from the D-Bus call (`Rebase`/`Commit`) to the job's `Finished`
   signal (the daemon restart is not measured); the peer from spawn to exit.
-- Round order: the qemu-img 7.2 command(s), vdisk, the qemu-img 10.0.2 command(s); one warm-up round,
-  then the measured rounds. Ratios are vdisk / peer per round; the tables give the median ratio.
+- Round order: the qemu-img 7.2 command(s), the baseline vdisk (with `--baseline-vdiskd`), vdisk, the
+  qemu-img 10.0.2 command(s); one warm-up round, then the measured rounds. Ratios are vdisk / peer per
+  round; the tables give the median ratio.
+- B3m differs: instead of the cache drop, `sync` and then every image file of the run is read once
+  (page cache warm on both sides), and the peer's time includes an `fsync` of its result file right
+  after it exits (vdisk's job flushes its own before `Finished`).
 - Bytes: `/proc/PID/io` — for qemu-img read at exit before reaping (`waitid(WNOWAIT)`), for vdiskd the
   delta around the job. **Targets use `read_bytes`/`write_bytes`** (storage I/O: `read_bytes` counts
   reads that reached the block layer after the cache drop; `write_bytes` counts pages when they are
@@ -719,6 +808,8 @@ def render(cfg, results, peers, machine):
                                          for _, tail, _ in w.peers()))
         L.append("")
         meds, vd = medians(res)
+        before = "vdisk-before" in res["rounds"][0]
+        bmeds, bvd = medians(res, "vdisk-before") if before else ({}, None)
         L.append("Median ratios vdisk / peer:")
         L.append("")
         L.append("| peer | command | " + " | ".join(h for _, h in METRICS) + " |")
@@ -726,6 +817,14 @@ def render(cfg, results, peers, machine):
         for (ver, label), row in meds.items():
             L.append(f"| qemu-img {ver} | {label} | " + " | ".join(fr(row[m]) for m, _ in METRICS) + " |")
         L.append("")
+        if before:
+            L.append("The same for the baseline build (`--baseline-vdiskd`, \"before\"), measured in the same rounds:")
+            L.append("")
+            L.append("| peer | command | " + " | ".join(h for _, h in METRICS) + " |")
+            L.append("|---|---|" + "---|" * len(METRICS))
+            for (ver, label), row in bmeds.items():
+                L.append(f"| qemu-img {ver} | {label} | " + " | ".join(fr(row[m]) for m, _ in METRICS) + " |")
+            L.append("")
         L.append("Median absolute figures:")
         L.append("")
         L.append("| side | wall s | read_bytes | write_bytes | rchar | wchar | CPU s | sync after s |")
@@ -736,19 +835,25 @@ def render(cfg, results, peers, machine):
                     f"{fmt_bytes(a['rchar'])} | {fmt_bytes(a['wchar'])} | {a['cpu'] / 1e9:.3f} | {a['sync_after']:.3f} |")
         for (ver, label), row in meds.items():
             L.append(absrow(f"qemu-img {ver} {label}", row["peer_abs"]))
+        if before:
+            L.append(absrow("vdisk before (baseline)", bvd))
         L.append(absrow("vdisk", vd))
         L.append("")
         tg = [t for t in TARGETS if t[0] == w.name]
         if tg:
-            L.append("| target | peer | median ratio | verdict |")
-            L.append("|---|---|---|---|")
+            L.append("| target | peer | median ratio | verdict |" + (" before: ratio | verdict |" if before else ""))
+            L.append("|---|---|---|---|" + ("---|---|" if before else ""))
             for _, plabel, metric, kind, value in tg:
                 for (ver, label), row in meds.items():
                     if plabel and label != plabel:
                         continue
                     r = row[metric]
-                    L.append(f"| {metric} {'=' if kind == 'eq' else '≤'} {value}× | qemu-img {ver} {label} | {fr(r)} | "
-                             f"{verdict(kind, value, r)} |")
+                    line = (f"| {metric} {'=' if kind == 'eq' else '≤'} {value}× | qemu-img {ver} {label} | {fr(r)} | "
+                            f"{verdict(kind, value, r)} |")
+                    if before:
+                        br = bmeds[(ver, label)][metric]
+                        line += f" {fr(br)} | {verdict(kind, value, br)} |"
+                    L.append(line)
             L.append("")
         if res["problems"]:
             L.append("**Check failures:**")
@@ -756,7 +861,7 @@ def render(cfg, results, peers, machine):
             for p in res["problems"]:
                 L.append(f"- {p}")
         else:
-            L.append(f"Checks: all {len(res['rounds']) + 1} rounds × {1 + len(meds)} results compared equal to the "
+            L.append(f"Checks: all {len(res['rounds']) + 1} rounds × {1 + int(before) + len(meds)} results compared equal to the "
                      f"pre-operation chain and passed `qemu-img check`; vdisk's chains and Verify as expected.")
         L.append("")
     return "\n".join(L)
@@ -795,13 +900,15 @@ def main():
     ap.add_argument("vdiskd")
     ap.add_argument("--quick", action="store_true", help="1/8 sizes, 3 rounds (smoke run)")
     ap.add_argument("--pairs", type=int, help="measured rounds (default 5, --quick 3)")
-    ap.add_argument("--only", help="comma-separated subset of B3a,B3b,B3c,B4,B5a,B5b")
+    ap.add_argument("--only", help="comma-separated subset of B3a,B3b,B3m,B3c,B4,B5a,B5b")
     ap.add_argument("--qemu10-dir", default=None, help="cache directory for qemu-img 10.0.2 (default: BUILD/qemu-img-10 "
                                                         "next to the vdiskd's build directory)")
     ap.add_argument("--no-qemu10", action="store_true", help="run against Debian's qemu-img 7.2 only")
     ap.add_argument("--workdir", default="/var/tmp", help="where the stores and copies live (needs ~8 GiB)")
     ap.add_argument("--json", help="also write every round's raw figures here")
     ap.add_argument("--vdiskd-label", help="what to call the vdiskd build in the report")
+    ap.add_argument("--baseline-vdiskd", help="a second vdiskd (\"before\"), run in the same rounds right before VDISKD")
+    ap.add_argument("--baseline-label", help="what to call the baseline build in the report")
     ap.add_argument("--results", default=None, help="write the Markdown report here (default: print it)")
     cfg = ap.parse_args()
     cfg.pairs_given = cfg.pairs is not None
@@ -830,7 +937,8 @@ def main():
             log(f"warning: qemu-img 10.0.2 could not be fetched: {p.stderr[-1500:]}")
     log("peers: " + ", ".join(f"{v} ({b})" for v, b in peers))
 
-    all_w = {"B3a": lambda: B3Drop(cfg, False), "B3b": lambda: B3Drop(cfg, True), "B3c": lambda: B3Deep(cfg),
+    all_w = {"B3a": lambda: B3Drop(cfg, False), "B3b": lambda: B3Drop(cfg, True), "B3m": lambda: B3Medium(cfg),
+             "B3c": lambda: B3Deep(cfg),
              "B4": lambda: B4Commit(cfg), "B5a": lambda: B5Big(cfg), "B5b": lambda: B5Deep(cfg)}
     names = cfg.only.split(",") if cfg.only else list(all_w)
     cfg.workdir = tempfile.mkdtemp(prefix="vdisk-b345-", dir=cfg.workdir)
@@ -838,8 +946,16 @@ def main():
     machine = machine_info(cfg.workdir)
     machine["vdiskd"] = cfg.vdiskd_label or vdiskd_label(vdiskd)
     # A private copy: a rebuild of the tree during the run must not change (or remove) the binary measured.
-    shutil.copy2(vdiskd, os.path.join(cfg.workdir, "vdiskd"))
-    d = Daemon(os.path.join(cfg.workdir, "vdiskd"), cfg.workdir)
+    cfg.vdiskd_path = os.path.join(cfg.workdir, "vdiskd")
+    shutil.copy2(vdiskd, cfg.vdiskd_path)
+    if cfg.baseline_vdiskd:
+        machine["baseline vdiskd (\"before\")"] = cfg.baseline_label or vdiskd_label(os.path.abspath(cfg.baseline_vdiskd))
+        cfg.baseline = os.path.join(cfg.workdir, "vdiskd-before")
+        shutil.copy2(cfg.baseline_vdiskd, cfg.baseline)
+    else:
+        cfg.baseline = None
+    d = Daemon(os.path.join(cfg.workdir, "vdiskd-run"), cfg.workdir)
+    d.use_binary(cfg.vdiskd_path)
     load0 = open("/proc/loadavg").read().split()[:3]
     results = []
     t0 = time.time()
@@ -871,7 +987,7 @@ def main():
         with open(cfg.json, "w") as f:
             json.dump({"machine": machine, "peers": peers, "results": [
                 {"workload": r["workload"].name, "title": r["workload"].title, "problems": r["problems"],
-                 "rounds": [{k if k == "vdisk" else " ".join(k): v for k, v in rd.items()} for rd in r["rounds"]]}
+                 "rounds": [{k if isinstance(k, str) else " ".join(k): v for k, v in rd.items()} for rd in r["rounds"]]}
                 for r in results]}, f, indent=1)
     if cfg.results:
         with open(cfg.results, "w") as f:
