@@ -18,11 +18,23 @@ once and powers off. One untimed warm-up round, then PAIRS rounds; per workload 
 median of fd's figure (MB/s for sequential, IOPS for random) and for every other mode the median of the
 per-round ratios mode / fd (target ≥ 0.9 on every row).
 
-Still to add with the exports (benchmarks.md B8): helper start time and RSS, and the guest write latency
-added by a live snapshot and a live commit (guest-io writer --log gives every write's latency).
+Then the cost of an export, per export mode:
+- helper start: the wall time of OpenDisk with the option export (vdiskd starts the helper, hands it the
+  chain over QMP and sets up the export before it answers), median of --opens calls (each Released and
+  its helper gone before the next), next to a chain-fd OpenDisk's (the reference; target ≤ 50 ms);
+- helper RSS: VmRSS of the helper (its pid from <runtime dir>/exports/<lease>/state.json) right after
+  OpenDisk (median of the same calls) and at the end of each benchmark session, after the workloads
+  (largest; target ≤ 40 MB);
+- guest latency added by a live snapshot: after the rounds, one more session per export mode runs
+  guest-io writer (write + fdatasync of a 4 KiB counter block every 100 ms, every latency logged) on the
+  write half while the benchmark calls Snapshot --snapshots times, 1.5 s apart; the figure is the worst
+  latency of the writes around the Snapshot calls minus the worst of the 2 s before the first call
+  (target ≤ 50 ms); writer-verify then checks that no acknowledged write was lost. These sessions run
+  last because each Snapshot adds a layer to the chain the rounds measure. A live commit is not
+  measured: Commit under an export lease is still InUse (not implemented yet).
 
 Usage: run-b8.py VDISKD VDISKCTL [--modes fd,vhost-user-blk,nbd] [--pairs N] [--seconds S] [--size-mib N]
-                 [--quick] [--results FILE] [--json FILE]
+                 [--opens N] [--snapshots N] [--quick] [--results FILE] [--json FILE]
 Exits 77 when no guest can run here."""
 
 import argparse
@@ -40,7 +52,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 sys.path.insert(0, os.path.join(HERE, "..", "guest"))
 import dbus  # noqa: E402
 import guest  # noqa: E402
-from vdisktest import Env, opts  # noqa: E402
+from vdisktest import BUS_NAME, Env, opts  # noqa: E402
 
 MiB = 1 << 20
 MODES = ["fd", "vhost-user-blk", "nbd"]
@@ -55,6 +67,9 @@ WORKLOADS = [
 ]
 UNITS = {"mb_s": "MB/s", "iops": "IOPS"}
 TARGET = 0.9
+TARGET_START_MS = 50
+TARGET_RSS_MB = 40
+TARGET_ADDED_MS = 50
 SEED = 0xB8
 
 
@@ -130,6 +145,86 @@ class Bench:
     def session(self, mode, what):
         return self._Session(self, mode, what)
 
+    # ---- export costs ----
+    def lease_dirs(self):
+        d = os.path.join(self.env.runtime_dir, "exports")
+        return [os.path.join(d, n) for n in sorted(os.listdir(d))] if os.path.isdir(d) else []
+
+    def helper_rss_mb(self):
+        """VmRSS of the one export helper running now, in MB (None without exactly one)."""
+        dirs = self.lease_dirs()
+        if len(dirs) != 1:
+            return None
+        with open(os.path.join(dirs[0], "state.json")) as f:
+            pid = int(json.load(f)["helper-pid"])
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return None
+
+    def measure_open(self, mode):
+        """OpenDisk's wall time (ms) and, for an export, the helper's RSS (MB) just after, per call."""
+        times, rss = [], []
+        for _ in range(self.cfg.opens):
+            o = opts() if mode == "fd" else opts(export=mode)
+            t = time.monotonic()
+            path, _attach, fds = self.env.call("OpenDisk", "vm", "d", o)
+            times.append((time.monotonic() - t) * 1000)
+            if mode != "fd":
+                rss.append(self.helper_rss_mb())
+            for f in fds:
+                os.close(f.take())
+            dbus.Interface(self.env.bus.get_object(BUS_NAME, path, introspect=False), "org.vdisk1.Lease").Release()
+            for _ in range(400):
+                if not self.lease_dirs():
+                    break
+                time.sleep(0.01)
+            else:
+                raise RuntimeError(f"{mode}: the lease's helper did not go after Release")
+        return times, rss
+
+    def live_snapshot_latency(self, mode):
+        """One session: the writer on the write half, Snapshot called --snapshots times. A dict."""
+        block, blocks = self.half // 4096, 1024
+        args = f"--start-block {block} --blocks {blocks} --run-id 88"
+
+        def seq(g):
+            lines = [x for x in g.check("cat /tmp/lat.log").splitlines() if x.startswith('{"seq"')]
+            return json.loads(lines[-1])["seq"] if lines else 0
+
+        def wait_seq(g, n):
+            for _ in range(300):
+                if seq(g) >= n:
+                    return
+                time.sleep(0.2)
+            raise RuntimeError(f"{mode}: the writer did not reach seq {n}")
+
+        with self.session(mode, "live-snapshot") as g:
+            pid = g.spawn(f"guest-io writer /dev/vda {args} --interval-ms 100 --log", "/tmp/lat.log")
+            wait_seq(g, 22)
+            windows, calls = [], []
+            for _ in range(self.cfg.snapshots):
+                s0 = seq(g)
+                t = time.monotonic()
+                self.env.call("Snapshot", "vm", "d", opts())
+                calls.append((time.monotonic() - t) * 1000)
+                s1 = seq(g)
+                windows.append((s0, s1))
+                wait_seq(g, s1 + 15)
+            g.stop(pid)
+            log = [json.loads(x) for x in g.check("cat /tmp/lat.log").splitlines() if x.startswith("{")]
+            lat = {x["seq"]: x["lat_us"] / 1000 for x in log if "seq" in x}
+            n = max(lat)
+            r = g.run_json(f"guest-io writer-verify /dev/vda {n} {args}", want_status=None)
+            if not r.get("ok"):
+                raise RuntimeError(f"{mode}: writes lost across live snapshots: {r}")
+        before = [lat[s] for s in range(3, windows[0][0] + 1)]
+        during = [lat[s] for s0, s1 in windows for s in range(s0 + 1, min(s1 + 2, n + 1))]
+        return {"before_max_ms": max(before), "before_median_ms": statistics.median(before),
+                "during_max_ms": max(during), "added_ms": max(during) - max(before),
+                "snapshot_call_ms": calls, "writes": n}
+
     def run_mode(self, mode, rnd):
         """One session: every workload once. {workload: guest-io's JSON}."""
         out = {}
@@ -143,11 +238,79 @@ class Bench:
             r = g.run_json(f"guest-io check /dev/vda 0 {self.half} {SEED}", timeout=600, want_status=None)
             if not r.get("ok"):
                 raise RuntimeError(f"{mode}: the read half of the disk lost its pattern: {r}")
+            if mode != "fd":
+                out["_helper_rss_mb"] = self.helper_rss_mb()
         out["_boot_s"] = boot
         return out
 
 
-def render(cfg, modes, skipped, rounds, checks, machine):
+def met(ok):
+    return "met" if ok else "MISSED"
+
+
+def render_costs(cfg, modes, skipped, rounds, costs):
+    L = []
+    exports = [m for m in modes if m != "fd" and m not in skipped]
+    if not exports:
+        return L
+    L.append("")
+    L.append(f"Export cost (OpenDisk: median of {cfg.opens} calls, each Released before the next; live snapshot: "
+             f"{cfg.snapshots} Snapshot calls while the guest writes + fdatasyncs 4 KiB every 100 ms)")
+    L.append("")
+    head = ["", "fd (reference)"] + exports
+    L.append("| " + " | ".join(head) + " |")
+    L.append("|" + "---|" * len(head))
+    opens = costs.get("open", {})
+    fd_open = statistics.median(opens["fd"][0]) if "fd" in opens else None
+    row = ["OpenDisk wall time (helper start to export ready)", f"{fd_open:.1f} ms" if fd_open is not None else "–"]
+    for m in exports:
+        if m in opens:
+            v = statistics.median(opens[m][0])
+            row.append(f"{v:.1f} ms, max {max(opens[m][0]):.1f} ({met(v <= TARGET_START_MS)} ≤ {TARGET_START_MS} ms)")
+        else:
+            row.append("–")
+    L.append("| " + " | ".join(row) + " |")
+    row = ["helper RSS after OpenDisk (median)", "–"]
+    for m in exports:
+        v = [x for x in opens.get(m, ([], []))[1] if x is not None]
+        row.append(f"{statistics.median(v):.1f} MB ({met(statistics.median(v) <= TARGET_RSS_MB)} ≤ {TARGET_RSS_MB} MB)"
+                   if v else "–")
+    L.append("| " + " | ".join(row) + " |")
+    row = ["helper RSS after the workloads (largest)", "–"]
+    for m in exports:
+        v = [r[m]["_helper_rss_mb"] for r in rounds if m in r and r[m].get("_helper_rss_mb") is not None]
+        row.append(f"{max(v):.1f} MB ({met(max(v) <= TARGET_RSS_MB)} ≤ {TARGET_RSS_MB} MB)" if v else "–")
+    L.append("| " + " | ".join(row) + " |")
+    live = costs.get("live", {})
+    for label, key in (("median write+flush latency before the snapshots", "before_median_ms"),
+                       ("worst write+flush latency before the snapshots", "before_max_ms"),
+                       ("worst write+flush latency around the Snapshot calls", "during_max_ms")):
+        L.append("| " + " | ".join([label, "–"] + [f"{live[m][key]:.1f} ms" if m in live else "–" for m in exports]) + " |")
+    row = ["latency added by a live snapshot (worst around minus worst before)", "–"]
+    for m in exports:
+        if m in live:
+            v = live[m]["added_ms"]
+            row.append(f"{v:.1f} ms ({met(v <= TARGET_ADDED_MS)} ≤ {TARGET_ADDED_MS} ms)")
+        else:
+            row.append("–")
+    L.append("| " + " | ".join(row) + " |")
+    row = ["worst around the calls minus the median before (stricter)", "–"]
+    for m in exports:
+        if m in live:
+            v = live[m]["during_max_ms"] - live[m]["before_median_ms"]
+            row.append(f"{v:.1f} ms ({met(v <= TARGET_ADDED_MS)} ≤ {TARGET_ADDED_MS} ms)")
+        else:
+            row.append("–")
+    L.append("| " + " | ".join(row) + " |")
+    L.append("| " + " | ".join(["Snapshot call (wall time)", "InUse"] +
+                               [", ".join(f"{x:.0f}" for x in live[m]["snapshot_call_ms"]) + " ms" if m in live else "–"
+                                for m in exports]) + " |")
+    L.append("| latency added by a live commit | InUse | " + " | ".join(
+        "not measured: Commit under an export lease is InUse (not implemented)" for _ in exports) + " |")
+    return L
+
+
+def render(cfg, modes, skipped, rounds, checks, machine, costs=None):
     """Markdown report."""
     L = []
     L.append(f"B8 guest I/O by mode, {len(rounds)} interleaved rounds after 1 warm-up, {cfg.seconds} s per "
@@ -180,6 +343,7 @@ def render(cfg, modes, skipped, rounds, checks, machine):
     for m, why in skipped.items():
         L.append(f"- skipped {m}: {why}")
     L.append("- checks: " + "; ".join(checks))
+    L += render_costs(cfg, modes, skipped, rounds, costs or {})
     return "\n".join(L)
 
 
@@ -191,13 +355,15 @@ def main():
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--size-mib", type=int, default=256)
-    ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s on a 64 MiB disk")
+    ap.add_argument("--opens", type=int, default=11, help="OpenDisk calls per mode for the start time")
+    ap.add_argument("--snapshots", type=int, default=3, help="live Snapshot calls per export mode")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s on a 64 MiB disk, 5 opens, 2 snapshots")
     ap.add_argument("--results", default=None, help="append the Markdown report to this file")
     ap.add_argument("--json", default=None, help="write every round's raw figures here")
     cfg = ap.parse_args()
     cfg.vdiskd, cfg.vdiskctl = os.path.abspath(cfg.vdiskd), os.path.abspath(cfg.vdiskctl)
     if cfg.quick:
-        cfg.pairs, cfg.seconds, cfg.size_mib = 2, 2, 64
+        cfg.pairs, cfg.seconds, cfg.size_mib, cfg.opens, cfg.snapshots = 2, 2, 64, 5, 2
     modes = [m for m in cfg.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES]
     if bad or "fd" not in modes:
@@ -213,6 +379,7 @@ def main():
 
     env = Env(cfg.vdiskd)
     rounds, skipped, checks = [], {}, []
+    costs = {"open": {}, "live": {}}
     try:
         env.start()
         b = Bench(cfg, env)
@@ -233,6 +400,16 @@ def main():
             if rnd > 0:
                 rounds.append(r)
         checks.append("the read half kept its pattern after every session (guest-io check)")
+        for m in active:
+            costs["open"][m] = b.measure_open(m)
+            log(f"OpenDisk {m}: median {statistics.median(costs['open'][m][0]):.1f} ms"
+                + (f", helper RSS {statistics.median(costs['open'][m][1]):.1f} MB" if m != "fd" else ""))
+        for m in active:
+            if m != "fd":
+                costs["live"][m] = b.live_snapshot_latency(m)
+                log(f"live snapshot {m}: {costs['live'][m]}")
+        if any(m != "fd" for m in active):
+            checks.append("no acknowledged write lost across the live snapshots (guest-io writer-verify)")
         for layer in env.call("GetChain", "vm", "d"):
             p = subprocess.run(["qemu-img", "check", "-f", str(layer[2]), os.path.join(env.store, str(layer[1]))],
                                capture_output=True, text=True)
@@ -246,11 +423,11 @@ def main():
     finally:
         env.close()
 
-    text = render(cfg, modes, skipped, rounds, checks, machine)
+    text = render(cfg, modes, skipped, rounds, checks, machine, costs)
     print(text)
     if cfg.json:
         with open(cfg.json, "w") as f:
-            json.dump({"machine": machine, "skipped": skipped, "rounds": rounds}, f, indent=1)
+            json.dump({"machine": machine, "skipped": skipped, "rounds": rounds, "costs": costs}, f, indent=1)
     if cfg.results:
         with open(cfg.results, "a") as f:
             args = " ".join(a for i, a in enumerate(sys.argv[3:], 3)
