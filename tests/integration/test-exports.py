@@ -442,10 +442,10 @@ def run_live(env, io, method, layer, pattern, off):
     return spread_ranges(off)
 
 
-def end_export(env, path, fd, io):
+def end_export(env, path, fd, io, bus=None):
     io.close()
     pid = state_of(env, path)["helper-pid"]
-    lease_obj(env, path).Release()
+    lease_obj(env, path, bus).Release()
     wait_for("helper gone", lambda: not alive(pid))
     os.close(fd)
     check_eq(env.call("Verify", "vm"), dbus.Array([], signature="(sss)"), "Verify: the headers QEMU wrote match the records")
