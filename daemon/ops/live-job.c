@@ -34,6 +34,8 @@
 
 #define LIVE_JOB_ID "vdisk-job"
 #define LIVE_JOB_CANCEL_TIMEOUT_USEC (UINT64_C(30) * 1000000)
+/* The opaque string of a read-write fd handed over for one job: "rw:" and the layer id. */
+#define LIVE_RW_OPAQUE "rw:"
 
 struct LiveJob {
         Store *store;
@@ -169,6 +171,7 @@ static int fdset_of(Export *e, const char *id, int64_t *ret, OpError *err) {
  * descriptor of it joins the fd set of its file node, from which QEMU reopens it. */
 static int add_rw_fd(Export *e, Store *s, const Layer *l, OpError *err) {
         _cleanup_json_ json_object *args = json_object_new_object();
+        char opaque[sizeof(LIVE_RW_OPAQUE) + LAYER_ID_LEN];
         _cleanup_close_ int fd = -EBADF;
         int64_t set;
         int r;
@@ -181,9 +184,10 @@ static int add_rw_fd(Export *e, Store *s, const Layer *l, OpError *err) {
         fd = store_open_layer(s, l, O_RDWR);
         if (fd < 0)
                 return op_error(err, fd == -ENOENT ? -EBADMSG : fd, "Cannot open layer %s", l->id);
+        snprintf(opaque, sizeof(opaque), LIVE_RW_OPAQUE "%s", l->id);
         r = put(args, "fdset-id", json_object_new_int64(set));
         if (r >= 0)
-                r = put_string(args, "opaque", l->id);
+                r = put_string(args, "opaque", opaque);
         if (r < 0)
                 return r;
         return export_qmp(e, "add-fd", args, fd, NULL, err);
@@ -367,6 +371,35 @@ static void release_layers(Export *e, const Disk *old, char **chain, size_t n) {
         }
 }
 
+/* The read-write fds handed over for a job go once it has ended: QEMU keeps a dup of one it still uses,
+ * and an fd left in its set would keep the image locks QEMU took through it (they belong to the open
+ * file description, which the set keeps open), in the way of the next job's reopen. Best effort. */
+static void release_rw_fds(Export *e) {
+        _cleanup_json_ json_object *reply = NULL;
+        OpError err = {};
+
+        if (export_qmp(e, "query-fdsets", NULL, -EBADF, &reply, &err) < 0)
+                return;
+        for (size_t i = 0; json_object_is_type(reply, json_type_array) && i < json_object_array_length(reply); i++) {
+                json_object *set = json_object_array_get_idx(reply, i), *fds, *sid;
+
+                if (!json_object_object_get_ex(set, "fdset-id", &sid) || !json_object_object_get_ex(set, "fds", &fds) ||
+                    !json_object_is_type(fds, json_type_array))
+                        continue;
+                for (size_t k = 0; k < json_object_array_length(fds); k++) {
+                        _cleanup_json_ json_object *args = json_object_new_object();
+                        json_object *x = json_object_array_get_idx(fds, k), *fd;
+                        const char *opaque = get_string(x, "opaque");
+
+                        if (!opaque || !startswith(opaque, LIVE_RW_OPAQUE) || !json_object_object_get_ex(x, "fd", &fd) ||
+                            put(args, "fdset-id", json_object_new_int64(json_object_get_int64(sid))) < 0 ||
+                            put(args, "fd", json_object_new_int64(json_object_get_int64(fd))) < 0)
+                                continue;
+                        (void) export_qmp(e, "remove-fd", args, -EBADF, NULL, &err);
+                }
+        }
+}
+
 int live_job_settle(Export *e, Store *s, bool *ret_changed, OpError *err) {
         _cleanup_strv_ char **nodes = NULL, **chain = NULL;
         _cleanup_(vm_freep) Vm *old = NULL;
@@ -404,6 +437,7 @@ int live_job_settle(Export *e, Store *s, bool *ret_changed, OpError *err) {
                 if (r < 0)
                         return r;
         }
+        release_rw_fds(e);
         e->job_op = mfree_str(e->job_op);
         r = export_set_nodes(e, d);
         if (r >= 0)
@@ -723,8 +757,10 @@ int live_job_begin(Store *s, const LeaseRegistry *leases, Lease *l, ReshapeKind 
                 r = add_rw_fd(e, s, store_find_layer(s, d->chain[pos + 1]), err);
         if (r >= 0 && kind == RESHAPE_COMMIT && pos > 1)
                 r = add_rw_fd(e, s, store_find_layer(s, d->chain[pos - 1]), err);
-        if (r < 0)
+        if (r < 0) {
+                release_rw_fds(e);
                 return r;
+        }
 
         j = calloc(1, sizeof(LiveJob));
         if (!j)
@@ -737,6 +773,7 @@ int live_job_begin(Store *s, const LeaseRegistry *leases, Lease *l, ReshapeKind 
         snprintf(e->job_layer, sizeof(e->job_layer), "%s", layer ?: "");
         if (!j->vm || !j->disk || !e->job_op) {
                 e->job_op = mfree_str(e->job_op);
+                release_rw_fds(e);
                 live_job_free(j);
                 return op_error(err, -ENOMEM, "out of memory");
         }
@@ -749,6 +786,7 @@ int live_job_begin(Store *s, const LeaseRegistry *leases, Lease *l, ReshapeKind 
         if (r < 0) {
                 e->job_op = mfree_str(e->job_op);
                 (void) export_save_state(e);
+                release_rw_fds(e);
                 live_job_free(j);
                 return r;
         }

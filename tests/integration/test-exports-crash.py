@@ -11,7 +11,7 @@
 - live-commit:running — vdiskd dies while the helper's block-commit runs: the helper keeps serving (the
   guest writes on), and at the next start the job is cancelled: the chain and the records are the old
   ones, the committed layer's file is still there;
-- live-commit:after-job and live-commit:before-commit — QEMU's commit completed (its graph and the upper
+- live-commit:after-job (intermediate and active) and live-commit:before-commit — QEMU's commit completed (its graph and the upper
   layer's header changed) but the records were not committed (before-commit: the journal entry is
   written and is rolled back at the start): the next start rolls the records forward to the helper's
   chain and removes the committed layer's file.
@@ -111,8 +111,8 @@ def case_live_snapshot(vdiskd):
         env.close()
 
 
-def case_live_commit(vdiskd, point, speed):
-    """A live commit of S1 (in [S2, S1, P0, ...]) with vdiskd killed at `point`."""
+def case_live_commit(vdiskd, point, speed, active=False):
+    """A live commit of S1 (in [S2, S1, P0, ...]; of S2, the top, if `active`) with vdiskd killed at `point`."""
     env = Env(vdiskd)
     try:
         env.start({"VDISKD_TEST_STEP_BYTES": str(speed)})
@@ -125,6 +125,8 @@ def case_live_commit(vdiskd, point, speed):
         te.spread_write(io, "0x72", 64 << 10)
         s2 = str(env.call("Snapshot", "vm", "d", opts()))
         chain = te.chain_ids(env)
+        if active:
+            s1 = s2  # the layer committed
         s1_file = te.layer_file(env, s1)
         env.stop()
         env.start({"VDISKD_CRASH_AT": point, "VDISKD_TEST_STEP_BYTES": str(speed)})
@@ -164,6 +166,7 @@ def main():
     case_live_commit(sys.argv[1], "live-commit:running", 16 << 10)  # 256 KiB: some 15 s, killed at once
     case_live_commit(sys.argv[1], "live-commit:after-job", 1 << 30)
     case_live_commit(sys.argv[1], "live-commit:before-commit", 1 << 30)
+    case_live_commit(sys.argv[1], "live-commit:after-job", 1 << 30, active=True)
     finish()
 
 
