@@ -10,7 +10,8 @@
   helper's top when it happened, every write reads back through the chain, and Verify is clean;
 - live-commit:running — vdiskd dies while the helper's block-commit runs: the helper keeps serving (the
   guest writes on), and at the next start the job is cancelled: the chain and the records are the old
-  ones, the committed layer's file is still there;
+  ones, the committed layer's file is still there; or, a fast job, completes while vdiskd is down
+  (concluded, not dismissed): the next start records it;
 - live-commit:after-job (intermediate and active) and live-commit:before-commit — QEMU's commit completed (its graph and the upper
   layer's header changed) but the records were not committed (before-commit: the journal entry is
   written and is rolled back at the start): the next start rolls the records forward to the helper's
@@ -111,7 +112,7 @@ def case_live_snapshot(vdiskd):
         env.close()
 
 
-def case_live_commit(vdiskd, point, speed, active=False):
+def case_live_commit(vdiskd, point, speed, active=False, done=None):
     """A live commit of S1 (in [S2, S1, P0, ...]; of S2, the top, if `active`) with vdiskd killed at `point`."""
     env = Env(vdiskd)
     try:
@@ -139,7 +140,8 @@ def case_live_commit(vdiskd, point, speed, active=False):
         check("job" in te.state_of(env, path), f"{point}: the export's state names the pending job")
         env.start({"VDISKD_TEST_STEP_BYTES": str(speed)})
         te.wait_for("the restarted vdiskd answers", lambda: env.error("ListJobs")[0] is None)
-        done = point != "live-commit:running"
+        if done is None:
+            done = point != "live-commit:running"
         want = [c for c in chain if c != s1] if done else chain
         check_eq(te.chain_ids(env), want, f"{point}: the records are in the {'new' if done else 'old'} state")
         check_eq(os.path.exists(s1_file), not done, f"{point}: the committed layer's file {'is gone' if done else 'stays'}")
@@ -164,6 +166,7 @@ def main():
     case_handover(sys.argv[1])
     case_live_snapshot(sys.argv[1])
     case_live_commit(sys.argv[1], "live-commit:running", 16 << 10)  # 256 KiB: some 15 s, killed at once
+    case_live_commit(sys.argv[1], "live-commit:running", 1 << 30, done=True)  # completes while vdiskd is down
     case_live_commit(sys.argv[1], "live-commit:after-job", 1 << 30)
     case_live_commit(sys.argv[1], "live-commit:before-commit", 1 << 30)
     case_live_commit(sys.argv[1], "live-commit:after-job", 1 << 30, active=True)
