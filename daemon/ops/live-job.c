@@ -518,7 +518,7 @@ int live_job_recover(Export *e, Store *s, OpError *err) {
         if (r < 0)
                 return r;
         log_op(LOG_NOTICE, op, e->lease->vm, e->lease->disk, NULL,
-               "A live job on disk '%s' of VM '%s' interrupted by a restart: %s", e->lease->disk, e->lease->vm,
+               "A live job on disk '%s' of VM '%s' was interrupted (restart or end of lease): %s", e->lease->disk, e->lease->vm,
                changed ? "it had completed, the records now follow the storage helper" : "cancelled, the chain is unchanged");
         return 0;
 }

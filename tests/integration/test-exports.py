@@ -546,7 +546,13 @@ def case_live_cancel_and_refusals(env):
     check_eq(env.error("Commit", "vm", "d", base, opts())[0], "org.vdisk1.Error.NotSupported", "commit of the catalog image")
     check_eq(env.error("Rebase", "vm", "d", s2, opts())[0], "org.freedesktop.DBus.Error.InvalidArgs", "rebase onto the top itself")
     check_eq(chain_ids(env), chain, "nothing changed")
-    end_export(env, path, fd, io)
+    if env.hooks:
+        err, job = env.error("Commit", "vm", "d", s1, opts())
+        check_eq(err, None, "a live commit starts again")
+    end_export(env, path, fd, io)  # the lease ends while the helper's job runs
+    if env.hooks:
+        check_eq(env.wait_job(job)[0], "failed", "the end of the lease fails the live job")
+        check_eq(chain_ids(env), chain, "the helper's job was cancelled first: the chain is unchanged (and Verify clean)")
     read_back(env, [("0x71", spread_ranges(0)), ("0x72", spread_ranges(64 << 10)), ("0x73", spread_ranges(128 << 10))])
     # A chain-fd lease: the hypervisor holds the chain, nothing runs live.
     lpath, _, fds = env.manager().OpenDisk("vm", "d", opts())
@@ -608,10 +614,11 @@ def main():
     finally:
         env.close()
     case_config(fresh)
-    for case in (case_live_commit, case_live_rebase, case_live_cancel_and_refusals):
+    for case, speed in ((case_live_commit, LIVE_SPEED), (case_live_rebase, LIVE_SPEED),
+                        (case_live_cancel_and_refusals, {"VDISKD_TEST_STEP_BYTES": str(64 << 10)})):  # some 4 s a job
         env = fresh()
         try:
-            env.start(LIVE_SPEED)
+            env.start(speed)
             with open(vdiskd, "rb") as f:  # a -Dtest_hooks=true build (test-hooks.h: names only there)
                 env.hooks = b"VDISKD_TEST_STEP_BYTES" in f.read()
             live_setup(env)
