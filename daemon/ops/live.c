@@ -41,7 +41,7 @@ static json_object *object_of(const char *k1, json_object *v1, const char *k2, j
 }
 
 /* The node the export serves now: the helper's active top. */
-int export_active_node(Export *e, char ret[static EXPORT_NODE_NAME_MAX], OpError *err) {
+static int active_node(Export *e, char ret[static EXPORT_NODE_NAME_MAX], OpError *err) {
         _cleanup_json_ json_object *reply = NULL;
         int r;
 
@@ -117,7 +117,7 @@ static int add_overlay(Export *e, Store *s, const char *id, const char *below, O
         return r;
 }
 
-int export_set_nodes(Export *e, const Disk *d) {
+static int set_nodes(Export *e, const Disk *d) {
         char **nodes = calloc(d->n_chain, sizeof(char *));
 
         if (!nodes)
@@ -148,14 +148,10 @@ int export_reconcile(Export *e, Store *s, OpError *err) {
         Disk *d;
         int r;
 
-        /* A live job first: its chain is settled (kept or rolled forward) before snapshots are looked for. */
-        r = live_job_recover(e, s, err);
-        if (r < 0)
-                return r;
         r = op_find_disk(s, e->lease->vm, e->lease->disk, NULL, &d, err);
         if (r < 0)
                 return r;
-        r = export_active_node(e, active, err);
+        r = active_node(e, active, err);
         if (r < 0)
                 return r;
         for (k = 0; k < d->n_chain; k++) {
@@ -178,7 +174,7 @@ int export_reconcile(Export *e, Store *s, OpError *err) {
                        "Storage helper of disk '%s' of VM '%s' switched to layer %s", e->lease->disk, e->lease->vm,
                        d->chain[k]);
         }
-        r = export_set_nodes(e, d);
+        r = set_nodes(e, d);
         if (r >= 0)
                 r = export_save_state(e);
         if (r < 0)
