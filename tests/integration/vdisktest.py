@@ -137,12 +137,22 @@ class Env:
         if not expect_ready:
             return self.daemon
         for _ in range(200 * (20 if wrapper else 1)):
-            if self.bus.name_has_owner(BUS_NAME):
+            # The name must be this daemon's: a stopped one's connection may still hold it for a moment
+            # under load, and calls would then fail at once without reaching the new daemon.
+            if self.bus.name_has_owner(BUS_NAME) and self.owner_pid() == self.daemon.pid:
                 return self.daemon
             if self.daemon.poll() is not None:
                 raise RuntimeError(f"vdiskd exited with {self.daemon.returncode}: {self.log_text()[-2000:]}")
             time.sleep(0.025)
         raise RuntimeError("vdiskd did not acquire its name")
+
+    def owner_pid(self):
+        try:
+            dbus_iface = dbus.Interface(self.bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus"),
+                                        "org.freedesktop.DBus")
+            return int(dbus_iface.GetConnectionUnixProcessID(BUS_NAME))
+        except dbus.exceptions.DBusException:
+            return None
 
     def stop(self):
         if self.daemon and self.daemon.poll() is None:
