@@ -426,6 +426,14 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
         spawn = (HelperSpawn) { .binary = set->helper, .dir = e->dir, .name = l->id, .switch_uid = geteuid() == 0,
                                 .uid = e->uid, .gid = (gid_t) e->uid };
         r = helper_spawn(&spawn, &e->helper);
+        /* A helper that started but whose monitor did not complete its handshake is gone again
+         * (helper_spawn stops it): one more try before the caller hears of it. Seen once under
+         * valgrind ("Bad message"); the first failure is logged with its reason. */
+        if (r == -EBADMSG || r == -ETIMEDOUT || r == -ECONNRESET || r == -EPIPE) {
+                log_warning("Storage helper of lease %s failed its monitor handshake (%s); starting it again", l->id,
+                            strerror(-r));
+                r = helper_spawn(&spawn, &e->helper);
+        }
         if (r < 0) {
                 r = op_error(err, -EIO, "Cannot start the storage helper %s: %s", set->helper, strerror(-r));
                 goto fail;
