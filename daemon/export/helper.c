@@ -35,11 +35,11 @@ static const char *const helper_args[] = {
         "-msg", "timestamp=on",
 };
 
-static int socket_address(const char *dir, struct sockaddr_un *sa, socklen_t *len) {
+int helper_socket_address(const char *dir, const char *name, struct sockaddr_un *sa, socklen_t *len) {
         int n;
 
         *sa = (struct sockaddr_un) { .sun_family = AF_UNIX };
-        n = snprintf(sa->sun_path, sizeof(sa->sun_path), "%s/%s", dir, HELPER_QMP_SOCKET);
+        n = snprintf(sa->sun_path, sizeof(sa->sun_path), "%s/%s", dir, name);
         if (n < 0 || (size_t) n >= sizeof(sa->sun_path))
                 return -ENAMETOOLONG;
         *len = offsetof(struct sockaddr_un, sun_path) + n + 1;
@@ -52,7 +52,7 @@ static int monitor_listen(const char *dir) {
         socklen_t len;
         int r;
 
-        r = socket_address(dir, &sa, &len);
+        r = helper_socket_address(dir, HELPER_QMP_SOCKET, &sa, &len);
         if (r < 0)
                 return r;
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -71,7 +71,7 @@ static int monitor_connect(const char *dir, QmpClient **ret) {
         socklen_t len;
         int r;
 
-        r = socket_address(dir, &sa, &len);
+        r = helper_socket_address(dir, HELPER_QMP_SOCKET, &sa, &len);
         if (r < 0)
                 return r;
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -165,7 +165,7 @@ static int wait_exit_polling(const Helper *h, int timeout_ms) {
                                 return errno == ECHILD ? 1 : negative_errno();
                         if (si.si_pid == h->pid)
                                 return 1;
-                } else if (h->dir && socket_address(h->dir, &sa, &len) >= 0) {
+                } else if (h->dir && helper_socket_address(h->dir, HELPER_QMP_SOCKET, &sa, &len) >= 0) {
                         _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
                         if (fd < 0)
                                 return negative_errno();
@@ -268,12 +268,8 @@ int helper_spawn(const HelperSpawn *p, Helper **ret) {
         return 0;
 }
 
-static void json_object_putp(json_object **o) {
-        json_object_put(*o);
-}
-
 int helper_attach(const char *dir, const char *name, pid_t pid, Helper **ret) {
-        _cleanup_(json_object_putp) json_object *reply = NULL;
+        _cleanup_json_ json_object *reply = NULL;
         json_object *v;
         Helper *h;
         int r;

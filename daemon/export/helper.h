@@ -20,7 +20,9 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 
 #include "qmp.h"
 
@@ -44,6 +46,9 @@ typedef struct Helper {
         char *dir;     /* found again after a restart: its directory, to tell whether it still runs */
         QmpClient *qmp;
 } Helper;
+
+/* The AF_UNIX address of socket `name` in directory `dir`; -ENAMETOOLONG if it does not fit. */
+int helper_socket_address(const char *dir, const char *name, struct sockaddr_un *sa, socklen_t *len);
 
 /* Starts a helper and completes its QMP handshake. */
 int helper_spawn(const HelperSpawn *p, Helper **ret);

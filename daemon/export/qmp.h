@@ -57,6 +57,12 @@ static inline void qmp_client_freep(QmpClient **c) {
 }
 #define _cleanup_qmp_client_ _cleanup_(qmp_client_freep)
 
+/* For json-c objects of QMP messages and their arguments. */
+static inline void json_object_putp(json_object **o) {
+        json_object_put(*o);
+}
+#define _cleanup_json_ _cleanup_(json_object_putp)
+
 /* Reads the greeting {"QMP": {"version": {"qemu": {"major", "minor", "micro"}, ...}, "capabilities":
  * [...]}}, records the version, sends qmp_capabilities and expects {"return": {}}. Once only
  * (-EALREADY after). */

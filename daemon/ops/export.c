@@ -54,10 +54,6 @@ static int dir_file(char *buf, const char *dir, const char *name) {
         return n < 0 || n >= PATH_MAX ? -ENAMETOOLONG : 0;
 }
 
-static void json_putp(json_object **o) {
-        json_object_put(*o);
-}
-#define _cleanup_json_ _cleanup_(json_putp)
 
 Export *export_free(Export *e) {
         if (!e)
@@ -177,14 +173,13 @@ static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError
  * nobody else can ever connect. Returns the listener; *ret_client is the caller's end. */
 static int export_socket(const char *dir, int *ret_client) {
         _cleanup_close_ int listener = -EBADF, client = -EBADF;
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct sockaddr_un sa;
         socklen_t len;
-        int n;
+        int r;
 
-        n = snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%s", dir, EXPORT_SOCKET);
-        if (n < 0 || (size_t) n >= sizeof(sa.sun_path))
-                return -ENAMETOOLONG;
-        len = offsetof(struct sockaddr_un, sun_path) + n + 1;
+        r = helper_socket_address(dir, EXPORT_SOCKET, &sa, &len);
+        if (r < 0)
+                return r;
         listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         client = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (listener < 0 || client < 0)
@@ -192,7 +187,7 @@ static int export_socket(const char *dir, int *ret_client) {
         (void) unlink(sa.sun_path);
         if (bind(listener, (struct sockaddr *) &sa, len) < 0 || listen(listener, 1) < 0 ||
             connect(client, (struct sockaddr *) &sa, len) < 0) {
-                int r = negative_errno();
+                r = negative_errno();
                 (void) unlink(sa.sun_path);
                 return r;
         }
@@ -577,7 +572,7 @@ static int lease_from_state(const char *dir, const char *id, json_object *st, Le
 /* One export directory after a restart: a lease again, or ended. */
 static void recover_one(const ExportSettings *set, Store *s, LeaseRegistry *leases, sd_event *event, const char *dir,
                         const char *id, ExportGoneHandler gone, void *userdata) {
-        _cleanup_(json_putp) json_object *st = NULL;
+        _cleanup_json_ json_object *st = NULL;
         json_object *starting;
         Helper *h = NULL;
         Lease *l = NULL;

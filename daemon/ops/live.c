@@ -23,10 +23,6 @@
 #include "open-disk.h"
 #include "util.h"
 
-static void json_putp(json_object **o) {
-        json_object_put(*o);
-}
-#define _cleanup_json_ _cleanup_(json_putp)
 
 static json_object *object_of(const char *k1, json_object *v1, const char *k2, json_object *v2, const char *k3,
                               json_object *v3) {
