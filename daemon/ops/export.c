@@ -126,6 +126,31 @@ static int args_add(json_object *o, const char *key, json_object *value) {
         return 0;
 }
 
+int export_set_nodes(Export *e, const Disk *d) {
+        char **nodes = calloc(d->n_chain, sizeof(char *));
+
+        if (!nodes)
+                return -ENOMEM;
+        for (size_t k = 0; k < d->n_chain; k++) {
+                char name[EXPORT_NODE_NAME_MAX];
+
+                export_node_name(name, 'L', d->chain[k]);
+                nodes[k] = strdup(name);
+                if (!nodes[k]) {
+                        while (k-- > 0)
+                                free(nodes[k]);
+                        free(nodes);
+                        return -ENOMEM;
+                }
+        }
+        for (size_t i = 0; i < e->n_nodes; i++)
+                free(e->nodes[i]);
+        free(e->nodes);
+        e->nodes = nodes;
+        e->n_nodes = d->n_chain;
+        return 0;
+}
+
 /* Every fd of the chain into fd set i+1 (the numbering of OpenDisk's -blockdev description), then the
  * nodes. */
 static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError *err) {
@@ -154,19 +179,7 @@ static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError
                 if (r < 0)
                         return r;
         }
-        e->nodes = calloc(d->n_chain, sizeof(char *));
-        if (!e->nodes)
-                return -ENOMEM;
-        for (size_t k = 0; k < d->n_chain; k++) {
-                char name[EXPORT_NODE_NAME_MAX];
-
-                export_node_name(name, 'L', d->chain[k]);
-                e->nodes[k] = strdup(name);
-                if (!e->nodes[k])
-                        return -ENOMEM;
-                e->n_nodes++;
-        }
-        return 0;
+        return export_set_nodes(e, d);
 }
 
 /* A listening socket in the helper's directory, one connection to it, and both names gone at once:

@@ -86,6 +86,8 @@ int export_recover(const ExportSettings *set, Store *s, LeaseRegistry *leases, s
 /* One QMP command to the export's helper; a refusal is logged with the helper's words and is -EIO for
  * the caller, with a short reason in `err`. */
 int export_qmp(Export *e, const char *command, json_object *args, int fd, json_object **ret, OpError *err);
+/* The helper's format node names of disk `d`'s chain, top first, into e->nodes (replacing them). */
+int export_set_nodes(Export *e, const Disk *d);
 /* Writes the export's state.json again (after its chain changed). */
 int export_save_state(const Export *e);
 

@@ -113,31 +113,6 @@ static int add_overlay(Export *e, Store *s, const char *id, const char *below, O
         return r;
 }
 
-static int set_nodes(Export *e, const Disk *d) {
-        char **nodes = calloc(d->n_chain, sizeof(char *));
-
-        if (!nodes)
-                return -ENOMEM;
-        for (size_t k = 0; k < d->n_chain; k++) {
-                char name[EXPORT_NODE_NAME_MAX];
-
-                export_node_name(name, 'L', d->chain[k]);
-                nodes[k] = strdup(name);
-                if (!nodes[k]) {
-                        while (k-- > 0)
-                                free(nodes[k]);
-                        free(nodes);
-                        return -ENOMEM;
-                }
-        }
-        for (size_t i = 0; i < e->n_nodes; i++)
-                free(e->nodes[i]);
-        free(e->nodes);
-        e->nodes = nodes;
-        e->n_nodes = d->n_chain;
-        return 0;
-}
-
 int export_reconcile(Export *e, Store *s, OpError *err) {
         char active[EXPORT_NODE_NAME_MAX];
         size_t k;
@@ -170,7 +145,7 @@ int export_reconcile(Export *e, Store *s, OpError *err) {
                        "Storage helper of disk '%s' of VM '%s' switched to layer %s", e->lease->disk, e->lease->vm,
                        d->chain[k]);
         }
-        r = set_nodes(e, d);
+        r = export_set_nodes(e, d);
         if (r >= 0)
                 r = export_save_state(e);
         if (r < 0)
