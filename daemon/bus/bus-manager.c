@@ -367,13 +367,66 @@ static const JobOps reshape_job_ops = {
         .bytes_total = reshape_total_cb,
 };
 
+static int live_step_cb(void *op, OpError *err) {
+        return live_job_step(op, err);
+}
+static void live_abort_cb(void *op) {
+        live_job_abort(op);
+}
+static void *live_free_cb(void *op) {
+        return live_job_free(op);
+}
+static uint64_t live_done_cb(const void *op) {
+        return live_job_bytes_done(op);
+}
+static uint64_t live_total_cb(const void *op) {
+        return live_job_bytes_total(op);
+}
+
+static const JobOps live_job_ops = {
+        .step = live_step_cb,
+        .abort = live_abort_cb,
+        .free = live_free_cb,
+        .bytes_done = live_done_cb,
+        .bytes_total = live_total_cb,
+        .wait_usec = LIVE_JOB_POLL_USEC,
+};
+
+/* Under a read-write export lease: the helper does it while the VM runs (ops/live-job.c). */
+static int start_live(Manager *m, sd_bus_message *msg, const Caller *c, Lease *l, ReshapeKind kind, const char *layer,
+                      sd_bus_error *error) {
+        const Job *running = job_registry_find_running(&m->jobs, l->vm, l->disk);
+        LiveJob *op = NULL;
+        OpError err = {};
+        Job *job;
+        int r;
+
+        if (running)
+                return bus_errorf(error, -EBUSY, "Disk '%s' of VM '%s' is busy with a %s job", l->disk, l->vm, running->operation);
+        if (job_registry_running(&m->jobs) >= m->config.limits.max_jobs)
+                return bus_errorf(error, -E2BIG, "Too many jobs are running (limit %" PRIu32 ")", m->config.limits.max_jobs);
+        r = live_job_begin(m->store, &m->leases, l, kind, layer, &op, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
+        r = job_start(&m->jobs, live_job_operation(op), l->vm, l->disk, c->uid, &live_job_ops, op, &job);
+        if (r < 0) {
+                live_job_abort(op);
+                live_job_free(op);
+                return bus_error_from_op(error, r, "Cannot start the job");
+        }
+        return reply_job(msg, job);
+}
+
 static int start_reshape(Manager *m, sd_bus_message *msg, const Caller *c, ReshapeKind kind, const char *vm, const char *disk,
                          const char *layer, sd_bus_error *error) {
+        Lease *live = lease_registry_find_live(&m->leases, vm, disk);
         ReshapeOp *op = NULL;
         OpError err = {};
         Job *job;
         int r;
 
+        if (live)
+                return start_live(m, msg, c, live, kind, layer, error);
         r = lease_check_idle(m->store, &m->leases, &m->jobs, vm, disk, false, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);

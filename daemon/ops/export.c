@@ -63,6 +63,7 @@ Export *export_free(Export *e) {
                 free(e->nodes[i]);
         free(e->nodes);
         free(e->dir);
+        free(e->job_op);
         free(e);
         return NULL;
 }
@@ -344,6 +345,12 @@ int export_save_state(const Export *e) {
                 r = args_add(o, "nodes", TAKE_PTR(nodes));
         if (r >= 0)
                 r = args_add(o, "starting", json_object_new_boolean(e->starting));
+        if (r >= 0 && e->job_op) {
+                json_object *job = args_new("operation", json_object_new_string(e->job_op));
+                r = args_add(job, "layer", json_object_new_string(e->job_layer));
+                if (r >= 0)
+                        r = args_add(o, "job", job);
+        }
         if (r < 0)
                 return r;
         text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
@@ -532,7 +539,7 @@ static int lease_from_state(const char *dir, const char *id, json_object *st, Le
         const char *vm = state_string(st, "vm"), *disk = state_string(st, "disk"), *holder = state_string(st, "holder");
         const char *type = state_string(st, "type"), *lease = state_string(st, "lease");
         int64_t version, holder_uid, holder_pid, helper_pid, helper_uid;
-        json_object *ro, *nodes;
+        json_object *ro, *nodes, *job;
         ExportType t;
         Export *e;
         Lease *l;
@@ -571,6 +578,14 @@ static int lease_from_state(const char *dir, const char *id, json_object *st, Le
                         return -EBADMSG;
                 }
                 e->n_nodes++;
+        }
+        if (json_object_object_get_ex(st, "job", &job)) {
+                const char *op = state_string(job, "operation"), *layer = state_string(job, "layer");
+                if (!op || !layer || (!isempty(layer) && !layer_id_is_valid(layer)) || !(e->job_op = strdup(op))) {
+                        lease_free(l);
+                        return -EBADMSG;
+                }
+                snprintf(e->job_layer, sizeof(e->job_layer), "%s", layer);
         }
         e->helper = calloc(1, sizeof(Helper)); /* pid only, until attached */
         if (!e->helper) {

@@ -61,6 +61,10 @@ typedef struct Export {
         size_t n_nodes;
         Lease *lease; /* back pointer: the lease that owns this export */
         bool starting; /* the helper is being given the chain: OpenDisk has not answered yet */
+        /* A live commit, rebase or flatten given to the helper (ops/live-job.c) and not settled in the
+         * records yet: its operation and layer (the committed layer, the new backing, "" to flatten). */
+        char *job_op;
+        char job_layer[LAYER_ID_LEN + 1];
         ExportGoneHandler gone;
         void *userdata;
 } Export;

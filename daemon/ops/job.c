@@ -158,10 +158,11 @@ static void job_run_step(Job *j) {
         j->bytes_done = j->ops->bytes_done(j->op);
         j->bytes_total = j->ops->bytes_total(j->op);
         if (r > 0) {
+                uint64_t delay = MAX(step_delay_usec(), j->ops->wait_usec);
+
                 job_emit_progress(j);
-                if (step_delay_usec() > 0 && !j->delay_source &&
-                    sd_event_add_time_relative(reg->event, &j->delay_source, CLOCK_MONOTONIC, step_delay_usec(), 0,
-                                               job_delay_cb, j) >= 0)
+                if (delay > 0 && !j->delay_source &&
+                    sd_event_add_time_relative(reg->event, &j->delay_source, CLOCK_MONOTONIC, delay, 0, job_delay_cb, j) >= 0)
                         (void) sd_event_source_set_enabled(j->step_source, SD_EVENT_OFF);
                 return;
         }

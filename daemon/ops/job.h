@@ -24,6 +24,7 @@ typedef struct JobOps {
         void *(*free)(void *op);
         uint64_t (*bytes_done)(const void *op);
         uint64_t (*bytes_total)(const void *op);
+        uint64_t wait_usec; /* a pause between steps: jobs that watch another process's job poll it */
 } JobOps;
 
 typedef enum JobState {

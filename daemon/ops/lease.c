@@ -8,6 +8,7 @@
 #include "export.h"
 #include "image-lock.h"
 #include "lease.h"
+#include "live.h"
 #include "vdisk-bus.h"
 #include "log.h"
 #include "ops.h"
@@ -164,6 +165,14 @@ int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *j
 void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
         log_op(LOG_INFO, "lease", l->vm, l->disk, NULL, "Lease " VDISK_LEASE_PREFIX "/%s of disk '%s' of VM '%s' ended (%s)", l->id, l->disk, l->vm,
                why);
+        /* A live job the helper still runs is cancelled first, one it completed is recorded: the
+         * headers read below then match the records either way. */
+        if (l->export && l->export->job_op && store_find_vm(s, l->vm)) {
+                OpError err = {};
+                if (live_job_recover(l->export, s, &err) < 0)
+                        log_error("Lease %s: cannot settle the live %s of disk '%s' of VM '%s': %s", l->id, l->export->job_op,
+                                  l->disk, l->vm, err.reason);
+        }
         /* An export's helper flushes and closes the chain before the headers are read. One that cannot
          * be stopped may still write: its disk is quarantined. */
         if (l->export && export_stop(l->export) < 0 && store_find_vm(s, l->vm)) {

@@ -37,7 +37,7 @@ static json_object *object_of(const char *k1, json_object *v1, const char *k2, j
 }
 
 /* The node the export serves now: the helper's active top. */
-static int active_node(Export *e, char ret[static EXPORT_NODE_NAME_MAX], OpError *err) {
+int export_active_node(Export *e, char ret[static EXPORT_NODE_NAME_MAX], OpError *err) {
         _cleanup_json_ json_object *reply = NULL;
         int r;
 
@@ -119,10 +119,14 @@ int export_reconcile(Export *e, Store *s, OpError *err) {
         Disk *d;
         int r;
 
+        /* A live job first: its chain is settled (kept or rolled forward) before snapshots are looked for. */
+        r = live_job_recover(e, s, err);
+        if (r < 0)
+                return r;
         r = op_find_disk(s, e->lease->vm, e->lease->disk, NULL, &d, err);
         if (r < 0)
                 return r;
-        r = active_node(e, active, err);
+        r = export_active_node(e, active, err);
         if (r < 0)
                 return r;
         for (k = 0; k < d->n_chain; k++) {

@@ -22,8 +22,8 @@ bool test_hook_crash_point(const char *point);
 uint64_t test_hook_job_linger_usec(uint64_t def);
 /* VDISKD_TEST_STEP_DELAY_MS=MS: a pause between job steps (read once); else 0. */
 uint64_t test_hook_step_delay_usec(void);
-/* VDISKD_TEST_STEP_BYTES=BYTES (at least 512): bytes a rebase, flatten or commit copies per step;
- * else `def`. */
+/* VDISKD_TEST_STEP_BYTES=BYTES (at least 512): bytes a rebase, flatten or commit copies per step,
+ * and the speed (bytes per second) of a live one's job in an export's helper; else `def`. */
 uint64_t test_hook_step_bytes(uint64_t def);
 
 #else

@@ -160,7 +160,7 @@ def case_attach_and_sandbox(env, base_file):
 
     lease_obj(env, path).Release()
     wait_for("Release stops the helper", lambda: not alive(pid))
-    check_eq(export_dirs(env), [], "Release removes the export's directory")
+    wait_for("Release removes the export's directory", lambda: export_dirs(env) == [])
     os.close(fd)
 
 
@@ -392,6 +392,189 @@ def case_live_snapshot(env):
     os.close(fd)
 
 
+# ---- live Commit and Rebase (a -Dtest_hooks=true build: VDISKD_TEST_STEP_BYTES is QEMU's job speed) ----
+
+LIVE_SPEED = {"VDISKD_TEST_STEP_BYTES": str(256 << 10)}  # a 256 KiB job runs about a second
+
+
+def chain_ids(env):
+    return [str(r[0]) for r in env.call("GetChain", "vm", "d")]
+
+
+def own_extents(env, path):
+    """The clusters a layer's file holds itself (qemu-img map depth 0)."""
+    p = subprocess.run(["qemu-img", "map", "--output=json", "-U", "-f", "qcow2", path],
+                       capture_output=True, text=True, cwd=os.path.join(env.store, "images"))
+    return [(e["start"], e["length"]) for e in json.loads(p.stdout) if e.get("data") and e.get("depth") == 0]
+
+
+def spread_write(io, pattern, off):
+    """64k at `off` in each of four MiB: separate extents, so that a rate-limited job takes a while."""
+    for k in range(4):
+        out = io.do(f"write -P {pattern} {(k << 20) + off} 64k")
+        check("wrote 65536/65536" in out, f"write {pattern} at {(k << 20) + off} ({out.strip()[-200:]})")
+
+
+def spread_ranges(off):
+    return [((k << 20) + off, 65536) for k in range(4)]
+
+
+def blocks(ranges):
+    """The 64 KiB blocks that ranges cover."""
+    return sorted({b for a, n in ranges for b in range(a >> 16, (a + n + 65535) >> 16)})
+
+
+def job_state(env, path):
+    props = dbus.Interface(env.bus.get_object(BUS_NAME, path, introspect=False), "org.freedesktop.DBus.Properties")
+    return str(props.Get("org.vdisk1.Job", "State"))
+
+
+def run_live(env, io, method, layer, pattern, off):
+    """Starts a live job, writes while it runs, waits for it; the writes' ranges."""
+    err, job = env.error(method, "vm", "d", layer, opts())
+    check_eq(err, None, f"live {method} starts ({job if err else ''})")
+    if err:
+        return []
+    check_eq(job_state(env, job), "running", f"live {method} runs while the guest writes")
+    spread_write(io, pattern, off)
+    state, ename, emsg = env.wait_job(job)
+    check_eq((state, ename, emsg), ("done", "", ""), f"live {method} completes")
+    props = dbus.Interface(env.bus.get_object(BUS_NAME, job, introspect=False), "org.freedesktop.DBus.Properties")
+    total = int(props.Get("org.vdisk1.Job", "BytesTotal"))
+    check(total > 0 and int(props.Get("org.vdisk1.Job", "BytesDone")) == total and props.Get("org.vdisk1.Job", "Progress") == 1.0,
+          f"its progress is the helper's job's, complete ({total} bytes)")
+    return spread_ranges(off)
+
+
+def end_export(env, path, fd, io, bus=None):
+    io.close()
+    pid = state_of(env, path)["helper-pid"]
+    lease_obj(env, path, bus).Release()
+    wait_for("helper gone", lambda: not alive(pid))
+    os.close(fd)
+    check_eq(env.call("Verify", "vm"), dbus.Array([], signature="(sss)"), "Verify: the headers QEMU wrote match the records")
+
+
+def read_back(env, patterns):
+    path, _, fd = open_export(env, "nbd", read_only=True)
+    cmds = [f"read -P {p} {a} {n}" for p, ranges in patterns for a, n in ranges]
+    rc, out = qemu_io(fd, *cmds, read_only=True)
+    check(rc == 0 and "Pattern verification failed" not in out, f"every write reads back through the chain ({out.strip()[-300:]})")
+    lease_obj(env, path).Release()
+    os.close(fd)
+
+
+def live_chain(env):
+    """An export over [S2, S1, P0, base]: S1 and S2 live snapshots, each holding its own writes."""
+    path, _, fd = open_export(env, "nbd")
+    io = QemuIo(fd)
+    spread_write(io, "0x71", 0)
+    s1 = str(env.call("Snapshot", "vm", "d", opts()))
+    spread_write(io, "0x72", 64 << 10)
+    s2 = str(env.call("Snapshot", "vm", "d", opts()))
+    spread_write(io, "0x73", 128 << 10)
+    return path, fd, io, s1, s2
+
+
+def case_live_commit(env):
+    path, fd, io, s1, s2 = live_chain(env)
+    chain = chain_ids(env)  # [S2, S1, P0, C1 (CreateDisk's private layer), base]
+    p0, c1 = chain[2], chain[3]
+    files = {x: layer_file(env, x) for x in (s1, s2, p0)}
+    w0 = run_live(env, io, "Commit", p0, "0x77", 384 << 10)
+    check_eq(chain_ids(env), [s2, s1, c1] + chain[4:], "deep intermediate commit (the layer above is not the top): P0 left")
+    check(not os.path.exists(files[p0]), "its file is gone")
+    w = run_live(env, io, "Commit", s1, "0x74", 192 << 10)
+    check_eq(chain_ids(env), [s2, c1] + chain[4:], "intermediate commit: S1 left the chain")
+    check(not os.path.exists(files[s1]), "its file is gone")
+    check_eq(state_of(env, path)["nodes"][:2], ["L" + s2[:30], "L" + c1[:30]], "the export's nodes follow")
+    check("job" not in state_of(env, path), "no job is pending in the export's state")
+    w2 = run_live(env, io, "Commit", s2, "0x75", 256 << 10)
+    check_eq(chain_ids(env), [c1] + chain[4:], "active commit: C1 is the top")
+    check(not os.path.exists(files[s2]), "S2's file is gone")
+    spread_write(io, "0x76", 320 << 10)
+    end_export(env, path, fd, io)
+    check_eq(blocks(own_extents(env, layer_file(env, c1))),
+             blocks(sum([spread_ranges(o << 10) for o in (0, 64, 128, 320)], []) + w0 + w + w2),
+             "C1 holds every write, and nothing else")
+    read_back(env, [("0x71", spread_ranges(0)), ("0x72", spread_ranges(64 << 10)), ("0x73", spread_ranges(128 << 10)),
+                    ("0x77", w0), ("0x74", w), ("0x75", w2), ("0x76", spread_ranges(320 << 10))])
+
+
+def case_live_rebase(env):
+    p0 = chain_ids(env)[0]
+    path, fd, io, s1, s2 = live_chain(env)
+    chain = chain_ids(env)
+    s1_file, p0_file = layer_file(env, s1), layer_file(env, p0)
+    w = run_live(env, io, "Rebase", p0, "0x74", 192 << 10)
+    check_eq(chain_ids(env), [s2] + chain[2:], "stream: S1 left the chain")
+    for a, n in spread_ranges(64 << 10):
+        out = io.do(f"read -P 0x72 {a} {n}")
+        check("read 65536/65536" in out and "Pattern verification failed" not in out, f"S1's data at {a} reads through S2")
+    check(not os.path.exists(s1_file), "its file is gone")
+    w2 = run_live(env, io, "Rebase", "", "0x75", 256 << 10)
+    check_eq(chain_ids(env), [s2], "flatten: S2 alone")
+    check(not os.path.exists(p0_file), "P0's file is gone")
+    end_export(env, path, fd, io)
+    ranges = own_extents(env, layer_file(env, s2))
+    want = blocks([(0, 1 << 20)] + w + w2 + sum([spread_ranges(o << 10) for o in (0, 64, 128)], []))
+    check_eq([b for b in want if b not in blocks(ranges)], [], "S2 holds the base's data and every write itself")
+    read_back(env, [("0x71", spread_ranges(0)), ("0x72", spread_ranges(64 << 10)), ("0x73", spread_ranges(128 << 10)),
+                    ("0x74", w), ("0x75", w2), ("0x5a", [(320 << 10, (1 << 20) - (320 << 10))])])
+
+
+def case_live_cancel_and_refusals(env):
+    p0 = chain_ids(env)[0]
+    base = chain_ids(env)[-1]
+    path, fd, io, s1, s2 = live_chain(env)
+    chain = chain_ids(env)
+    if env.hooks:  # without the test speed the helper's job may complete before Cancel arrives
+        err, job = env.error("Commit", "vm", "d", s1, opts())
+        check_eq(err, None, "live commit starts")
+        dbus.Interface(env.bus.get_object(BUS_NAME, job, introspect=False), "org.vdisk1.Job").Cancel()
+        check_eq(env.wait_job(job)[0], "cancelled", "Cancel ends the live job cancelled")
+        check_eq(chain_ids(env), chain, "the chain is unchanged")
+        check(os.path.exists(layer_file(env, s1)), "S1's file is still there")
+        check("job" not in state_of(env, path), "no job is pending in the export's state")
+    out = io.do("read -P 0x72 64k 64k")
+    check("read 65536/65536" in out and "Pattern verification failed" not in out, "the guest reads S1's data")
+    check_eq(env.error("Rebase", "vm", "d", env.other, opts())[0], "org.vdisk1.Error.NotSupported",
+             "a live rebase onto a catalog image outside the chain")
+    check("a live rebase can only drop layers of the chain" in env.error("Rebase", "vm", "d", env.other, opts())[1],
+          "says why")
+    check_eq(env.error("Rebase", "vm", "d", p0, opts(unsafe=True))[0], "org.vdisk1.Error.NotSupported", "an unsafe live rebase")
+    check_eq(env.error("Commit", "vm", "d", base, opts())[0], "org.vdisk1.Error.NotSupported", "commit of the catalog image")
+    check_eq(env.error("Rebase", "vm", "d", s2, opts())[0], "org.freedesktop.DBus.Error.InvalidArgs", "rebase onto the top itself")
+    check_eq(chain_ids(env), chain, "nothing changed")
+    if env.hooks:
+        err, job = env.error("Commit", "vm", "d", s1, opts())
+        check_eq(err, None, "a live commit starts again")
+    end_export(env, path, fd, io)  # the lease ends while the helper's job runs
+    if env.hooks:
+        check_eq(env.wait_job(job)[0], "failed", "the end of the lease fails the live job")
+        check_eq(chain_ids(env), chain, "the helper's job was cancelled first: the chain is unchanged (and Verify clean)")
+    read_back(env, [("0x71", spread_ranges(0)), ("0x72", spread_ranges(64 << 10)), ("0x73", spread_ranges(128 << 10))])
+    # A chain-fd lease: the hypervisor holds the chain, nothing runs live.
+    lpath, _, fds = env.manager().OpenDisk("vm", "d", opts())
+    for f in fds:
+        os.close(f.take())
+    check_eq(env.error("Commit", "vm", "d", s1, opts())[0], "org.vdisk1.Error.InUse", "Commit under a chain-fd lease")
+    check_eq(env.error("Rebase", "vm", "d", p0, opts())[0], "org.vdisk1.Error.InUse", "Rebase under a chain-fd lease")
+    lease_obj(env, str(lpath)).Release()
+
+
+def live_setup(env):
+    raw = os.path.join(env.tmp, "base.raw")  # small: a flatten copies all of it at the job's test speed
+    qemu_img("create", "-f", "raw", raw, "4M")
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 1M", raw], check=True, stdout=subprocess.DEVNULL)
+    setup(env)
+    other = os.path.join(env.tmp, "other.raw")
+    qemu_img("create", "-f", "raw", other, "4M")
+    check_eq(env.import_file("other", "raw", other), (None, ""), "import another catalog image")
+    env.call("CreateDisk", "vm", "e", "other", dbus.UInt64(0), opts())
+    env.other = str(env.call("GetChain", "vm", "e")[-1][0])
+
+
 def setup(env):
     raw = os.path.join(env.tmp, "base.raw")
     if not os.path.exists(raw):
@@ -431,6 +614,17 @@ def main():
     finally:
         env.close()
     case_config(fresh)
+    for case, speed in ((case_live_commit, LIVE_SPEED), (case_live_rebase, LIVE_SPEED),
+                        (case_live_cancel_and_refusals, {"VDISKD_TEST_STEP_BYTES": str(64 << 10)})):  # some 4 s a job
+        env = fresh()
+        try:
+            env.start(speed)
+            with open(vdiskd, "rb") as f:  # a -Dtest_hooks=true build (test-hooks.h: names only there)
+                env.hooks = b"VDISKD_TEST_STEP_BYTES" in f.read()
+            live_setup(env)
+            case(env)
+        finally:
+            env.close()
     finish()
 
 
