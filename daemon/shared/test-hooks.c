@@ -9,12 +9,24 @@
 #include "test-hooks.h"
 #include "util.h"
 
+#if HAVE_VALGRIND_H
+#include <valgrind/valgrind.h>
+#endif
+
 #if !VDISK_TEST_HOOKS
 #error "test-hooks.c is built only with -Dtest_hooks=true"
 #endif
 
 bool test_hook_crash_point(const char *point) {
-        return streq_ptr(secure_getenv("VDISKD_CRASH_AT"), point);
+        if (!streq_ptr(secure_getenv("VDISKD_CRASH_AT"), point))
+                return false;
+#if HAVE_VALGRIND_H
+        /* Under memcheck a SIGKILL sent to oneself still ends with a leak summary, taken while the
+         * dying thread's stack is no longer scanned: what only the stack held shows as lost. The
+         * mark in valgrind's log lets valgrind-test.py tell such a daemon from one that exits. */
+        VALGRIND_PRINTF("vdiskd: crash point %s reached: killing myself\n", point);
+#endif
+        return true;
 }
 
 uint64_t test_hook_job_linger_usec(uint64_t def) {
