@@ -555,3 +555,163 @@ class Guest:
 
     def wait_device(self, dev="/dev/vda", timeout=30):
         self.check(f"i=0; while [ ! -b {dev} ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done", timeout)
+
+    # ---- guest-io writer's log (one JSON object per line) ----
+    def writer_log(self, path):
+        """Every JSON line of a writer's log: {"seq","block","lat_us"} per acknowledged write, then its summary."""
+        return [json.loads(x) for x in self.check(f"cat {path}").splitlines() if x.startswith("{")]
+
+    def last_seq(self, path):
+        """The last acknowledged seq in a running writer's log (0 before the first); reads only its tail."""
+        seqs = []
+        for x in self.check(f"grep '^{{\"seq\"' {path} | tail -n 2; true").splitlines():
+            try:
+                seqs.append(json.loads(x)["seq"])
+            except (ValueError, KeyError, TypeError):
+                pass   # a line the writer is still printing
+        return max(seqs, default=0)
+
+
+# ---- host side of the guest tests: processes, fds, exports ----
+
+def wait_for(cond, timeout, step=0.05):
+    """Polls cond() until it is true or timeout seconds passed: its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def alive(pid):
+    """pid runs (a zombie does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def fd_links(pid):
+    """The targets of a process's open fds (/proc/PID/fd)."""
+    out = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            pass
+    return out
+
+
+def fd_table(pid):
+    """{target path: access modes (0 O_RDONLY, 1 O_WRONLY, 2 O_RDWR)} of a process's open files."""
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
+        except (OSError, StopIteration):
+            continue
+        out.setdefault(target, set()).add(flags & 3)
+    return out
+
+
+# What a VM on an export may hold: no regular file at all (no image, no store file).
+EXPORT_VM_FD_PREFIXES = ("socket:[", "pipe:[", "anon_inode:", "/dev/", "/memfd:")
+
+
+def image_fds(pid):
+    """The fds of a process that are not sockets, pipes, devices, memfds or anonymous inodes."""
+    return [t for t in fd_links(pid) if not t.startswith(EXPORT_VM_FD_PREFIXES)]
+
+
+def socket_inodes(pid):
+    return {int(t[len("socket:["):-1]) for t in fd_links(pid) if t.startswith("socket:[")}
+
+
+def unix_table():
+    """{inode: (flags, state, path or '')} from /proc/net/unix."""
+    out = {}
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            p = line.split()
+            out[int(p[6])] = (int(p[3], 16), int(p[5], 16), p[7] if len(p) > 7 else "")
+    return out
+
+
+def lease_dirs(runtime_dir):
+    """The export lease directories under vdiskd's runtime directory."""
+    d = os.path.join(runtime_dir, "exports")
+    return [os.path.join(d, n) for n in sorted(os.listdir(d))] if os.path.isdir(d) else []
+
+
+def helper_pid(lease_dir):
+    with open(os.path.join(lease_dir, "state.json")) as f:
+        return int(json.load(f)["helper-pid"])
+
+
+def export_listeners(lease_dir):
+    """The listening AF_UNIX sockets of an export's helper other than its QMP monitor (qmp.sock in the
+    lease directory), as [(inode, bound path or '')]: the export's own listener, which must have no name
+    anyone could connect to."""
+    table = unix_table()
+    monitor = os.path.join(lease_dir, "qmp.sock")
+    return [(i, table[i][2]) for i in socket_inodes(helper_pid(lease_dir))
+            if i in table and table[i][0] & 0x10000 and table[i][2] != monitor]   # __SO_ACCEPTCON: listening
+
+
+def connectable(path):
+    """A socket path someone else could connect to (abstract, or still in the file system)."""
+    return bool(path) and (path.startswith("@") or os.path.exists(path))
+
+
+# ---- set-up shared by the guest tests (env: a tests/integration/vdisktest.py Env, started) ----
+
+def import_base(env, size, seed, data_len=None, fmt="raw", name="base"):
+    """Imports catalog image `name` of `size` bytes whose first data_len bytes (all by default) hold
+    pattern(0, data_len, seed) and the rest zeros; as qcow2 only the data is allocated. (None, "") on
+    success, else (error name, message)."""
+    data_len = size if data_len is None else data_len
+    raw = os.path.join(env.tmp, f"{name}.raw")
+    with open(raw, "wb") as f:
+        f.truncate(size)
+        f.write(pattern(0, data_len, seed))
+    path = raw
+    if fmt != "raw":
+        path = os.path.join(env.tmp, f"{name}.{fmt}")
+        p = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, raw, path], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise GuestError(f"qemu-img convert to {fmt}: {p.stderr.strip()}")
+        os.unlink(raw)
+    r = env.import_file(name, fmt, path)
+    os.unlink(path)
+    return r
+
+
+def create_chain(env, vm, image="base", snapshots=1):
+    """VM `vm` with disk d: a private overlay on catalog image `image` and `snapshots` offline snapshots on
+    top. The chain's files (absolute), top first."""
+    import dbus
+    from vdisktest import opts
+    env.call("CreateVM", vm, dbus.UInt32(0), opts())
+    env.call("CreateDisk", vm, "d", image, dbus.UInt64(0), opts())
+    for _ in range(snapshots):
+        env.call("Snapshot", vm, "d", opts())
+    return chain_files(env, vm)
+
+
+def chain_files(env, vm, disk="d"):
+    """The files of a disk's chain (absolute), top first, from GetChain."""
+    return [os.path.join(env.store, str(layer[1])) for layer in env.call("GetChain", vm, disk)]
+
+
+def exports_work(env, vdiskctl, kind="nbd"):
+    """None if `vdiskctl open --export=KIND --print` works against env's vdiskd (on a probe VM it creates),
+    else why not (vdiskctl's message)."""
+    create_chain(env, "probe", snapshots=0)
+    p = subprocess.run([vdiskctl, "open", "probe", "d", f"--export={kind}", "--print", "--", QEMU],
+                       capture_output=True, text=True)
+    return None if p.returncode == 0 else f"vdiskctl open --export does not work here: {p.stderr.strip()[-300:]}"

@@ -50,9 +50,8 @@ import sys
 import threading
 import time
 
-import dbus
-
 import guest
+from guest import alive, helper_pid, wait_for
 from vdisktest import SKIP, Env, check, check_eq, finish, opts, qemu_img
 
 VDISKCTL = os.environ.get("VDISKCTL", "vdiskctl")
@@ -69,74 +68,11 @@ N_SNAPSHOTS = 2
 # Boot 2's writer: from 6 MiB on, never wrapping either.
 DUR_BLOCK, DUR_BLOCKS, DUR_RUN = 1536, 400, 18
 DUR_ARGS = f"--start-block {DUR_BLOCK} --blocks {DUR_BLOCKS} --run-id {DUR_RUN}"
-ALLOWED_FD_PREFIXES = ("socket:[", "pipe:[", "anon_inode:", "/dev/", "/memfd:")
 
 
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def fd_links(pid):
-    out = []
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            out.append(os.readlink(f"/proc/{pid}/fd/{name}"))
-        except OSError:
-            pass
-    return out
-
-
-def socket_inodes(pid):
-    return {int(t[len("socket:["):-1]) for t in fd_links(pid) if t.startswith("socket:[")}
-
-
-def unix_table():
-    """{inode: (flags, state, path or '')} from /proc/net/unix."""
-    out = {}
-    with open("/proc/net/unix") as f:
-        next(f)
-        for line in f:
-            p = line.split()
-            out[int(p[6])] = (int(p[3], 16), int(p[5], 16), p[7] if len(p) > 7 else "")
-    return out
-
-
-def lease_dirs(env):
-    d = os.path.join(env.runtime_dir, "exports")
-    return [os.path.join(d, n) for n in sorted(os.listdir(d))] if os.path.isdir(d) else []
-
-
-def helper_pid(lease_dir):
-    with open(os.path.join(lease_dir, "state.json")) as f:
-        return int(json.load(f)["helper-pid"])
-
-
-def writer_log(g, path):
-    return [json.loads(x) for x in g.check(f"cat {path}").splitlines() if x.startswith("{")]
-
-
-def last_seq(g, path):
-    """The last acknowledged seq in a running writer's log (0 before the first)."""
-    seqs = [x["seq"] for x in writer_log(g, path) if "seq" in x]
-    return seqs[-1] if seqs else 0
-
-
-def wait_for(cond, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def allocated_clusters(path, lo, hi):
@@ -194,13 +130,13 @@ class Case:
         return g
 
     def chain_files(self):
-        return [os.path.join(self.env.store, str(layer[1])) for layer in self.env.call("GetChain", self.vm, "d")]
+        return guest.chain_files(self.env, self.vm)
 
     def wait_lease_end(self):
         """Until the disk is free again (Snapshot no longer InUse... Snapshot works under an export, so:
         until no lease directory is left and a chain-fd OpenDisk succeeds)."""
         def free():
-            if lease_dirs(self.env):
+            if guest.lease_dirs(self.env.runtime_dir):
                 return False
             p = subprocess.run([VDISKCTL, "open", self.vm, "d", "--print", "--", "true"], capture_output=True)
             return p.returncode != 3
@@ -209,10 +145,7 @@ class Case:
     # ---- boot 1 ----
     def boot1(self):
         env, tag = self.env, self.tag
-        env.call("CreateVM", self.vm, dbus.UInt32(0), opts())
-        env.call("CreateDisk", self.vm, "d", "base", dbus.UInt64(0), opts())
-        env.call("Snapshot", self.vm, "d", opts())
-        files = self.chain_files()
+        files = guest.create_chain(env, self.vm)
         check_eq(len(files), 3, f"{tag} the chain has three layers (snapshot, disk overlay, catalog image)")
         before = {p: sha256(p) for p in files}
 
@@ -221,14 +154,14 @@ class Case:
         try:
             exe = os.readlink(f"/proc/{g.pid}/exe")
             check(os.path.basename(exe).startswith("qemu-system-x86_64"), f"{tag} vdiskctl became QEMU (exe {exe})")
-            dirs = lease_dirs(env)
+            dirs = guest.lease_dirs(env.runtime_dir)
             check_eq(len(dirs), 1, f"{tag} one export lease directory while the guest runs")
             hpid = helper_pid(dirs[0])
             check(alive(hpid), f"{tag} the helper (pid {hpid}) runs")
 
             # 3. QEMU holds no image fd at all.
-            links = fd_links(g.pid)
-            others = [t for t in links if not t.startswith(ALLOWED_FD_PREFIXES)]
+            links = guest.fd_links(g.pid)
+            others = guest.image_fds(g.pid)
             check_eq(others, [], f"{tag} QEMU's fds are only sockets, pipes, devices, memfds, anon inodes "
                                  f"({len(links)} fds)")
             check_eq([t for t in links if t.startswith(env.store)], [], f"{tag} QEMU holds no file of the store")
@@ -237,14 +170,11 @@ class Case:
             # 6. Nobody else can connect to the export.
             check_eq(os.path.exists(os.path.join(dirs[0], "export.sock")), False,
                      f"{tag} the lease's directory has no export.sock")
-            table = unix_table()
-            listeners = [(i, table[i][2]) for i in socket_inodes(hpid)
-                         if i in table and table[i][0] & 0x10000]   # __SO_ACCEPTCON: a listening socket
-            monitor = os.path.join(dirs[0], "qmp.sock")
-            exported = [(i, p) for i, p in listeners if p != monitor]
-            check(len(exported) >= 1, f"{tag} the helper has its export's listening socket ({listeners})")
-            check_eq([(i, p) for i, p in exported if p and (p.startswith("@") or os.path.exists(p))], [],
+            exported = guest.export_listeners(dirs[0])
+            check(len(exported) >= 1, f"{tag} the helper has its export's listening socket ({exported})")
+            check_eq([(i, p) for i, p in exported if guest.connectable(p)], [],
                      f"{tag} the export's listening socket has no name one could connect to (unlinked or unbound)")
+            monitor = os.path.join(dirs[0], "qmp.sock")
             # The helper's monitor (vdiskd finds its helpers again through it) is root's only.
             st = os.stat(dirs[0])
             check_eq((st.st_uid, st.st_mode & 0o777), (0, 0o700), f"{tag} the lease's directory is root's, 0700")
@@ -268,20 +198,20 @@ class Case:
 
             # 5. Live snapshots while the guest writes.
             wpid = g.spawn(f"guest-io writer /dev/vda {LIVE_ARGS} --interval-ms 100 --log", "/tmp/live.log")
-            wait_for(lambda: last_seq(g, "/tmp/live.log") >= 12, 30, 0.3)
+            wait_for(lambda: g.last_seq("/tmp/live.log") >= 12, 30, 0.3)
             windows = []   # (last seq acknowledged before the call, last seq acknowledged after it returned)
             for _ in range(N_SNAPSHOTS):
-                s0 = last_seq(g, "/tmp/live.log")
+                s0 = g.last_seq("/tmp/live.log")
                 t = time.monotonic()
                 env.call("Snapshot", self.vm, "d", opts())
                 dt = time.monotonic() - t
-                s1 = last_seq(g, "/tmp/live.log")
+                s1 = g.last_seq("/tmp/live.log")
                 windows.append((s0, s1))
                 print(f"{tag} live Snapshot took {dt * 1000:.0f} ms (writer seq {s0} -> {s1})", flush=True)
                 s = s1
-                wait_for(lambda: last_seq(g, "/tmp/live.log") >= s + 12, 30, 0.3)
+                wait_for(lambda: g.last_seq("/tmp/live.log") >= s + 12, 30, 0.3)
             g.stop(wpid)
-            log = writer_log(g, "/tmp/live.log")
+            log = g.writer_log("/tmp/live.log")
             acked = [x for x in log if "seq" in x]
             summary = log[-1] if log else {}
             check(len(acked) >= 30 and [x["seq"] for x in acked] == list(range(1, len(acked) + 1)),
@@ -359,20 +289,20 @@ class Case:
         t0 = time.monotonic()
         g = self.launch("boot2")
         try:
-            dirs = lease_dirs(env)
+            dirs = guest.lease_dirs(env.runtime_dir)
             check_eq(len(dirs), 1, f"{tag} one export lease directory")
             hpid = helper_pid(dirs[0])
             log_before = len(env.log_text())
             wpid = g.spawn(f"guest-io writer /dev/vda {DUR_ARGS} --interval-ms 20 --log", "/tmp/dur.log")
-            wait_for(lambda: last_seq(g, "/tmp/dur.log") >= 15, 30, 0.2)
+            wait_for(lambda: g.last_seq("/tmp/dur.log") >= 15, 30, 0.2)
             os.kill(hpid, signal.SIGKILL)
             t_kill = time.monotonic()
-            seen = last_seq(g, "/tmp/dur.log")   # acknowledged no later than this (the helper may have
+            seen = g.last_seq("/tmp/dur.log")   # acknowledged no later than this (the helper may have
             #                                     acknowledged one more just before it died)
             check(seen >= 15, f"{tag} the writer acknowledged {seen} writes before the helper was killed")
             check(wait_for(lambda: "its storage helper exited" in env.log_text()[log_before:], 20, 0.1),
                   f"{tag} vdiskd ends the lease: \"its storage helper exited\"")
-            check(wait_for(lambda: not lease_dirs(env), 20, 0.1), f"{tag} the lease directory is gone")
+            check(wait_for(lambda: not guest.lease_dirs(env.runtime_dir), 20, 0.1), f"{tag} the lease directory is gone")
             # What the guest sees: give the writer 3 s to fail or hang.
             time.sleep(3)
             st, out = g.run("cat /tmp/dur.log; echo; "
@@ -432,12 +362,10 @@ def control_without_wce(env, qemu_base):
     a launcher that forgot config-wce=off."""
     tag = "control (vhost-user-blk, config-wce on):"
     vm = "vm-wce"
-    env.call("CreateVM", vm, dbus.UInt32(0), opts())
-    env.call("CreateDisk", vm, "d", "base", dbus.UInt64(0), opts())
-    top = os.path.join(env.store, str(env.call("GetChain", vm, "d")[0][1]))
+    top = guest.create_chain(env, vm, snapshots=0)[0]
     _path, _attach, fds = env.call("OpenDisk", vm, "d", opts(export="vhost-user-blk"))
     fd = fds[0].take()
-    hpid = helper_pid(lease_dirs(env)[0])
+    hpid = helper_pid(guest.lease_dirs(env.runtime_dir)[0])
     sock_path = os.path.join(env.tmp, "fd-launcher.sock")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(sock_path)
@@ -459,10 +387,10 @@ def control_without_wce(env, qemu_base):
         check(g.boot_seconds is not None, f"{tag} the guest booted on the raw export socket")
         g.wait_device("/dev/vda")
         wpid = g.spawn(f"guest-io writer /dev/vda {DUR_ARGS} --interval-ms 20 --log", "/tmp/dur.log")
-        wait_for(lambda: last_seq(g, "/tmp/dur.log") >= 40, 30, 0.2)
+        wait_for(lambda: g.last_seq("/tmp/dur.log") >= 40, 30, 0.2)
         os.kill(hpid, signal.SIGKILL)
-        seen = last_seq(g, "/tmp/dur.log")
-        check(wait_for(lambda: not lease_dirs(env), 20, 0.1), f"{tag} the lease ends with the helper")
+        seen = g.last_seq("/tmp/dur.log")
+        check(wait_for(lambda: not guest.lease_dirs(env.runtime_dir), 20, 0.1), f"{tag} the lease ends with the helper")
         del wpid
     finally:
         g.kill()
@@ -486,16 +414,10 @@ def main():
     env = Env(sys.argv[1])
     try:
         env.start()
-        base_raw = os.path.join(env.tmp, "base.raw")
-        with open(base_raw, "wb") as f:
-            f.write(guest.pattern(0, SIZE, BASE_SEED))
-        check_eq(env.import_file("base", "raw", base_raw), (None, ""), "import the base image (raw, 8 MiB pattern)")
-        env.call("CreateVM", "probe", dbus.UInt32(0), opts())
-        env.call("CreateDisk", "probe", "d", "base", dbus.UInt64(0), opts())
-        p = subprocess.run([VDISKCTL, "open", "probe", "d", "--export=nbd", "--print", "--", guest.QEMU],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            print(f"SKIP: vdiskctl open --export does not work here: {p.stderr.strip()[-300:]}")
+        check_eq(guest.import_base(env, SIZE, BASE_SEED), (None, ""), "import the base image (raw, 8 MiB pattern)")
+        why = guest.exports_work(env, VDISKCTL)
+        if why:
+            print(f"SKIP: {why}")
             env.close()
             sys.exit(SKIP)
         for kind in ("vhost-user-blk", "nbd"):

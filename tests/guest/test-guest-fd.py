@@ -19,11 +19,8 @@ Usage: test-guest-fd.py VDISKD (VDISKCTL in the environment). Exits 77 if no gue
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
-
-import dbus
 
 import guest
 from vdisktest import SKIP, Env, check, check_eq, finish, opts, qemu_img
@@ -44,20 +41,6 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def fd_table(pid):
-    """{target path: access mode (0 O_RDONLY, 1 O_WRONLY, 2 O_RDWR)} of a process's open files."""
-    out = {}
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{name}")
-            with open(f"/proc/{pid}/fdinfo/{name}") as f:
-                flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
-        except (OSError, StopIteration):
-            continue
-        out.setdefault(target, set()).add(flags & 3)
-    return out
-
-
 def main():
     reason = guest.unavailable()
     if reason:
@@ -70,16 +53,9 @@ def main():
     g = None
     try:
         env.start()
-        base_raw = os.path.join(env.tmp, "base.raw")
-        with open(base_raw, "wb") as f:
-            f.write(guest.pattern(0, SIZE, BASE_SEED))
-        check_eq(env.import_file("base", "raw", base_raw), (None, ""), "import the base image (raw, 8 MiB pattern)")
-        env.call("CreateVM", "vm", dbus.UInt32(0), opts())
-        env.call("CreateDisk", "vm", "d", "base", dbus.UInt64(0), opts())
-        env.call("Snapshot", "vm", "d", opts())
-        chain = env.call("GetChain", "vm", "d")
-        check_eq(len(chain), 3, "the chain has three layers (snapshot, disk overlay, catalog image)")
-        files = [os.path.join(env.store, str(layer[1])) for layer in chain]   # top first
+        check_eq(guest.import_base(env, SIZE, BASE_SEED), (None, ""), "import the base image (raw, 8 MiB pattern)")
+        files = guest.create_chain(env, "vm")   # top first
+        check_eq(len(files), 3, "the chain has three layers (snapshot, disk overlay, catalog image)")
         before = {p: sha256(p) for p in files[1:]}
 
         t0 = time.monotonic()
@@ -92,7 +68,7 @@ def main():
         # QEMU itself (vdiskctl exec'd it: same pid) holds the chain's files.
         exe = os.readlink(f"/proc/{g.pid}/exe")
         check(os.path.basename(exe).startswith("qemu-system-x86_64"), f"vdiskctl became QEMU (exe {exe})")
-        table = fd_table(g.pid)
+        table = guest.fd_table(g.pid)
         for i, p in enumerate(files):
             want = {2} if i == 0 else {0}
             check_eq(table.get(p), want, f"QEMU's fd table holds layer {i} ({'read-write' if i == 0 else 'read-only'})")
