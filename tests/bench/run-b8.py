@@ -30,8 +30,14 @@ Then the cost of an export, per export mode:
   write half while the benchmark calls Snapshot --snapshots times, 1.5 s apart; the figure is the worst
   latency of the writes around the Snapshot calls minus the worst of the 2 s before the first call
   (target ≤ 50 ms); writer-verify then checks that no acknowledged write was lost. These sessions run
-  last because each Snapshot adds a layer to the chain the rounds measure. A live commit is not
-  measured: Commit under an export lease is still InUse (not implemented yet).
+  last because each Snapshot adds a layer to the chain the rounds measure;
+- guest latency added by a live commit: one more session per export mode, the same writer; --snapshots
+  times: a live Snapshot, the guest fills 8 MiB (its own pattern, beside the writer's blocks) into the
+  new top, then a live Commit (an org.vdisk1.Job, followed to its end at QEMU's full speed): of that
+  top (active commit: mirror, then the switch) on even iterations, of the layer below a second live
+  Snapshot (intermediate commit) on odd ones. The figure is the worst latency of the writes from the
+  Commit call to the job's end minus the worst of the 2 s before the first Snapshot (the live
+  snapshot's target, ≤ 50 ms, applied); writer-verify and a guest-io check of every fill follow.
 
 Usage: run-b8.py VDISKD VDISKCTL [--modes fd,vhost-user-blk,nbd] [--pairs N] [--seconds S] [--size-mib N]
                  [--opens N] [--snapshots N] [--quick] [--results FILE] [--json FILE]
@@ -225,6 +231,78 @@ class Bench:
                 "during_max_ms": max(during), "added_ms": max(during) - max(before),
                 "snapshot_call_ms": calls, "writes": n}
 
+    def live_commit_latency(self, mode):
+        """One session: the writer on the write half; per iteration a live Snapshot, an 8 MiB fill of the
+        new top and a live Commit (active on even iterations, intermediate on odd ones). A dict."""
+        block, blocks = self.half // 4096, 1024
+        args = f"--start-block {block} --blocks {blocks} --run-id 89"
+        fill_off, fill_len = self.half + 4 * MiB, 8 * MiB   # past the writer's 4 MiB of blocks
+        if fill_off + fill_len > self.size:
+            raise RuntimeError("the disk is too small for the live commit's fill")
+
+        def seq(g):
+            lines = [x for x in g.check("tail -n 3 /tmp/lat.log").splitlines() if x.startswith('{"seq"')]
+            return json.loads(lines[-1])["seq"] if lines else 0
+
+        def wait_seq(g, n):
+            for _ in range(300):
+                if seq(g) >= n:
+                    return
+                time.sleep(0.2)
+            raise RuntimeError(f"{mode}: the writer did not reach seq {n}")
+
+        def chain():
+            return [str(r[0]) for r in self.env.call("GetChain", "vm", "d")]
+
+        windows, jobs = [], []   # (kind, seq before the call, seq at the job's end); (kind, job wall ms)
+        with self.session(mode, "live-commit") as g:
+            pid = g.spawn(f"guest-io writer /dev/vda {args} --interval-ms 100 --log", "/tmp/lat.log")
+            wait_seq(g, 22)
+            first = seq(g)
+            for i in range(self.cfg.snapshots):
+                kind = "active" if i % 2 == 0 else "intermediate"
+                layer = str(self.env.call("Snapshot", "vm", "d", opts()))
+                g.run_json(f"guest-io fill /dev/vda {fill_off} {fill_len} {SEED + 1 + i}", timeout=600)
+                if kind == "intermediate":
+                    self.env.call("Snapshot", "vm", "d", opts())
+                before = chain()
+                s0 = seq(g)
+                t = time.monotonic()
+                job = self.env.call("Commit", "vm", "d", layer, opts())
+                props = dbus.Interface(self.env.bus.get_object(BUS_NAME, job, introspect=False),
+                                       "org.freedesktop.DBus.Properties")
+                while props.Get("org.vdisk1.Job", "State") == "running":
+                    time.sleep(0.01)
+                ms = (time.monotonic() - t) * 1000
+                state = str(props.Get("org.vdisk1.Job", "State"))
+                if state != "done":
+                    raise RuntimeError(f"{mode}: live {kind} commit ended {state}: "
+                                       f"{props.Get('org.vdisk1.Job', 'ErrorMessage')}")
+                if chain() != [x for x in before if x != layer]:
+                    raise RuntimeError(f"{mode}: live {kind} commit: the chain is not the expected one")
+                windows.append((kind, s0, seq(g)))
+                jobs.append((kind, ms))
+                wait_seq(g, windows[-1][2] + 15)
+            g.stop(pid)
+            log = [json.loads(x) for x in g.check("cat /tmp/lat.log").splitlines() if x.startswith("{")]
+            lat = {x["seq"]: x["lat_us"] / 1000 for x in log if "seq" in x}
+            n = max(lat)
+            r = g.run_json(f"guest-io writer-verify /dev/vda {n} {args}", want_status=None)
+            if not r.get("ok"):
+                raise RuntimeError(f"{mode}: writes lost across live commits: {r}")
+            r = g.run_json(f"guest-io check /dev/vda {fill_off} {fill_len} {SEED + self.cfg.snapshots}", timeout=600,
+                           want_status=None)
+            if not r.get("ok"):
+                raise RuntimeError(f"{mode}: the last fill does not read back after the live commits: {r}")
+        before = [lat[s] for s in range(3, first + 1)]
+        out = {"before_max_ms": max(before), "before_median_ms": statistics.median(before), "writes": n}
+        for kind in ("active", "intermediate"):
+            during = [lat[s] for k, s0, s1 in windows if k == kind for s in range(s0 + 1, min(s1 + 2, n + 1))]
+            if during:
+                out[kind] = {"during_max_ms": max(during), "added_ms": max(during) - max(before),
+                             "job_ms": [ms for k, ms in jobs if k == kind]}
+        return out
+
     def run_mode(self, mode, rnd):
         """One session: every workload once. {workload: guest-io's JSON}."""
         out = {}
@@ -255,7 +333,8 @@ def render_costs(cfg, modes, skipped, rounds, costs):
         return L
     L.append("")
     L.append(f"Export cost (OpenDisk: median of {cfg.opens} calls, each Released before the next; live snapshot: "
-             f"{cfg.snapshots} Snapshot calls while the guest writes + fdatasyncs 4 KiB every 100 ms)")
+             f"{cfg.snapshots} Snapshot calls while the guest writes + fdatasyncs 4 KiB every 100 ms; live commit: "
+             f"{cfg.snapshots} Commit jobs, alternately active and intermediate, same writer)")
     L.append("")
     head = ["", "fd (reference)"] + exports
     L.append("| " + " | ".join(head) + " |")
@@ -305,8 +384,32 @@ def render_costs(cfg, modes, skipped, rounds, costs):
     L.append("| " + " | ".join(["Snapshot call (wall time)", "InUse"] +
                                [", ".join(f"{x:.0f}" for x in live[m]["snapshot_call_ms"]) + " ms" if m in live else "–"
                                 for m in exports]) + " |")
-    L.append("| latency added by a live commit | InUse | " + " | ".join(
-        "not measured: Commit under an export lease is InUse (not implemented)" for _ in exports) + " |")
+    commit = costs.get("commit", {})
+    L.append("| " + " | ".join(["worst write+flush latency before the commits' session's first Snapshot", "–"] +
+                               [f"{commit[m]['before_max_ms']:.1f} ms" if m in commit else "–" for m in exports]) + " |")
+    for kind in ("active", "intermediate"):
+        row = [f"latency added by a live commit ({kind}; worst from the call to the job's end minus worst before)",
+               "InUse"]
+        for m in exports:
+            c = commit.get(m, {}).get(kind)
+            if c:
+                row.append(f"{c['added_ms']:.1f} ms (worst {c['during_max_ms']:.1f}; "
+                           f"{met(c['added_ms'] <= TARGET_ADDED_MS)} ≤ {TARGET_ADDED_MS} ms)")
+            else:
+                row.append("–")
+        L.append("| " + " | ".join(row) + " |")
+        row = [f"worst during the {kind} commits minus the median before (stricter)", "InUse"]
+        for m in exports:
+            c = commit.get(m, {}).get(kind)
+            if c:
+                v = c["during_max_ms"] - commit[m]["before_median_ms"]
+                row.append(f"{v:.1f} ms ({met(v <= TARGET_ADDED_MS)} ≤ {TARGET_ADDED_MS} ms)")
+            else:
+                row.append("–")
+        L.append("| " + " | ".join(row) + " |")
+        L.append("| " + " | ".join([f"live {kind} Commit job, 8 MiB fill + writer blocks (call to done)", "InUse"] +
+                                   [", ".join(f"{x:.0f}" for x in commit[m][kind]["job_ms"]) + " ms"
+                                    if kind in commit.get(m, {}) else "–" for m in exports]) + " |")
     return L
 
 
@@ -379,7 +482,7 @@ def main():
 
     env = Env(cfg.vdiskd)
     rounds, skipped, checks = [], {}, []
-    costs = {"open": {}, "live": {}}
+    costs = {"open": {}, "live": {}, "commit": {}}
     try:
         env.start()
         b = Bench(cfg, env)
@@ -408,8 +511,13 @@ def main():
             if m != "fd":
                 costs["live"][m] = b.live_snapshot_latency(m)
                 log(f"live snapshot {m}: {costs['live'][m]}")
+        for m in active:
+            if m != "fd":
+                costs["commit"][m] = b.live_commit_latency(m)
+                log(f"live commit {m}: {costs['commit'][m]}")
         if any(m != "fd" for m in active):
-            checks.append("no acknowledged write lost across the live snapshots (guest-io writer-verify)")
+            checks.append("no acknowledged write lost across the live snapshots and commits (guest-io writer-verify), "
+                          "the last fill read back after the commits, each commit's chain the expected one")
         for layer in env.call("GetChain", "vm", "d"):
             p = subprocess.run(["qemu-img", "check", "-f", str(layer[2]), os.path.join(env.store, str(layer[1]))],
                                capture_output=True, text=True)
