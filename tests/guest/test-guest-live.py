@@ -20,9 +20,10 @@ active commit runs long enough to be watched), and on the bus:
 
 Each job is followed on the bus to its end: state done, its progress seen between 0 and 1 while it ran
 and complete at the end (BytesDone = BytesTotal > 0), Operation the right one. After each: GetChain is
-the expected chain, the dropped private layers' files are gone, the export's state names no pending job
-and its nodes are the chain, Verify is clean and qemu-img check (-U, the helper holds the files) is clean
-on every layer (the live top may show leaked clusters, exit 3, of a write in flight; never corruption).
+the expected chain, the dropped private layers' files are gone (the flattened catalog image's stays),
+the export's state names no pending job and its nodes are the chain, Verify is clean and qemu-img check
+(-U, the helper holds the files) is clean on every layer (the live top may show leaked clusters, exit
+3, of a write in flight; never corruption).
 The SIGKILL: the helper keeps serving (the writer's seq goes on while vdiskd is down, no write fails),
 the restarted vdiskd finds the lease again (same helper) and settles the job into the records: the old
 chain (S4 still there, its file too) or the new one (S4 and its file gone), exactly one; if old, the
@@ -254,7 +255,10 @@ class Case:
             s3 = self.snapshot()
             self.fill()                                                  # into S3
             self.job("stream", "Rebase", c1, [s3, c1, b], "rebase", [s1])
+            base_file = self.layer_files()[b]
             self.job("flatten", "Rebase", "", [s3], "flatten", [c1])
+            check(os.path.exists(base_file) and "base" in [str(i[0]) for i in env.call("ListImages")],
+                  f"{tag} flatten: the catalog image left the chain, not the catalog (its file stays)")
             if self.crash:
                 s4 = self.snapshot()
                 self.fill()                                              # into S4
