@@ -41,6 +41,9 @@ typedef struct Store {
 } Store;
 
 int store_open(const char *path, Store **ret);
+/* The same without the recovery at start (journal replay, orphan sweep): cluster mode, where the journal
+ * and the files are shared with other hosts and recovery must run under their leases. */
+int store_open_shared(const char *path, Store **ret);
 Store *store_free(Store *s);
 
 Layer *store_find_layer(Store *s, const char *id);
