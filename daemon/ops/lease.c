@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster-lease.h"
 #include "export.h"
 #include "image-lock.h"
 #include "lease.h"
@@ -21,6 +22,7 @@ Lease *lease_free(Lease *l) {
                 safe_close(l->fds[i].fd);
         free(l->fds);
         export_free(l->export); /* the helper keeps serving: vdiskd may be stopping, not the lease */
+        cluster_leases_free(l->cluster);
         free(l->vm);
         free(l->disk);
         free(l->holder);
