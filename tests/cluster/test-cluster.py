@@ -4,7 +4,8 @@
 the lockspace answers NotJoined and changes nothing; records written by one host are read again by the
 others under their lease; a read-write OpenDisk on one host excludes OpenDisk, Snapshot, Rebase, Commit
 and DeleteDisk on another (InUse naming host 1, nothing changed); read-only OpenDisk is shared; DeleteImage
-and CreateImage take the catalog lease."""
+and CreateImage take the catalog lease; a record that cannot be read again is Corrupt and nothing is
+written."""
 
 import os
 
@@ -125,6 +126,25 @@ def main():
         check_eq(h2.try_call("DeleteDisk", "vm1", "vdb")[0], None, "DeleteDisk on host 2")
         check_eq(h1.try_call("GetChain", "vm1", "vdb")[0], "org.vdisk1.Error.NotFound", "host 1 no longer sees the disk")
 
+        # ---- a record that cannot be read again under its lease: Corrupt, nothing written ----
+        h1.call("CreateVM", "vm2", dbus.UInt32(0), opts())
+        h1.call("CreateDisk", "vm2", "vda", "", dbus.UInt64(1 << 20), opts())
+        chain = chain_ids(h2, "vm2", "vda")
+        rec = os.path.join(c.store, "records", "vm-vm2.json")
+        with open(rec, "rb") as f:
+            good = f.read()
+        with open(rec, "wb") as f:
+            f.write(b"{ not json")
+        before = c.snapshot_store()
+        err, msg = h2.try_call("GetChain", "vm2", "vda")
+        check_eq(err, "org.vdisk1.Error.Corrupt", f"a VM record that cannot be read again: Corrupt ({msg})")
+        err, _ = h2.try_call("Snapshot", "vm2", "vda", opts())
+        check_eq(err, "org.vdisk1.Error.Corrupt", "Snapshot over it: Corrupt")
+        check_eq(c.snapshot_store(), before, "nothing was written")
+        with open(rec, "wb") as f:
+            f.write(good)
+        check_eq(chain_ids(h2, "vm2", "vda"), chain, "readable again: the same chain")
+
         # ---- the catalog ----
         err, _ = h3.try_call("CreateImage", "base", "raw", 1 << 20, opts())
         check_eq(err, "org.vdisk1.Error.AlreadyExists", "host 3 sees host 1's image name")
@@ -135,6 +155,7 @@ def main():
 
         for h in c.hosts:
             check_eq(list(h.call("Verify", "vm1")), [], f"Verify on host {h.host_id} is clean")
+            check_eq(list(h.call("Verify", "vm2")), [], f"Verify of vm2 on host {h.host_id} is clean")
         check_eq(c.orphans(), [], "no orphan files or records in the store")
         for h in c.hosts:
             h.env.check_sanitizers()
