@@ -32,8 +32,8 @@ static int append_fds(sd_bus_message *reply, const Lease *l, size_t first, size_
 }
 
 int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases disk_lease = CLUSTER_LEASES_INIT(m->cluster);
-        _cleanup_(cluster_leases_release) ClusterLeases record = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases disk_lease = CLUSTER_LEASES_FOR(m->cluster, c);
+        _cleanup_(cluster_leases_release) ClusterLeases record = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_free_ char *blockdev = NULL;
         OpenDiskRequest req = { .holder_uid = c->uid, .holder_pid = c->pid };

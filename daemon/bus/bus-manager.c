@@ -50,7 +50,7 @@ static int start_job(Manager *m, const char *operation, const char *vm, const ch
 
 static int method_create_image(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
         const char *name, *format, *template_name = "blank";
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         uint32_t cluster_size = 0;
         bool has_cluster_size = false;
         uint64_t size;
@@ -79,7 +79,7 @@ static int method_create_image(sd_bus_message *msg, Manager *m, const Caller *c,
 }
 
 static int method_delete_image(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *name;
         OpError err = {};
         int r;
@@ -102,7 +102,7 @@ static int list_images_add(const Layer *l, uint64_t allocated, void *userdata) {
 }
 
 static int method_list_images(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         OpError err = {};
         int r;
@@ -120,7 +120,7 @@ static int method_list_images(sd_bus_message *msg, Manager *m, const Caller *c, 
 }
 
 static int method_create_vm(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *name;
         uint32_t owner;
         OpError err = {};
@@ -140,7 +140,7 @@ static int method_create_vm(sd_bus_message *msg, Manager *m, const Caller *c, sd
 }
 
 static int method_delete_vm(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *name;
         OpError err = {};
         int r;
@@ -179,7 +179,7 @@ static int method_list_vms(sd_bus_message *msg, Manager *m, const Caller *c, sd_
 }
 
 static int method_create_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *vm, *disk, *image, *mode = "overlay", *format = "qcow2";
         bool data_file = false, data_file_raw = false;
         uint64_t size;
@@ -219,7 +219,7 @@ static int method_create_disk(sd_bus_message *msg, Manager *m, const Caller *c, 
 }
 
 static int method_delete_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *vm, *disk;
         OpError err = {};
         int r;
@@ -246,7 +246,7 @@ static int list_disks_add(const char *disk, const Layer *top, uint32_t depth, vo
 }
 
 static int method_list_disks(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         const char *vm;
         OpError err = {};
@@ -279,7 +279,7 @@ static int chain_layer_add(const Layer *l, uint64_t allocated, void *userdata) {
 }
 
 static int method_get_chain(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         const char *vm, *disk;
         OpError err = {};
@@ -303,7 +303,7 @@ static int method_get_chain(sd_bus_message *msg, Manager *m, const Caller *c, sd
 }
 
 static int method_snapshot(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *vm, *disk;
         Lease *live;
         char layer[LAYER_ID_LEN + 1];
@@ -338,7 +338,7 @@ static int verify_add(const char *disk, const char *layer, const char *text, voi
 }
 
 static int method_verify(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         const char *vm;
         OpError err = {};
@@ -407,7 +407,7 @@ static int reply_job(sd_bus_message *msg, const Job *j) {
 }
 
 static int method_import_image(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *name, *format;
         ImportOp *op = NULL;
         Job *job;
@@ -512,7 +512,7 @@ static int start_live(Manager *m, sd_bus_message *msg, const Caller *c, Lease *l
 
 static int start_reshape(Manager *m, sd_bus_message *msg, const Caller *c, ReshapeKind kind, const char *vm, const char *disk,
                          const char *layer, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         Lease *live;
         ReshapeOp *op = NULL;
         OpError err = {};

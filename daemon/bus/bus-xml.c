@@ -12,7 +12,7 @@ static int reply_op_error(sd_bus_error *error, int r, const OpError *err) {
 }
 
 int method_get_domain_xml(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_free_ char *xml = NULL;
         const char *vm, *disk;
         OpError err = {};
@@ -32,7 +32,7 @@ int method_get_domain_xml(sd_bus_message *msg, Manager *m, const Caller *c, sd_b
 }
 
 int method_adopt_domain_xml(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
-        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *vm, *xml;
         char disk[NAME_MAX_LEN + 1];
         bool move = false;

@@ -61,6 +61,7 @@ int cluster_leases_catalog(ClusterLeases *l, Store *s, bool exclusive, OpError *
 
 int cluster_leases_vm(ClusterLeases *l, Store *s, const char *vm, bool exclusive, OpError *err) {
         char name[CLUSTER_NAME_MAX + 1], what[128];
+        const Vm *v;
         int r;
 
         if (!l->cluster)
@@ -75,6 +76,9 @@ int cluster_leases_vm(ClusterLeases *l, Store *s, const char *vm, bool exclusive
         r = store_reload_vm(s, vm);
         if (r < 0)
                 return op_error(err, r == -ENOMEM ? r : -EBADMSG, "The records of VM '%s' cannot be read again", vm);
+        v = store_find_vm(s, vm);
+        if (v && l->owner != (uid_t) -1 && v->owner_uid != l->owner)
+                return op_error(err, -EACCES, "Access to VM '%s' denied", vm);
         return 0;
 }
 
@@ -122,7 +126,7 @@ int cluster_leases_move(ClusterLeases *l, ClusterLeases **ret) {
         if (!n)
                 return -ENOMEM;
         *n = *l;
-        *l = CLUSTER_LEASES_INIT(l->cluster);
+        *l = (ClusterLeases) { .cluster = n->cluster, .owner = n->owner };
         *ret = n;
         return 0;
 }
@@ -186,7 +190,7 @@ int leased_job_new(const JobOps *inner, void *op, ClusterLeases *leases, LeasedJ
         if (!j)
                 return -ENOMEM;
         *j = (LeasedJob) { .inner = inner, .op = op, .leases = *leases };
-        *leases = CLUSTER_LEASES_INIT(leases->cluster);
+        *leases = (ClusterLeases) { .cluster = j->leases.cluster, .owner = j->leases.owner };
         *ret = j;
         *ret_ops = &leased_job_ops[inner->wait_usec != 0];
         return 0;

@@ -19,6 +19,7 @@
  */
 
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include "cluster.h"
 #include "job.h"
@@ -26,6 +27,9 @@
 
 typedef struct ClusterLeases {
         Cluster *cluster;
+        /* Whose call this is: a VM record read again must still name this owner (a non-admin caller was
+         * authorized against this host's copy, which may have been stale); (uid_t) -1: anyone. */
+        uid_t owner;
         struct ClusterHeld {
                 char *name;
                 bool exclusive;
@@ -33,11 +37,15 @@ typedef struct ClusterLeases {
         size_t n_held;
 } ClusterLeases;
 
-#define CLUSTER_LEASES_INIT(c) ((ClusterLeases) { .cluster = (c) })
+#define CLUSTER_LEASES_INIT(c) ((ClusterLeases) { .cluster = (c), .owner = (uid_t) -1 })
+/* For a call by `caller` (a Caller *): administrators may use any VM, others only their own. */
+#define CLUSTER_LEASES_FOR(c, caller) \
+        ((ClusterLeases) { .cluster = (c), .owner = (caller)->admin ? (uid_t) -1 : (caller)->uid })
 
 /* The catalog; freshly acquired, the catalog images are read again (store_reload_catalog). */
 int cluster_leases_catalog(ClusterLeases *l, Store *s, bool exclusive, OpError *err);
-/* VM `vm`'s record; freshly acquired, it is read again with its layers (store_reload_vm). */
+/* VM `vm`'s record; freshly acquired, it is read again with its layers (store_reload_vm), and a VM that
+ * exists must then belong to `l->owner` (else -EACCES, "Access to VM … denied", as bus/auth.c says). */
 int cluster_leases_vm(ClusterLeases *l, Store *s, const char *vm, bool exclusive, OpError *err);
 /* Disk `disk` of VM `vm`. */
 int cluster_leases_disk(ClusterLeases *l, const char *vm, const char *disk, bool exclusive, OpError *err);

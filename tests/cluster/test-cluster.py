@@ -145,6 +145,27 @@ def main():
             f.write(good)
         check_eq(chain_ids(h2, "vm2", "vda"), chain, "readable again: the same chain")
 
+        # ---- a VM owner on another host: authorized by the record as it is now ----
+        h1.call("CreateVM", "owned", dbus.UInt32(65534), opts())
+        h1.call("CreateDisk", "owned", "vda", "", dbus.UInt64(1 << 20), opts())
+        err, res = h2.env.call_as(65534, "GetChain", "owned", "vda")
+        check_eq(err, None, "the owner (uid 65534, nobody) reads its VM made on host 1 through host 2")
+        err, _ = h2.env.call_as(65534, "Snapshot", "owned", "vda", {})
+        check_eq(err, None, "and snapshots it there")
+        err, _ = h2.env.call_as(1, "GetChain", "owned", "vda")
+        check_eq(err, "org.freedesktop.DBus.Error.AccessDenied", "another uid is denied on host 2")
+        h1.call("DeleteVM", "owned")
+        h1.call("CreateVM", "owned", dbus.UInt32(1), opts())
+        h1.call("CreateDisk", "owned", "vda", "", dbus.UInt64(1 << 20), opts())
+        before = c.snapshot_store()
+        for what, call in {"GetChain": ("GetChain", "owned", "vda"), "Snapshot": ("Snapshot", "owned", "vda", {}),
+                           "DeleteDisk": ("DeleteDisk", "owned", "vda")}.items():
+            err, _ = h2.env.call_as(65534, *call)
+            check_eq(err, "org.freedesktop.DBus.Error.AccessDenied",
+                     f"{what} by the old owner on host 2 after host 1 gave the VM's name to uid 1 (daemon): AccessDenied")
+        check_eq(c.snapshot_store(), before, "nothing changed")
+        check_eq(h2.env.call_as(1, "GetChain", "owned", "vda")[0], None, "the new owner is allowed on host 2")
+
         # ---- the catalog ----
         err, _ = h3.try_call("CreateImage", "base", "raw", 1 << 20, opts())
         check_eq(err, "org.vdisk1.Error.AlreadyExists", "host 3 sees host 1's image name")
@@ -156,6 +177,7 @@ def main():
         for h in c.hosts:
             check_eq(list(h.call("Verify", "vm1")), [], f"Verify on host {h.host_id} is clean")
             check_eq(list(h.call("Verify", "vm2")), [], f"Verify of vm2 on host {h.host_id} is clean")
+            check_eq(list(h.call("Verify", "owned")), [], f"Verify of 'owned' on host {h.host_id} is clean")
         check_eq(c.orphans(), [], "no orphan files or records in the store")
         for h in c.hosts:
             h.env.check_sanitizers()
