@@ -4,10 +4,11 @@
 the lockspace answers NotJoined and changes nothing; records written by one host are read again by the
 others under their lease; a read-write OpenDisk on one host excludes OpenDisk, Snapshot, Rebase, Commit
 and DeleteDisk on another (InUse naming host 1, nothing changed); read-only OpenDisk is shared; DeleteImage
-and CreateImage take the catalog lease; a record that cannot be read again is Corrupt and nothing is
+and CreateImage take the catalog lease; a quarantine recorded on one host is seen on another; a record that cannot be read again is Corrupt and nothing is
 written."""
 
 import os
+import subprocess
 
 import dbus
 
@@ -165,6 +166,29 @@ def main():
                      f"{what} by the old owner on host 2 after host 1 gave the VM's name to uid 1 (daemon): AccessDenied")
         check_eq(c.snapshot_store(), before, "nothing changed")
         check_eq(h2.env.call_as(1, "GetChain", "owned", "vda")[0], None, "the new owner is allowed on host 2")
+
+        # ---- a header rewritten under host 1's read-write lease: quarantined, and host 2 reads that ----
+        h1.call("CreateVM", "q", dbus.UInt32(0), opts())
+        h1.call("CreateDisk", "q", "vda", "", dbus.UInt64(1 << 20), opts())
+        h1.call("CreateDisk", "q", "vdb", "", dbus.UInt64(1 << 20), opts())
+        top = h2.call("GetChain", "q", "vda")[0]
+        path, _, fds = h1.call("OpenDisk", "q", "vda", opts())
+        for fd in fds:
+            os.close(fd.take())
+        # Meanwhile host 2 changes the VM's record (another disk): the quarantine below must not undo it.
+        vdb_top = str(h2.call("Snapshot", "q", "vdb", opts()))
+        # Names a sibling that does not exist; nothing ever opens it (qemu-img -u does not).
+        rc = subprocess.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", "canary", "-F", "raw",
+                             os.path.join(c.store, str(top[1]))], capture_output=True).returncode
+        check_eq(rc, 0, "top header rewritten under host 1's lease")
+        lease(h1, path).Release()
+        err, msg = h2.try_call("OpenDisk", "q", "vda", opts())
+        check_eq(err, "org.vdisk1.Error.Corrupt", "host 2 refuses the disk host 1 quarantined")
+        check("quarantined" in str(msg), f"it says the disk is quarantined: {msg}")
+        check_eq(h1.try_call("OpenDisk", "q", "vda", opts())[0], "org.vdisk1.Error.Corrupt", "so does host 1")
+        check_eq(chain_ids(h1, "q", "vdb")[0], vdb_top,
+                 "host 2's snapshot of the other disk survived the quarantine written by host 1 (read again first)")
+        check_eq(h2.try_call("DeleteVM", "q")[0], None, "host 2 deletes the quarantined VM")
 
         # ---- the catalog ----
         err, _ = h3.try_call("CreateImage", "base", "raw", 1 << 20, opts())
