@@ -31,6 +31,7 @@
 void config_init_default(Config *c) {
         *c = (Config) {};
         limits_init_default(&c->limits);
+        cluster_settings_init_default(&c->cluster);
         c->exports = (ExportSettings) { .enabled = true, .uid_first = EXPORT_DEFAULT_UID_FIRST,
                                         .uid_last = EXPORT_DEFAULT_UID_LAST };
 }
@@ -40,6 +41,7 @@ void config_done(Config *c) {
         free(c->admin_group);
         free(c->exports.helper);
         free(c->exports.runtime_dir);
+        cluster_settings_done(&c->cluster);
         *c = (Config) {};
 }
 
@@ -71,6 +73,7 @@ typedef enum ConfigType {
         CONFIG_U64,
         CONFIG_BOOL,
         CONFIG_UID_RANGE, /* FIRST-LAST, two uids, neither 0 nor -1 */
+        CONFIG_CLUSTER_MODE,
 } ConfigType;
 
 static int parse_bool(const char *v, bool *ret) {
@@ -119,6 +122,11 @@ static const struct {
         { "Exports", "Helper",              CONFIG_STRING_EMPTY, offsetof(Config, exports.helper) },
         { "Exports", "HelperUids",          CONFIG_UID_RANGE,    offsetof(Config, exports) },
         { "Exports", "RuntimeDirectory",    CONFIG_STRING_EMPTY, offsetof(Config, exports.runtime_dir) },
+        { "Cluster", "Mode",                CONFIG_CLUSTER_MODE, offsetof(Config, cluster.mode) },
+        { "Cluster", "HostId",              CONFIG_U64,          offsetof(Config, cluster.host_id) },
+        { "Cluster", "Lockspace",           CONFIG_STRING_EMPTY, offsetof(Config, cluster.lockspace) },
+        { "Cluster", "Leases",              CONFIG_STRING_EMPTY, offsetof(Config, cluster.leases) },
+        { "Cluster", "IoTimeout",           CONFIG_U32,          offsetof(Config, cluster.io_timeout) },
 };
 
 /* 0 if set, -ENOENT for an unknown section or key, -EINVAL for an invalid value, -ENOMEM. A later
@@ -140,6 +148,13 @@ static int config_set(Config *c, const char *section, const char *key, const cha
                         return parse_bool(value, field);
                 case CONFIG_UID_RANGE:
                         return parse_uid_range(value, field);
+                case CONFIG_CLUSTER_MODE: {
+                        ClusterMode m = cluster_mode_from_string(value);
+                        if (m < 0)
+                                return -EINVAL;
+                        *(ClusterMode *) field = m;
+                        return 0;
+                }
                 case CONFIG_PATH:
                 case CONFIG_STRING_EMPTY:
                         if (value[0] || config_table[i].type == CONFIG_PATH) {
@@ -262,6 +277,7 @@ static int config_handler(void *userdata, const char *section, const char *key, 
 
 int config_load(Config *c, const char *path) {
         ConfigParser p = { .config = c, .path = path };
+        const char *why = NULL;
         int r;
 
         p.f = fopen(path, "re");
@@ -295,6 +311,8 @@ int config_load(Config *c, const char *path) {
                 return log_error_errno(EINVAL, "%s: [Exports] Helper= must be an absolute path", path);
         if (c->exports.runtime_dir && c->exports.runtime_dir[0] != '/')
                 return log_error_errno(EINVAL, "%s: [Exports] RuntimeDirectory= must be an absolute path", path);
+        if (cluster_settings_check(&c->cluster, &why) < 0)
+                return log_error_errno(EINVAL, "%s: %s", path, why);
         if (c->limits.max_chain_depth < 1 || c->limits.max_virtual_size < 512 ||
             c->limits.max_virtual_size > FORMAT_DEFAULT_MAX_VIRTUAL_SIZE || c->limits.max_jobs < 1)
                 return log_error_errno(EINVAL, "%s: limits out of range", path);

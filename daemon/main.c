@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "log.h"
 #include "bus.h"
@@ -233,7 +234,22 @@ static int run(int argc, char *argv[]) {
         if (r < 0)
                 return log_error_errno(r, "Failed to allocate the manager");
 
-        r = store_open(store, &m->store);
+        if (m->config.cluster.mode == CLUSTER_MODE_SANLOCK) {
+                /* Other hosts share the store: its journal and files are recovered under leases, never
+                 * blindly at start (docs/design.md, "Cluster mode"). */
+                if (!cluster_supported()) {
+                        manager_free(m);
+                        return log_error_errno(EOPNOTSUPP, "[Cluster] Mode=sanlock, but this vdiskd was built without sanlock "
+                                                           "(meson -Dsanlock=enabled with libsanlock-dev); refusing to start");
+                }
+                r = cluster_new(&m->config.cluster, m->event, &m->cluster);
+                if (r < 0) {
+                        manager_free(m);
+                        return log_error_errno(r, "Failed to start cluster mode (sanlock); refusing to start");
+                }
+                r = store_open_shared(store, &m->store);
+        } else
+                r = store_open(store, &m->store);
         if (r < 0) {
                 manager_free(m);
                 return log_error_errno(r, "Failed to open the store %s", store);

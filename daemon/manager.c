@@ -19,7 +19,10 @@ int manager_new(const Config *config, Manager **ret) {
         m->config.admin_group = strdup_or_null(config->admin_group);
         m->config.exports.helper = strdup(config->exports.helper ?: EXPORT_DEFAULT_HELPER);
         m->config.exports.runtime_dir = strdup_or_null(config->exports.runtime_dir);
-        if (!m->config.exports.helper || (config->exports.runtime_dir && !m->config.exports.runtime_dir)) {
+        m->config.cluster.lockspace = strdup_or_null(config->cluster.lockspace);
+        m->config.cluster.leases = strdup_or_null(config->cluster.leases);
+        if (!m->config.exports.helper || (config->exports.runtime_dir && !m->config.exports.runtime_dir) ||
+            (config->cluster.lockspace && !m->config.cluster.lockspace) || (config->cluster.leases && !m->config.cluster.leases)) {
                 manager_free(m);
                 return -ENOMEM;
         }
@@ -49,6 +52,7 @@ Manager *manager_free(Manager *m) {
                 return NULL;
         job_registry_done(&m->jobs);
         lease_registry_done(&m->leases);
+        m->cluster = cluster_free(m->cluster); /* after the jobs and leases, which release their cluster leases */
         caller_cache_done(&m->callers);
         sd_bus_flush_close_unref(m->bus);
         store_free(m->store);

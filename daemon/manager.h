@@ -10,6 +10,7 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "cluster.h"
 #include "daemon-config.h"
 #include "job.h"
 #include "lease.h"
@@ -51,6 +52,7 @@ typedef struct Manager {
         JobRegistry jobs;
         LeaseRegistry leases;
         CallerCache callers;
+        Cluster *cluster; /* NULL in Mode=local */
 } Manager;
 
 int manager_new(const Config *config, Manager **ret);

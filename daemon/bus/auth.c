@@ -12,6 +12,7 @@
 
 #include "bus.h"
 #include "log.h"
+#include "cluster-lease.h"
 #include "query.h"
 
 #define MANAGER VDISK_MANAGER_INTERFACE
@@ -246,6 +247,17 @@ static int authorize(Manager *m, sd_bus_message *msg, const char *interface, con
         r = auth_subject(m, msg, e->rule, path, &s, error);
         if (r < 0)
                 return r;
+        if (e->rule == AUTH_VM_OWNER && !ret->admin && m->cluster) {
+                /* Cluster mode: the owner as the VM's record says now (another host may have made,
+                 * deleted or made again the VM); the handler checks it again under its own lease. */
+                _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_INIT(m->cluster);
+                OpError err = {};
+
+                r = cluster_leases_vm(&held, m->store, s.vm, false, &err);
+                if (r < 0)
+                        return bus_error_from_op(error, r, err.code ? err.reason : NULL);
+                s.vm_exists = op_vm_owner(m->store, s.vm, &s.vm_owner) >= 0;
+        }
         if (e->rule == AUTH_ANY_VM_OWNER && !ret->admin)
                 s.owns_some_vm = op_owns_any_vm(m->store, ret->uid);
         r = auth_decide(e->rule, ret, &s, &reason);

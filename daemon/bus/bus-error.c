@@ -34,6 +34,8 @@ const char *bus_error_name(int r) {
         case ENOSPC:
         case EDQUOT:
                 return VDISK_ERROR_NO_SPACE;
+        case EHOSTDOWN: /* cluster mode: the lockspace is not joined yet */
+                return VDISK_ERROR_NOT_JOINED;
         case EINVAL:
                 return VDISK_ERROR_INVALID_ARGS;
         case EACCES:

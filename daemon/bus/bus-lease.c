@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "bus.h"
+#include "cluster-lease.h"
 #include "log.h"
 #include "open-disk.h"
 
@@ -31,6 +32,8 @@ static int append_fds(sd_bus_message *reply, const Lease *l, size_t first, size_
 }
 
 int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases disk_lease = CLUSTER_LEASES_FOR(m->cluster, c);
+        _cleanup_(cluster_leases_release) ClusterLeases record = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_free_ char *blockdev = NULL;
         OpenDiskRequest req = { .holder_uid = c->uid, .holder_pid = c->pid };
@@ -53,9 +56,23 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
         if (!req.holder)
                 return bus_errorf(error, -EACCES, "Cannot identify the caller");
 
-        r = op_open_disk(m->store, &m->config.limits, &m->leases, &m->jobs, &ectx, &req, &l, &blockdev, &err);
+        /* Cluster mode: the disk for the lease's life (exclusive unless read-only), the VM's record shared
+         * while the chain is read. */
+        r = cluster_leases_disk(&disk_lease, req.vm, req.disk, !req.read_only, &err);
+        if (r >= 0)
+                r = cluster_leases_vm(&record, m->store, req.vm, false, &err);
+        if (r >= 0)
+                r = op_open_disk(m->store, &m->config.limits, &m->leases, &m->jobs, &ectx, &req, &l, &blockdev, &err);
         if (r < 0)
                 return bus_error_from_op(error, r, err.code ? err.reason : NULL);
+        cluster_leases_release(&record);
+        if (m->cluster) {
+                r = cluster_leases_move(&disk_lease, &l->cluster);
+                if (r < 0) {
+                        lease_end(m->store, &m->leases, l, "out of memory");
+                        return r;
+                }
+        }
 
         snprintf(path, sizeof(path), VDISK_LEASE_PREFIX "/%s", l->id);
         first_count = MIN(l->n_fds, (size_t) LEASE_MAX_FDS_PER_MESSAGE);
@@ -108,6 +125,12 @@ static int method_release(sd_bus_message *msg, Manager *m, const Caller *c, sd_b
 
         if (!l)
                 return bus_errorf(error, -ENOENT, "No such lease");
+        if (m->cluster) {
+                /* Cluster mode: the lease ends, its cluster lease last (after the end-of-lease header
+                 * check), before the reply, so that the caller may take the disk on another host at once. */
+                lease_end(m->store, &m->leases, l, "released");
+                return sd_bus_reply_method_return(msg, NULL);
+        }
         r = sd_bus_reply_method_return(msg, NULL);
         lease_end(m->store, &m->leases, l, "released");
         return r;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "bus.h"
+#include "cluster-lease.h"
 #include "config.h"
 #include "live.h"
 #include "log.h"
@@ -21,8 +22,35 @@ static int op_reply_error(sd_bus_error *error, int r, const OpError *err) {
         return bus_error_from_op(error, r, err->code ? err->reason : NULL);
 }
 
+/* Starts a job for `op`. In cluster mode the job holds the leases of `held` (moved into it) until its
+ * operation ends. On failure `op` is rolled back and freed. */
+static int start_job(Manager *m, const char *operation, const char *vm, const char *disk, uid_t owner, const JobOps *ops,
+                     void *op, ClusterLeases *held, Job **ret) {
+        const JobOps *o = ops;
+        LeasedJob *lj = NULL;
+        void *p = op;
+        int r;
+
+        if (m->cluster) {
+                r = leased_job_new(ops, op, held, &lj, &o);
+                if (r < 0) {
+                        ops->abort(op);
+                        ops->free(op);
+                        return r;
+                }
+                p = lj;
+        }
+        r = job_start(&m->jobs, operation, vm, disk, owner, o, p, ret);
+        if (r < 0) {
+                o->abort(p);
+                o->free(p);
+        }
+        return r;
+}
+
 static int method_create_image(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
         const char *name, *format, *template_name = "blank";
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         uint32_t cluster_size = 0;
         bool has_cluster_size = false;
         uint64_t size;
@@ -39,14 +67,19 @@ static int method_create_image(sd_bus_message *msg, Manager *m, const Caller *c,
         CHECK(bus_check_name("image", name, error));
         CHECK(bus_check_format(format, &f, error));
 
+        r = cluster_leases_catalog(&held, m->store, true, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
         r = op_create_image(m->store, &m->config.limits, name, f, size, template_name, has_cluster_size ? &cluster_size : NULL, layer,
                             &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_reply_method_return(msg, "s", layer);
 }
 
 static int method_delete_image(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *name;
         OpError err = {};
         int r;
@@ -54,9 +87,12 @@ static int method_delete_image(sd_bus_message *msg, Manager *m, const Caller *c,
         CHECK(sd_bus_message_read(msg, "s", &name));
         CHECK(bus_check_name("image", name, error));
 
-        r = op_delete_image(m->store, name, &err);
+        r = cluster_leases_catalog(&held, m->store, true, &err);
+        if (r >= 0)
+                r = op_delete_image(m->store, name, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_reply_method_return(msg, NULL);
 }
 
@@ -66,16 +102,25 @@ static int list_images_add(const Layer *l, uint64_t allocated, void *userdata) {
 }
 
 static int method_list_images(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        OpError err = {};
+        int r;
+
+        r = cluster_leases_catalog(&held, m->store, false, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
 
         CHECK(sd_bus_message_new_method_return(msg, &reply));
         CHECK(sd_bus_message_open_container(reply, 'a', "(ssstt)"));
         CHECK(op_list_images(m->store, list_images_add, reply));
         CHECK(sd_bus_message_close_container(reply));
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_send(NULL, reply, NULL);
 }
 
 static int method_create_vm(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *name;
         uint32_t owner;
         OpError err = {};
@@ -85,25 +130,36 @@ static int method_create_vm(sd_bus_message *msg, Manager *m, const Caller *c, sd
         CHECK(bus_read_options(msg, NULL, error));
         CHECK(bus_check_name("VM", name, error));
 
-        r = op_create_vm(m->store, &m->config.limits, name, (uid_t) owner, &err);
+        r = cluster_leases_vm(&held, m->store, name, true, &err);
+        if (r >= 0)
+                r = op_create_vm(m->store, &m->config.limits, name, (uid_t) owner, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_reply_method_return(msg, NULL);
 }
 
 static int method_delete_vm(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *name;
         OpError err = {};
         int r;
 
         CHECK(sd_bus_message_read(msg, "s", &name));
         CHECK(bus_check_name("VM", name, error));
+        /* In cluster mode: the VM's record, then every disk of it as it is on disk now. */
+        r = cluster_leases_vm(&held, m->store, name, true, &err);
+        if (r >= 0)
+                r = cluster_leases_vm_disks(&held, m->store, name, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
         /* Any lease, read-only ones included: a leased disk must not be replaced by another of its name. */
         r = lease_check_idle(m->store, &m->leases, &m->jobs, name, NULL, true, &err);
         if (r >= 0)
                 r = op_delete_vm(m->store, name, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_reply_method_return(msg, NULL);
 }
 
@@ -123,6 +179,7 @@ static int method_list_vms(sd_bus_message *msg, Manager *m, const Caller *c, sd_
 }
 
 static int method_create_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *vm, *disk, *image, *mode = "overlay", *format = "qcow2";
         bool data_file = false, data_file_raw = false;
         uint64_t size;
@@ -146,13 +203,23 @@ static int method_create_disk(sd_bus_message *msg, Manager *m, const Caller *c, 
         if (!streq(mode, "overlay") && !streq(mode, "copy"))
                 return bus_errorf(error, -EINVAL, "Option 'mode' must be \"overlay\" or \"copy\"");
 
+        /* The image stays while the disk is made from it (DeleteImage takes the catalog exclusively). */
+        r = isempty(image) ? 0 : cluster_leases_catalog(&held, m->store, false, &err);
+        if (r >= 0)
+                r = cluster_leases_vm(&held, m->store, vm, true, &err);
+        if (r >= 0)
+                r = cluster_leases_disk(&held, vm, disk, true, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
         r = op_create_disk(m->store, &m->config.limits, vm, disk, image, size, mode, f, data_file, data_file_raw, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_reply_method_return(msg, NULL);
 }
 
 static int method_delete_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *vm, *disk;
         OpError err = {};
         int r;
@@ -160,11 +227,16 @@ static int method_delete_disk(sd_bus_message *msg, Manager *m, const Caller *c, 
         CHECK(sd_bus_message_read(msg, "ss", &vm, &disk));
         CHECK(bus_check_name("VM", vm, error));
         CHECK(bus_check_name("disk", disk, error));
-        r = lease_check_idle(m->store, &m->leases, &m->jobs, vm, disk, true, &err);
+        r = cluster_leases_vm(&held, m->store, vm, true, &err);
+        if (r >= 0)
+                r = cluster_leases_disk(&held, vm, disk, true, &err);
+        if (r >= 0)
+                r = lease_check_idle(m->store, &m->leases, &m->jobs, vm, disk, true, &err);
         if (r >= 0)
                 r = op_delete_disk(m->store, vm, disk, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_reply_method_return(msg, NULL);
 }
 
@@ -174,6 +246,7 @@ static int list_disks_add(const char *disk, const Layer *top, uint32_t depth, vo
 }
 
 static int method_list_disks(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         const char *vm;
         OpError err = {};
@@ -183,12 +256,16 @@ static int method_list_disks(sd_bus_message *msg, Manager *m, const Caller *c, s
         CHECK(bus_check_name("VM", vm, error));
         /* Exactly GetChain's rule and answers: a VM the caller may not see is denied whether it exists or not. */
 
+        r = cluster_leases_vm(&held, m->store, vm, false, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
         CHECK(sd_bus_message_new_method_return(msg, &reply));
         CHECK(sd_bus_message_open_container(reply, 'a', "(sssut)"));
         r = op_list_disks(m->store, vm, list_disks_add, reply, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
         CHECK(sd_bus_message_close_container(reply));
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_send(NULL, reply, NULL);
 }
 
@@ -202,6 +279,7 @@ static int chain_layer_add(const Layer *l, uint64_t allocated, void *userdata) {
 }
 
 static int method_get_chain(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         const char *vm, *disk;
         OpError err = {};
@@ -211,16 +289,21 @@ static int method_get_chain(sd_bus_message *msg, Manager *m, const Caller *c, sd
         CHECK(bus_check_name("VM", vm, error));
         CHECK(bus_check_name("disk", disk, error));
 
+        r = cluster_leases_vm(&held, m->store, vm, false, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
         CHECK(sd_bus_message_new_method_return(msg, &reply));
         CHECK(sd_bus_message_open_container(reply, 'a', "(ssssttb)"));
         r = op_get_chain(m->store, vm, disk, chain_layer_add, reply, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
         CHECK(sd_bus_message_close_container(reply));
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_send(NULL, reply, NULL);
 }
 
 static int method_snapshot(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *vm, *disk;
         Lease *live;
         char layer[LAYER_ID_LEN + 1];
@@ -231,6 +314,12 @@ static int method_snapshot(sd_bus_message *msg, Manager *m, const Caller *c, sd_
         CHECK(bus_read_options(msg, NULL, error));
         CHECK(bus_check_name("VM", vm, error));
         CHECK(bus_check_name("disk", disk, error));
+        /* Shared on the disk: a snapshot only adds a layer above, readers elsewhere keep theirs. */
+        r = cluster_leases_disk(&held, vm, disk, false, &err);
+        if (r >= 0)
+                r = cluster_leases_vm(&held, m->store, vm, true, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
         live = lease_registry_find_live(&m->leases, vm, disk);
         if (live)
                 r = op_live_snapshot(m->store, &m->config.limits, &m->jobs, live, layer, &err);
@@ -240,6 +329,7 @@ static int method_snapshot(sd_bus_message *msg, Manager *m, const Caller *c, sd_
                 r = op_snapshot(m->store, &m->config.limits, vm, disk, layer, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_reply_method_return(msg, "s", layer);
 }
 
@@ -248,6 +338,7 @@ static int verify_add(const char *disk, const char *layer, const char *text, voi
 }
 
 static int method_verify(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         const char *vm;
         OpError err = {};
@@ -256,12 +347,16 @@ static int method_verify(sd_bus_message *msg, Manager *m, const Caller *c, sd_bu
         CHECK(sd_bus_message_read(msg, "s", &vm));
         CHECK(bus_check_name("VM", vm, error));
 
+        r = cluster_leases_vm(&held, m->store, vm, false, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
         CHECK(sd_bus_message_new_method_return(msg, &reply));
         CHECK(sd_bus_message_open_container(reply, 'a', "(sss)"));
         r = op_verify(m->store, vm, NULL, false, -EBADF, verify_add, reply, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
         CHECK(sd_bus_message_close_container(reply));
+        cluster_leases_release(&held); /* before the reply: the caller may go on at once, on any host */
         return sd_bus_send(NULL, reply, NULL);
 }
 
@@ -312,6 +407,7 @@ static int reply_job(sd_bus_message *msg, const Job *j) {
 }
 
 static int method_import_image(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
         const char *name, *format;
         ImportOp *op = NULL;
         Job *job;
@@ -326,6 +422,9 @@ static int method_import_image(sd_bus_message *msg, Manager *m, const Caller *c,
         if (job_registry_running(&m->jobs) >= m->config.limits.max_jobs)
                 return bus_errorf(error, -E2BIG, "Too many jobs are running (limit %" PRIu32 ")", m->config.limits.max_jobs);
 
+        r = cluster_leases_catalog(&held, m->store, true, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
         fd = op_check_caller_fd(source, &err);
         if (fd < 0)
                 return op_reply_error(error, fd, &err);
@@ -334,12 +433,9 @@ static int method_import_image(sd_bus_message *msg, Manager *m, const Caller *c,
                 safe_close(fd);
                 return op_reply_error(error, r, &err);
         }
-        r = job_start(&m->jobs, "import", "", "", c->uid, &import_job_ops, op, &job);
-        if (r < 0) {
-                import_abort(op);
-                import_free(op);
+        r = start_job(m, "import", "", "", c->uid, &import_job_ops, op, &held, &job);
+        if (r < 0)
                 return bus_error_from_op(error, r, "Cannot start the job");
-        }
         return reply_job(msg, job);
 }
 
@@ -394,7 +490,7 @@ static const JobOps live_job_ops = {
 
 /* Under a read-write export lease: the helper does it while the VM runs (ops/live-job.c). */
 static int start_live(Manager *m, sd_bus_message *msg, const Caller *c, Lease *l, ReshapeKind kind, const char *layer,
-                      sd_bus_error *error) {
+                      ClusterLeases *held, sd_bus_error *error) {
         const Job *running = job_registry_find_running(&m->jobs, l->vm, l->disk);
         LiveJob *op = NULL;
         OpError err = {};
@@ -408,25 +504,30 @@ static int start_live(Manager *m, sd_bus_message *msg, const Caller *c, Lease *l
         r = live_job_begin(m->store, &m->leases, l, kind, layer, &op, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
-        r = job_start(&m->jobs, live_job_operation(op), l->vm, l->disk, c->uid, &live_job_ops, op, &job);
-        if (r < 0) {
-                live_job_abort(op);
-                live_job_free(op);
+        r = start_job(m, live_job_operation(op), l->vm, l->disk, c->uid, &live_job_ops, op, held, &job);
+        if (r < 0)
                 return bus_error_from_op(error, r, "Cannot start the job");
-        }
         return reply_job(msg, job);
 }
 
 static int start_reshape(Manager *m, sd_bus_message *msg, const Caller *c, ReshapeKind kind, const char *vm, const char *disk,
                          const char *layer, sd_bus_error *error) {
-        Lease *live = lease_registry_find_live(&m->leases, vm, disk);
+        _cleanup_(cluster_leases_release) ClusterLeases held = CLUSTER_LEASES_FOR(m->cluster, c);
+        Lease *live;
         ReshapeOp *op = NULL;
         OpError err = {};
         Job *job;
         int r;
 
+        /* The whole job: the disk exclusively (its layers change in place), the VM's record. */
+        r = cluster_leases_disk(&held, vm, disk, true, &err);
+        if (r >= 0)
+                r = cluster_leases_vm(&held, m->store, vm, true, &err);
+        if (r < 0)
+                return op_reply_error(error, r, &err);
+        live = lease_registry_find_live(&m->leases, vm, disk);
         if (live)
-                return start_live(m, msg, c, live, kind, layer, error);
+                return start_live(m, msg, c, live, kind, layer, &held, error);
         r = lease_check_idle(m->store, &m->leases, &m->jobs, vm, disk, false, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
@@ -435,12 +536,9 @@ static int start_reshape(Manager *m, sd_bus_message *msg, const Caller *c, Resha
         r = reshape_begin(m->store, &m->config.limits, kind, vm, disk, layer, &op, &err);
         if (r < 0)
                 return op_reply_error(error, r, &err);
-        r = job_start(&m->jobs, reshape_operation(op), vm, disk, c->uid, &reshape_job_ops, op, &job);
-        if (r < 0) {
-                reshape_abort(op);
-                reshape_free(op);
+        r = start_job(m, reshape_operation(op), vm, disk, c->uid, &reshape_job_ops, op, &held, &job);
+        if (r < 0)
                 return bus_error_from_op(error, r, "Cannot start the job");
-        }
         return reply_job(msg, job);
 }
 

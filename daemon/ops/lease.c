@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster-lease.h"
 #include "export.h"
 #include "image-lock.h"
 #include "lease.h"
@@ -21,6 +22,7 @@ Lease *lease_free(Lease *l) {
                 safe_close(l->fds[i].fd);
         free(l->fds);
         export_free(l->export); /* the helper keeps serving: vdiskd may be stopping, not the lease */
+        cluster_leases_free(l->cluster);
         free(l->vm);
         free(l->disk);
         free(l->holder);
@@ -162,6 +164,17 @@ int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *j
         return 0;
 }
 
+/* A quarantine changes the VM record: in cluster mode under the VM's lease like every other change (the
+ * disk's own lease is still held here, so no other host can use the disk meanwhile). One another host
+ * holds right now does not stop it: the disk must not be handed out again, so the quarantine is recorded
+ * anyway, and the warning says so. */
+static int quarantine(Store *s, Lease *l, const char *reason, OpError *err) {
+        if (l->cluster && cluster_leases_vm(l->cluster, s, l->vm, true, err) < 0)
+                log_warning("Lease %s: recording the quarantine of disk '%s' of VM '%s' without the VM's cluster lease: %s",
+                            l->id, l->disk, l->vm, err->reason);
+        return op_quarantine(s, l->vm, l->disk, reason, err);
+}
+
 void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
         log_op(LOG_INFO, "lease", l->vm, l->disk, NULL, "Lease " VDISK_LEASE_PREFIX "/%s of disk '%s' of VM '%s' ended (%s)", l->id, l->disk, l->vm,
                why);
@@ -177,7 +190,7 @@ void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
          * be stopped may still write: its disk is quarantined. */
         if (l->export && export_stop(l->export) < 0 && store_find_vm(s, l->vm)) {
                 OpError err = {};
-                (void) op_quarantine(s, l->vm, l->disk, "its storage helper could not be stopped when its lease ended", &err);
+                (void) quarantine(s, l, "its storage helper could not be stopped when its lease ended", &err);
         }
         if (!l->read_only && store_find_vm(s, l->vm)) {
                 _cleanup_free_ char *problem = NULL;
@@ -187,7 +200,7 @@ void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
                 if (op_verify(s, l->vm, l->disk, true, -EBADF, op_verify_first_problem, &problem, &err) >= 0 && problem) {
                         char reason[512];
                         snprintf(reason, sizeof(reason), "headers changed under a read-write lease: %s", problem);
-                        (void) op_quarantine(s, l->vm, l->disk, reason, &err);
+                        (void) quarantine(s, l, reason, &err);
                 }
         }
         lease_registry_remove(reg, l);

@@ -44,6 +44,7 @@ typedef struct Lease {
         LeaseFd *fds; /* top first, each layer's data file right after it; an export: its one socket */
         size_t n_fds;
         Export *export; /* NULL: the chain's fds are handed out (ops/export.h) */
+        struct ClusterLeases *cluster; /* cluster mode: the disk's cluster lease, released with this lease */
 } Lease;
 
 typedef struct LeaseRegistry {

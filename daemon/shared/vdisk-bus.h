@@ -22,6 +22,7 @@
 #define VDISK_ERROR_LIMIT_EXCEEDED VDISK_ERROR_PREFIX "LimitExceeded"
 #define VDISK_ERROR_CANCELLED VDISK_ERROR_PREFIX "Cancelled"
 #define VDISK_ERROR_NO_SPACE VDISK_ERROR_PREFIX "NoSpace"
+#define VDISK_ERROR_NOT_JOINED VDISK_ERROR_PREFIX "NotJoined"
 /* And two standard names: */
 #define VDISK_ERROR_INVALID_ARGS "org.freedesktop.DBus.Error.InvalidArgs"
 #define VDISK_ERROR_ACCESS_DENIED "org.freedesktop.DBus.Error.AccessDenied"

@@ -483,7 +483,7 @@ static int load_records(Store *s) {
         return r < 0 ? r : 0;
 }
 
-int store_open(const char *path, Store **ret) {
+static int store_open_full(const char *path, bool recover, Store **ret) {
         _cleanup_(store_freep) Store *s = NULL;
         struct stat st;
         int r;
@@ -518,12 +518,20 @@ int store_open(const char *path, Store **ret) {
         r = load_records(s);
         if (r < 0)
                 return r;
-        r = store_recover(s);
+        r = recover ? store_recover(s) : 0;
         if (r < 0)
                 return r;
 
         *ret = TAKE_PTR(s);
         return 0;
+}
+
+int store_open(const char *path, Store **ret) {
+        return store_open_full(path, true, ret);
+}
+
+int store_open_shared(const char *path, Store **ret) {
+        return store_open_full(path, false, ret);
 }
 
 int layer_copy(const Layer *l, Layer **ret) {

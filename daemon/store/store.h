@@ -41,6 +41,9 @@ typedef struct Store {
 } Store;
 
 int store_open(const char *path, Store **ret);
+/* The same without the recovery at start (journal replay, orphan sweep): cluster mode, where the journal
+ * and the files are shared with other hosts and recovery must run under their leases. */
+int store_open_shared(const char *path, Store **ret);
 Store *store_free(Store *s);
 
 Layer *store_find_layer(Store *s, const char *id);
@@ -77,6 +80,15 @@ int store_replace_layer(Store *s, const Layer *l);
 int store_tmp_create(Store *s, const Layer *l);
 int store_tmp_commit(Store *s, Layer *l, int fd); /* fsync, rename (no replace), fsync dir; sets inode */
 void store_tmp_discard(Store *s, const Layer *l);
+
+/* Cluster mode (reload.c): records are read again from disk under their lease, validated as at start;
+ * a record that fails leaves the in-memory store unchanged. store_reload_vm() replaces VM `name` (or
+ * forgets it if its record is gone) and its private layers, and adds catalog images it names that were
+ * not known; store_reload_catalog() adds and refreshes catalog images and forgets those whose record is
+ * gone and which no disk here uses. Callers make sure no running operation of theirs holds pointers
+ * to what is replaced (ops/cluster-lease.c: only when the lease was just acquired). */
+int store_reload_vm(Store *s, const char *name);
+int store_reload_catalog(Store *s);
 
 /* Creates a new, empty image file for `l` (O_TMPFILE, linked under its name only when complete). */
 typedef int (*StoreFillFunc)(int fd, void *userdata);

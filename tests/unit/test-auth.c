@@ -171,6 +171,7 @@ static void test_error_map(void) {
                 { -ECANCELED, VDISK_ERROR_CANCELLED },
                 { -ENOSPC, VDISK_ERROR_NO_SPACE },
                 { -EDQUOT, VDISK_ERROR_NO_SPACE },
+                { -EHOSTDOWN, VDISK_ERROR_NOT_JOINED },
                 { -EINVAL, VDISK_ERROR_INVALID_ARGS },
                 { -EACCES, VDISK_ERROR_ACCESS_DENIED },
                 { -EPERM, VDISK_ERROR_ACCESS_DENIED },

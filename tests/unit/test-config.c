@@ -79,6 +79,9 @@ static void check_defaults(const Config *c) {
         CHECK_EQ_INT(c->limits.max_lease_fds, d.max_lease_fds);
         CHECK_EQ_INT(c->limits.max_lease_fds_per_caller, d.max_lease_fds_per_caller);
         CHECK(c->store_directory == NULL);
+        CHECK_EQ_INT(c->cluster.mode, CLUSTER_MODE_LOCAL);
+        CHECK_EQ_INT(c->cluster.io_timeout, CLUSTER_DEFAULT_IO_TIMEOUT);
+        CHECK(c->cluster.lockspace == NULL && c->cluster.leases == NULL);
         CHECK(c->admin_group == NULL);
 }
 
@@ -133,6 +136,56 @@ static void test_every_key(void) {
         CHECK_EQ_INT(load("[Limits]\nMaxJobs=+5\n", &c), 0);
         CHECK_EQ_INT(c.limits.max_jobs, 5);
         config_done(&c);
+}
+
+/* [Cluster]: every key, and each check of cluster_settings_check() with its message. */
+static void test_cluster(void) {
+        static const struct {
+                const char *text, *why;
+        } bad[] = {
+                { "Mode=cluster\n", "invalid value for Mode" },
+                { "Mode=Sanlock\n", "invalid value for Mode" },
+                { "HostId=x\n", "invalid value for HostId" },
+                { "IoTimeout=-1\n", "invalid value for IoTimeout" },
+                { "Mode=sanlock\nLockspace=ls:/a\nLeases=/b\n", "HostId= must be set" },
+                { "Mode=sanlock\nHostId=0\nLockspace=ls:/a\nLeases=/b\n", "HostId= must be set" },
+                { "Mode=sanlock\nHostId=2001\nLockspace=ls:/a\nLeases=/b\n", "HostId= must be set" },
+                { "Mode=sanlock\nHostId=1\nLeases=/b\n", "Lockspace= must be NAME:PATH" },
+                { "Mode=sanlock\nHostId=1\nLockspace=/a\nLeases=/b\n", "Lockspace= must be NAME:PATH" },
+                { "Mode=sanlock\nHostId=1\nLockspace=ls:a\nLeases=/b\n", "Lockspace= must be NAME:PATH" },
+                { "Mode=sanlock\nHostId=1\nLockspace=:/a\nLeases=/b\n", "Lockspace= must be NAME:PATH" },
+                { "Mode=sanlock\nHostId=1\nLockspace=l s:/a\nLeases=/b\n", "Lockspace= must be NAME:PATH" },
+                { "Mode=sanlock\nHostId=1\nLockspace=abcdefghijabcdefghijabcdefghijabcdefghijabcdefgh:/a\nLeases=/b\n",
+                  "Lockspace= must be NAME:PATH" },
+                { "Mode=sanlock\nHostId=1\nLockspace=ls:/a\n", "Leases= must be the absolute path" },
+                { "Mode=sanlock\nHostId=1\nLockspace=ls:/a\nLeases=b\n", "Leases= must be the absolute path" },
+                { "Mode=sanlock\nHostId=1\nLockspace=ls:/a\nLeases=/b\nIoTimeout=0\n", "IoTimeout= must be from 1 to 300" },
+                { "Mode=sanlock\nHostId=1\nLockspace=ls:/a\nLeases=/b\nIoTimeout=301\n", "IoTimeout= must be from 1 to 300" },
+        };
+        char text[512];
+        Config c;
+
+        CHECK_EQ_INT(load("[Cluster]\nMode=sanlock\nHostId=2000\nLockspace=vdisk-1.a_b:/shared/ls\nLeases=/shared/leases\n"
+                          "IoTimeout=300\n", &c), 0);
+        CHECK_EQ_INT(strlen(log_text), 0);
+        CHECK_EQ_INT(c.cluster.mode, CLUSTER_MODE_SANLOCK);
+        CHECK_EQ_INT(c.cluster.host_id, 2000);
+        CHECK(streq_ptr(c.cluster.lockspace, "vdisk-1.a_b:/shared/ls"));
+        CHECK(streq_ptr(c.cluster.leases, "/shared/leases"));
+        CHECK_EQ_INT(c.cluster.io_timeout, 300);
+        config_done(&c);
+
+        /* Mode=local: the other keys are not checked (they may be prepared for a later switch). */
+        CHECK_EQ_INT(load("[Cluster]\nMode=local\nHostId=0\nLockspace=junk\n", &c), 0);
+        CHECK_EQ_INT(c.cluster.mode, CLUSTER_MODE_LOCAL);
+        config_done(&c);
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                snprintf(text, sizeof(text), "[Cluster]\n%s", bad[i].text);
+                CHECK_EQ_INT(load(text, &c), -EINVAL);
+                CHECK_CONTAINS(log_text, bad[i].why);
+                config_done(&c);
+        }
 }
 
 static void test_defaults_and_missing(const char *shipped) {
@@ -401,6 +454,7 @@ int main(int argc, char *argv[]) {
         snprintf(conf_path, sizeof(conf_path), "%s/vdiskd.conf", tmpdir);
 
         test_every_key();
+        test_cluster();
         test_defaults_and_missing(argv[1]);
         test_bad_values();
         test_unknown();

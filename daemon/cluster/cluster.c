@@ -1,0 +1,464 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+
+/* Cluster mode over libsanlock: one registered connection, the lockspace joined from the event loop,
+ * counted resource leases at offsets from sanlock's resource index. */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster.h"
+#include "config.h"
+#include "log.h"
+#include "util.h"
+
+#if HAVE_SANLOCK
+#include <sanlock.h>
+#include <sanlock_admin.h>
+#include <sanlock_resource.h>
+#include <sanlock_rv.h>
+#endif
+
+static const char *const cluster_mode_table[_CLUSTER_MODE_MAX] = {
+        [CLUSTER_MODE_LOCAL] = "local",
+        [CLUSTER_MODE_SANLOCK] = "sanlock",
+};
+
+const char *cluster_mode_to_string(ClusterMode m) {
+        return m >= 0 && m < _CLUSTER_MODE_MAX ? cluster_mode_table[m] : NULL;
+}
+
+ClusterMode cluster_mode_from_string(const char *s) {
+        for (int i = 0; i < _CLUSTER_MODE_MAX; i++)
+                if (streq_ptr(s, cluster_mode_table[i]))
+                        return i;
+        return _CLUSTER_MODE_INVALID;
+}
+
+void cluster_settings_init_default(ClusterSettings *s) {
+        *s = (ClusterSettings) { .mode = CLUSTER_MODE_LOCAL, .io_timeout = CLUSTER_DEFAULT_IO_TIMEOUT };
+}
+
+void cluster_settings_done(ClusterSettings *s) {
+        free(s->lockspace);
+        free(s->leases);
+        *s = (ClusterSettings) {};
+}
+
+/* "NAME:PATH": the name up to the first ':' (1..47 bytes of [A-Za-z0-9_.-]), then an absolute path. */
+static int split_lockspace(const char *v, char name[static 48], const char **ret_path) {
+        const char *colon = v ? strchr(v, ':') : NULL;
+        size_t n;
+
+        if (!colon)
+                return -EINVAL;
+        n = (size_t) (colon - v);
+        if (n == 0 || n > 47)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++)
+                if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-", v[i]))
+                        return -EINVAL;
+        if (colon[1] != '/' || strlen(colon + 1) >= 1024)
+                return -EINVAL;
+        memcpy(name, v, n);
+        name[n] = 0;
+        *ret_path = colon + 1;
+        return 0;
+}
+
+int cluster_settings_check(const ClusterSettings *s, const char **ret_why) {
+        char name[48];
+        const char *path;
+
+        if (s->mode != CLUSTER_MODE_SANLOCK)
+                return 0;
+        if (s->host_id < 1 || s->host_id > CLUSTER_MAX_HOST_ID) {
+                *ret_why = "[Cluster] HostId= must be set, from 1 to 2000, unique among the hosts";
+                return -EINVAL;
+        }
+        if (split_lockspace(s->lockspace, name, &path) < 0) {
+                *ret_why = "[Cluster] Lockspace= must be NAME:PATH (a name of at most 47 characters [A-Za-z0-9_.-], an absolute path)";
+                return -EINVAL;
+        }
+        if (!s->leases || s->leases[0] != '/' || strlen(s->leases) >= 1024) {
+                *ret_why = "[Cluster] Leases= must be the absolute path of the lease area";
+                return -EINVAL;
+        }
+        if (s->io_timeout < 1 || s->io_timeout > 300) {
+                *ret_why = "[Cluster] IoTimeout= must be from 1 to 300 seconds";
+                return -EINVAL;
+        }
+        return 0;
+}
+
+bool cluster_supported(void) {
+        return HAVE_SANLOCK;
+}
+
+#if HAVE_SANLOCK
+
+typedef struct Held {
+        char name[CLUSTER_NAME_MAX + 1];
+        uint64_t offset;
+        unsigned n_shared, n_exclusive;
+        bool exclusive; /* the mode sanlock holds it in */
+} Held;
+
+typedef struct Offset {
+        char name[CLUSTER_NAME_MAX + 1];
+        uint64_t offset;
+} Offset;
+
+struct Cluster {
+        char lockspace_name[48];
+        char lockspace_path[1024];
+        char leases_path[1024];
+        uint64_t host_id;
+        uint32_t io_timeout;
+        int sock;
+        bool joined;
+        bool join_logged;
+        sd_event_source *join_timer;
+        Held *held;
+        size_t n_held;
+        Offset *offsets; /* resource offsets found in the index: they never move while the name is in it */
+        size_t n_offsets;
+};
+
+/* A resource with its one disk, as libsanlock wants it (struct sanlk_resource ends in a flexible array). */
+typedef struct Resource {
+        struct sanlk_resource res;
+        struct sanlk_disk disk;
+} Resource;
+
+static uint64_t fnv1a(const char *s, uint64_t h) {
+        for (; *s; s++)
+                h = (h ^ (uint8_t) *s) * UINT64_C(1099511628211);
+        return h;
+}
+
+/* sanlock names have at most 48 bytes: a longer name keeps its kind (up to ':') and becomes a hash. Two
+ * names with one hash would share a lease: more exclusion than needed, never less. */
+static void sanlock_name(const char *name, char out[static SANLK_NAME_LEN]) {
+        memset(out, 0, SANLK_NAME_LEN);
+        if (strlen(name) < SANLK_NAME_LEN) {
+                memcpy(out, name, strlen(name));
+                return;
+        }
+        snprintf(out, SANLK_NAME_LEN, "%.8s#%016" PRIx64 "%016" PRIx64, name, fnv1a(name, UINT64_C(14695981039346656037)),
+                 fnv1a(name, UINT64_C(0x84222325cbf29ce4)));
+}
+
+static void resource_init(const Cluster *c, Resource *r, const char *name, uint64_t offset, bool shared) {
+        *r = (Resource) {};
+        memcpy(r->res.lockspace_name, c->lockspace_name, SANLK_NAME_LEN);
+        sanlock_name(name, r->res.name);
+        r->res.num_disks = 1;
+        r->res.flags = shared ? SANLK_RES_SHARED : 0;
+        memcpy(r->disk.path, c->leases_path, SANLK_PATH_LEN);
+        r->disk.offset = offset;
+}
+
+static void lockspace_init(const Cluster *c, struct sanlk_lockspace *ls) {
+        *ls = (struct sanlk_lockspace) { .host_id = c->host_id };
+        memcpy(ls->name, c->lockspace_name, SANLK_NAME_LEN);
+        memcpy(ls->host_id_disk.path, c->lockspace_path, SANLK_PATH_LEN);
+}
+
+static int join_poll(sd_event_source *s, uint64_t usec, void *userdata) {
+        Cluster *c = userdata;
+        struct sanlk_lockspace ls;
+        int r;
+
+        lockspace_init(c, &ls);
+        r = sanlock_inq_lockspace(&ls, 0);
+        if (r == 0) {
+                c->joined = true;
+                log_info("Joined lockspace %s as host %" PRIu64 " (sanlock)", c->lockspace_name, c->host_id);
+                return sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        }
+        if (r == -ENOENT) {
+                /* Not being added (any more): the add failed, e.g. the host id is another live host's. Try
+                 * again; the message once. */
+                r = sanlock_add_lockspace_timeout(&ls, SANLK_ADD_ASYNC, c->io_timeout);
+                if (r < 0 && r != -EINPROGRESS && r != -EEXIST && !c->join_logged) {
+                        log_error("Cannot join lockspace %s as host %" PRIu64 ": %s (%d); retrying", c->lockspace_name,
+                                  c->host_id, r < -200 ? sanlock_strerror(r) : strerror(-r), r);
+                        c->join_logged = true;
+                }
+        }
+        r = sd_event_source_set_time_relative(s, CLUSTER_JOIN_POLL_USEC);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+int cluster_new(const ClusterSettings *s, sd_event *event, Cluster **ret) {
+        _cleanup_free_ Cluster *c = NULL;
+        struct sanlk_lockspace ls;
+        const char *path;
+        int r;
+
+        c = calloc(1, sizeof(Cluster));
+        if (!c)
+                return -ENOMEM;
+        c->sock = -EBADF;
+        if (split_lockspace(s->lockspace, c->lockspace_name, &path) < 0)
+                return -EINVAL;
+        snprintf(c->lockspace_path, sizeof(c->lockspace_path), "%s", path);
+        snprintf(c->leases_path, sizeof(c->leases_path), "%s", s->leases);
+        c->host_id = s->host_id;
+        c->io_timeout = s->io_timeout;
+
+        c->sock = sanlock_register();
+        if (c->sock < 0)
+                return log_error_errno(ECONNREFUSED, "Cannot register with the sanlock daemon (%d): is sanlock running?",
+                                       c->sock);
+
+        lockspace_init(c, &ls);
+        r = sanlock_add_lockspace_timeout(&ls, SANLK_ADD_ASYNC, c->io_timeout);
+        if (r < 0 && r != -EEXIST && r != -EINPROGRESS) {
+                safe_close(c->sock);
+                return log_error_errno(EIO, "Cannot join lockspace %s at %s as host %" PRIu64 ": %s (%d)", c->lockspace_name,
+                                       c->lockspace_path, c->host_id, r < -200 ? sanlock_strerror(r) : strerror(-r), r);
+        }
+        log_info("Joining lockspace %s at %s as host %" PRIu64 " (io_timeout %" PRIu32 " s)", c->lockspace_name, c->lockspace_path,
+                 c->host_id, c->io_timeout);
+        r = sd_event_add_time_relative(event, &c->join_timer, CLOCK_MONOTONIC, 0, 0, join_poll, c);
+        if (r < 0) {
+                safe_close(c->sock);
+                return r;
+        }
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+Cluster *cluster_free(Cluster *c) {
+        if (!c)
+                return NULL;
+        sd_event_source_disable_unref(c->join_timer);
+        /* Closing the registered connection releases every lease it holds. */
+        safe_close(c->sock);
+        free(c->held);
+        free(c->offsets);
+        free(c);
+        return NULL;
+}
+
+bool cluster_joined(const Cluster *c) {
+        return c && c->joined;
+}
+
+uint64_t cluster_host_id(const Cluster *c) {
+        return c ? c->host_id : 0;
+}
+
+static Held *held_find(Cluster *c, const char *name) {
+        for (size_t i = 0; i < c->n_held; i++)
+                if (streq(c->held[i].name, name))
+                        return &c->held[i];
+        return NULL;
+}
+
+static int rindex_call(Cluster *c, const char *name, bool create, uint64_t *ret) {
+        struct sanlk_rindex rx = {};
+        struct sanlk_rentry re = {};
+        int r;
+
+        memcpy(rx.lockspace_name, c->lockspace_name, SANLK_NAME_LEN);
+        memcpy(rx.disk.path, c->leases_path, SANLK_PATH_LEN);
+        sanlock_name(name, re.name);
+        r = create ? sanlock_create_resource(&rx, 0, &re, 0, 0) : sanlock_lookup_rindex(&rx, 0, &re);
+        if (r < 0)
+                return r;
+        *ret = re.offset;
+        return 0;
+}
+
+/* The offset of the resource `name`, created in the index if it is not there. Two hosts may create one
+ * name at once: the index then has it twice, and every host takes the first entry (lookup returns the
+ * lowest offset; entries are never removed, so the first one never changes). */
+static int resource_offset(Cluster *c, const char *name, uint64_t *ret) {
+        Offset *o;
+        int r;
+
+        for (size_t i = 0; i < c->n_offsets; i++)
+                if (streq(c->offsets[i].name, name)) {
+                        *ret = c->offsets[i].offset;
+                        return 0;
+                }
+        r = rindex_call(c, name, false, ret);
+        if (r < 0) {
+                uint64_t created;
+                r = rindex_call(c, name, true, &created);
+                if (r < 0)
+                        return log_error_errno(EIO, "Cannot create the lease %s in the index of %s: %s (%d)", name,
+                                               c->leases_path, r < -200 ? sanlock_strerror(r) : strerror(-r), r);
+                r = rindex_call(c, name, false, ret);
+                if (r < 0)
+                        return log_error_errno(EIO, "Cannot find the lease %s just created in %s (%d)", name, c->leases_path, r);
+        }
+        o = reallocarray(c->offsets, c->n_offsets + 1, sizeof(Offset));
+        if (!o)
+                return -ENOMEM;
+        c->offsets = o;
+        snprintf(o[c->n_offsets].name, sizeof(o->name), "%s", name);
+        o[c->n_offsets++].offset = *ret;
+        return 0;
+}
+
+/* Another host's id among the resource's owners, 0 if sanlock cannot tell. */
+static uint64_t resource_owner(Cluster *c, const char *name, uint64_t offset) {
+        struct sanlk_host *hosts = NULL;
+        Resource res;
+        uint64_t owner = 0;
+        int n = 0;
+
+        resource_init(c, &res, name, offset, false);
+        if (sanlock_read_resource_owners(&res.res, 0, &hosts, &n) < 0)
+                return 0;
+        for (int i = 0; i < n; i++)
+                if (hosts[i].host_id != c->host_id) {
+                        owner = hosts[i].host_id;
+                        break;
+                }
+        free(hosts);
+        return owner;
+}
+
+static bool conflict(int r) {
+        switch (r) {
+        case SANLK_ACQUIRE_IDLIVE:
+        case SANLK_ACQUIRE_OWNED:
+        case SANLK_ACQUIRE_OTHER:
+        case SANLK_ACQUIRE_SHRETRY:
+        case SANLK_ACQUIRE_OWNED_RETRY:
+        case -EAGAIN:
+        case -EBUSY:
+                return true;
+        default:
+                return false;
+        }
+}
+
+static int sanlock_failed(Cluster *c, const char *what, const char *name, int r, uint64_t offset, uint64_t *ret_owner) {
+        if (conflict(r)) {
+                if (ret_owner)
+                        *ret_owner = resource_owner(c, name, offset);
+                return -EBUSY;
+        }
+        return log_error_errno(EIO, "Cannot %s lease %s: %s (%d)", what, name, r < -200 ? sanlock_strerror(r) : strerror(-r), r);
+}
+
+int cluster_acquire(Cluster *c, const char *name, bool exclusive, uint64_t *ret_owner) {
+        struct sanlk_resource *list[1];
+        Resource res;
+        Held *h;
+        uint64_t offset;
+        int r;
+
+        if (ret_owner)
+                *ret_owner = 0;
+        if (!c->joined)
+                return -EHOSTDOWN;
+        if (strlen(name) > CLUSTER_NAME_MAX)
+                return -EINVAL;
+
+        h = held_find(c, name);
+        if (h) {
+                if (exclusive && !h->exclusive) {
+                        resource_init(c, &res, name, h->offset, false);
+                        r = sanlock_convert(c->sock, -1, SANLK_CONVERT_OWNER_NOWAIT, &res.res);
+                        if (r < 0)
+                                return sanlock_failed(c, "convert to exclusive the", name, r, h->offset, ret_owner);
+                        h->exclusive = true;
+                }
+                if (exclusive)
+                        h->n_exclusive++;
+                else
+                        h->n_shared++;
+                return 0;
+        }
+
+        r = resource_offset(c, name, &offset);
+        if (r < 0)
+                return r;
+        resource_init(c, &res, name, offset, !exclusive);
+        list[0] = &res.res;
+        r = sanlock_acquire(c->sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, list, NULL);
+        if (r < 0)
+                return sanlock_failed(c, "acquire", name, r, offset, ret_owner);
+
+        h = reallocarray(c->held, c->n_held + 1, sizeof(Held));
+        if (!h) {
+                (void) sanlock_release(c->sock, -1, 0, 1, list);
+                return -ENOMEM;
+        }
+        c->held = h;
+        h = &c->held[c->n_held++];
+        *h = (Held) { .offset = offset, .exclusive = exclusive, .n_exclusive = exclusive, .n_shared = !exclusive };
+        snprintf(h->name, sizeof(h->name), "%s", name);
+        return 1;
+}
+
+void cluster_release(Cluster *c, const char *name, bool exclusive) {
+        struct sanlk_resource *list[1];
+        Resource res;
+        Held *h = held_find(c, name);
+        int r;
+
+        if (!h)
+                return;
+        if (exclusive && h->n_exclusive > 0)
+                h->n_exclusive--;
+        else if (!exclusive && h->n_shared > 0)
+                h->n_shared--;
+
+        resource_init(c, &res, name, h->offset, false);
+        if (h->n_exclusive + h->n_shared > 0) {
+                if (h->exclusive && h->n_exclusive == 0) {
+                        res.res.flags = SANLK_RES_SHARED;
+                        r = sanlock_convert(c->sock, -1, 0, &res.res);
+                        if (r < 0)
+                                log_warning("Cannot convert lease %s to shared (%d); it stays exclusive", name, r);
+                        else
+                                h->exclusive = false;
+                }
+                return;
+        }
+        list[0] = &res.res;
+        r = sanlock_release(c->sock, -1, 0, 1, list);
+        if (r < 0)
+                log_warning("Cannot release lease %s (%d)", name, r);
+        *h = c->held[--c->n_held];
+}
+
+#else /* !HAVE_SANLOCK */
+
+int cluster_new(const ClusterSettings *s, sd_event *event, Cluster **ret) {
+        return log_error_errno(EOPNOTSUPP, "[Cluster] Mode=sanlock: this vdiskd was built without sanlock "
+                                           "(meson -Dsanlock=enabled, with libsanlock-dev installed)");
+}
+
+Cluster *cluster_free(Cluster *c) {
+        return NULL;
+}
+
+bool cluster_joined(const Cluster *c) {
+        return false;
+}
+
+uint64_t cluster_host_id(const Cluster *c) {
+        return 0;
+}
+
+int cluster_acquire(Cluster *c, const char *name, bool exclusive, uint64_t *ret_owner) {
+        return -EHOSTDOWN;
+}
+
+void cluster_release(Cluster *c, const char *name, bool exclusive) {
+}
+
+#endif

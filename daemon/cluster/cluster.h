@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Cluster mode: hosts that share one store coordinate through sanlock (docs/design.md, "Cluster mode").
+ * This layer wraps libsanlock and knows nothing of the store, images or D-Bus: it joins the lockspace
+ * (delta leases: host liveness), and acquires and releases named resource leases (Disk Paxos) on one
+ * registered sanlock connection. Resource names are chosen by ops/ ("catalog", "vm:NAME",
+ * "disk:VM/DISK"); their offsets in the lease area come from sanlock's resource index at offset 0 of
+ * the area (sanlock_create_resource / sanlock_lookup_rindex), so every host finds the same offset.
+ *
+ * Local users are counted: a resource is acquired from sanlock once per host and released when its last
+ * local user releases it; exclusion between users of one host is the business of ops/ (leases, jobs)
+ * as in local mode. Calls never wait for another host: an acquire that conflicts fails at once with
+ * -EBUSY (SANLK_ACQUIRE_OWNER_NOWAIT also for a holder whose lease must first time out).
+ */
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+typedef enum ClusterMode {
+        CLUSTER_MODE_LOCAL,
+        CLUSTER_MODE_SANLOCK,
+        _CLUSTER_MODE_MAX,
+        _CLUSTER_MODE_INVALID = -EINVAL,
+} ClusterMode;
+
+const char *cluster_mode_to_string(ClusterMode m);
+ClusterMode cluster_mode_from_string(const char *s);
+
+#define CLUSTER_DEFAULT_IO_TIMEOUT 10U
+#define CLUSTER_MAX_HOST_ID 2000U /* sanlock's limit with 512-byte sectors and 1 MiB alignment */
+#define CLUSTER_JOIN_POLL_USEC (200 * UINT64_C(1000))
+
+/* vdiskd.conf [Cluster]. */
+typedef struct ClusterSettings {
+        ClusterMode mode;
+        uint64_t host_id;   /* HostId=: 1..CLUSTER_MAX_HOST_ID, unique per host */
+        char *lockspace;    /* Lockspace=NAME:PATH: the delta leases, at offset 0 of PATH */
+        char *leases;       /* Leases=PATH: sanlock's resource index at offset 0, the resource leases after it */
+        uint32_t io_timeout; /* IoTimeout=: seconds, sanlock's io_timeout of the lockspace */
+} ClusterSettings;
+
+void cluster_settings_init_default(ClusterSettings *s);
+void cluster_settings_done(ClusterSettings *s);
+/* Whether settings for Mode=sanlock are complete and valid: 0, or -EINVAL with the reason (static text). */
+int cluster_settings_check(const ClusterSettings *s, const char **ret_why);
+
+/* Whether this vdiskd was built with libsanlock (-Dsanlock). */
+bool cluster_supported(void);
+
+typedef struct Cluster Cluster;
+
+/* Registers with the local sanlock daemon and starts joining the lockspace; joining goes on from the
+ * event loop (polled every CLUSTER_JOIN_POLL_USEC) and takes a few io_timeouts. -EOPNOTSUPP if built
+ * without sanlock; -ECONNREFUSED (logged) if no sanlock daemon answers. */
+int cluster_new(const ClusterSettings *s, sd_event *event, Cluster **ret);
+/* Forgets the connection: sanlock releases every lease it holds. The lockspace stays joined. */
+Cluster *cluster_free(Cluster *c);
+
+bool cluster_joined(const Cluster *c);
+uint64_t cluster_host_id(const Cluster *c);
+
+/* Takes resource `name` (at most CLUSTER_NAME_MAX bytes) for one local user, shared or exclusive.
+ * 1: acquired from sanlock now (what it protects may have been changed by another host: re-read it);
+ * 0: this host held it already, in this mode or a stronger one (or was converted to exclusive);
+ * -EHOSTDOWN: the lockspace is not joined yet; -EBUSY: another host holds it (`*ret_owner`: its host id,
+ * 0 if sanlock cannot tell); -EIO (logged): sanlock failed otherwise. */
+int cluster_acquire(Cluster *c, const char *name, bool exclusive, uint64_t *ret_owner);
+/* One local user lets go; the last one releases it to sanlock (an exclusive holder that leaves while
+ * shared users remain converts it back to shared). */
+void cluster_release(Cluster *c, const char *name, bool exclusive);
+
+#define CLUSTER_NAME_MAX 128
