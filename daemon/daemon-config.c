@@ -32,7 +32,8 @@ void config_init_default(Config *c) {
         *c = (Config) {};
         limits_init_default(&c->limits);
         c->exports = (ExportSettings) { .enabled = true, .uid_first = EXPORT_DEFAULT_UID_FIRST,
-                                        .uid_last = EXPORT_DEFAULT_UID_LAST };
+                                        .uid_last = EXPORT_DEFAULT_UID_LAST,
+                                        .spare_helpers = EXPORT_DEFAULT_SPARE_HELPERS };
 }
 
 void config_done(Config *c) {
@@ -119,6 +120,7 @@ static const struct {
         { "Exports", "Helper",              CONFIG_STRING_EMPTY, offsetof(Config, exports.helper) },
         { "Exports", "HelperUids",          CONFIG_UID_RANGE,    offsetof(Config, exports) },
         { "Exports", "RuntimeDirectory",    CONFIG_STRING_EMPTY, offsetof(Config, exports.runtime_dir) },
+        { "Exports", "SpareHelpers",        CONFIG_U32,          offsetof(Config, exports.spare_helpers) },
 };
 
 /* 0 if set, -ENOENT for an unknown section or key, -EINVAL for an invalid value, -ENOMEM. A later
@@ -295,6 +297,8 @@ int config_load(Config *c, const char *path) {
                 return log_error_errno(EINVAL, "%s: [Exports] Helper= must be an absolute path", path);
         if (c->exports.runtime_dir && c->exports.runtime_dir[0] != '/')
                 return log_error_errno(EINVAL, "%s: [Exports] RuntimeDirectory= must be an absolute path", path);
+        if (c->exports.spare_helpers > EXPORT_SPARE_HELPERS_MAX)
+                return log_error_errno(EINVAL, "%s: [Exports] SpareHelpers= must be at most %u", path, EXPORT_SPARE_HELPERS_MAX);
         if (c->limits.max_chain_depth < 1 || c->limits.max_virtual_size < 512 ||
             c->limits.max_virtual_size > FORMAT_DEFAULT_MAX_VIRTUAL_SIZE || c->limits.max_jobs < 1)
                 return log_error_errno(EINVAL, "%s: limits out of range", path);

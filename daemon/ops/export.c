@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "export.h"
@@ -374,9 +375,9 @@ static int mkdir_0700(const char *path) {
         return 0;
 }
 
-int export_pick_uid(const ExportSettings *set, const LeaseRegistry *leases, uid_t *ret) {
+int export_pick_uid(const ExportSettings *set, const LeaseRegistry *leases, const ExportSpares *spares, uid_t *ret) {
         for (uint64_t uid = set->uid_first; uid <= set->uid_last; uid++) {
-                bool used = false;
+                bool used = export_spares_uses_uid(spares, (uid_t) uid);
                 for (size_t i = 0; !used && leases && i < leases->n_leases; i++)
                         used = leases->leases[i]->export && leases->leases[i]->export->uid == uid;
                 if (!used) {
@@ -401,43 +402,38 @@ static int on_helper_event(QmpClient *c, const char *event, json_object *data, v
         return 0;
 }
 
-/* long because: the steps of an export's start, each of which can fail, read best in one place. */
-int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *leases, const Disk *d, Lease *l,
-                 ExportType type, sd_event *event, ExportGoneHandler gone, void *userdata, char **ret_attach,
-                 OpError *err) {
-        _cleanup_close_ int listener = -EBADF, client = -EBADF;
-        _cleanup_free_ char *exports = NULL, *attach = NULL;
-        Layer *top = store_find_layer(s, d->chain[0]);
-        HelperSpawn spawn = {};
-        Export *e;
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
+}
+
+/* A helper of its own for the export: a spare if one is there, else one started now. */
+static int export_helper(const ExportSettings *set, ExportSpares *spares, const LeaseRegistry *leases,
+                         const char *exports, Export *e, Lease *l, OpError *err) {
+        HelperSpawn spawn;
+        char id[LAYER_ID_LEN + 1];
         int r;
 
-        if (!set->enabled)
-                return op_error(err, -EOPNOTSUPP, "Exports are disabled ([Exports] Enabled=no)");
-        e = calloc(1, sizeof(Export));
-        if (!e)
-                return -ENOMEM;
-        *e = (Export) { .type = type, .lease = l, .gone = gone, .userdata = userdata, .uid = geteuid() };
-        l->export = e;
-        if (asprintf(&exports, "%s/exports", set->runtime_dir) < 0 || asprintf(&e->dir, "%s/%s", exports, l->id) < 0)
-                return -ENOMEM;
-        r = mkdir_0700(set->runtime_dir);
-        if (r >= 0)
-                r = mkdir_0700(exports);
-        if (r >= 0)
-                r = mkdir(e->dir, 0700) < 0 ? negative_errno() : 0;
-        if (r < 0) {
-                l->export = export_free(e);
-                return op_error(err, -EIO, "Cannot create the export's directory under %s: %s", set->runtime_dir, strerror(-r));
+        r = export_spares_take(spares, exports, &e->helper, &e->uid, id);
+        if (r > 0) {
+                /* The lease is not registered yet: it takes the id its helper was started with (its
+                 * QEMU -name, checked when vdiskd finds it again after a restart). */
+                memcpy(l->id, id, sizeof(id));
+                return asprintf(&e->dir, "%s/%s", exports, l->id) < 0 ? -ENOMEM : 1;
         }
+        if (r < 0)
+                log_warning_errno(r, "No spare helper for lease %s; starting one", l->id);
+        if (asprintf(&e->dir, "%s/%s", exports, l->id) < 0)
+                return -ENOMEM;
+        if (mkdir(e->dir, 0700) < 0)
+                return op_error(err, -EIO, "Cannot create the export's directory %s: %s", e->dir, strerror(errno));
         if (geteuid() == 0) {
-                r = export_pick_uid(set, leases, &e->uid);
-                if (r < 0) {
-                        op_error(err, r, "No helper uid is free (all of [Exports] HelperUids= serve exports)");
-                        goto fail;
-                }
+                r = export_pick_uid(set, leases, spares, &e->uid);
+                if (r < 0)
+                        return op_error(err, r, "No helper uid is free (all of [Exports] HelperUids= serve exports)");
         }
-
         spawn = (HelperSpawn) { .binary = set->helper, .dir = e->dir, .name = l->id, .switch_uid = geteuid() == 0,
                                 .uid = e->uid, .gid = (gid_t) e->uid };
         r = helper_spawn(&spawn, &e->helper);
@@ -449,10 +445,51 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                             strerror(-r));
                 r = helper_spawn(&spawn, &e->helper);
         }
+        if (r < 0)
+                return op_error(err, -EIO, "Cannot start the storage helper %s: %s", set->helper, strerror(-r));
+        return 0;
+}
+
+/* long because: the steps of an export's start, each of which can fail, read best in one place. */
+int export_start(const ExportSettings *set, ExportSpares *spares, Store *s, const LeaseRegistry *leases, const Disk *d,
+                 Lease *l, ExportType type, sd_event *event, ExportGoneHandler gone, void *userdata, char **ret_attach,
+                 OpError *err) {
+        _cleanup_close_ int listener = -EBADF, client = -EBADF;
+        _cleanup_free_ char *exports = NULL, *attach = NULL;
+        Layer *top = store_find_layer(s, d->chain[0]);
+        uint64_t t0 = now_usec(), t1, t2;
+        bool spare;
+        Export *e;
+        int r;
+
+        if (!set->enabled)
+                return op_error(err, -EOPNOTSUPP, "Exports are disabled ([Exports] Enabled=no)");
+        e = calloc(1, sizeof(Export));
+        if (!e)
+                return -ENOMEM;
+        *e = (Export) { .type = type, .lease = l, .gone = gone, .userdata = userdata, .uid = geteuid() };
+        l->export = e;
+        if (asprintf(&exports, "%s/exports", set->runtime_dir) < 0) {
+                l->export = export_free(e);
+                return -ENOMEM;
+        }
+        r = mkdir_0700(set->runtime_dir);
+        if (r >= 0)
+                r = mkdir_0700(exports);
         if (r < 0) {
-                r = op_error(err, -EIO, "Cannot start the storage helper %s: %s", set->helper, strerror(-r));
+                l->export = export_free(e);
+                return op_error(err, -EIO, "Cannot create the export's directory under %s: %s", set->runtime_dir, strerror(-r));
+        }
+        r = export_helper(set, spares, leases, exports, e, l, err);
+        if (r < 0) {
+                if (!e->dir) {
+                        l->export = export_free(e);
+                        return r;
+                }
                 goto fail;
         }
+        spare = r > 0;
+        t1 = now_usec();
         /* Recorded before the helper gets any file: a vdiskd that dies from here on finds the helper
          * again at its next start and stops it (state "starting"). */
         e->starting = true;
@@ -461,6 +498,7 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                 r = hand_over_chain(e, s, d, l, err);
         if (r >= 0)
                 crash_point("export:after-handover");
+        t2 = now_usec();
         if (r >= 0)
                 r = listener = export_socket(e->dir, &client);
         if (r >= 0)
@@ -486,8 +524,10 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                 op_error(err, r, "Cannot record the export of disk '%s' of VM '%s'", d->name, l->vm);
                 goto fail;
         }
-        log_info("Disk '%s' of VM '%s' exported over %s by helper pid %d (uid %u)", d->name, l->vm,
-                 export_type_to_string(type), (int) e->helper->pid, (unsigned) e->uid);
+        log_info("Disk '%s' of VM '%s' exported over %s by helper pid %d (uid %u) in %.1f ms: %s helper %.1f ms, "
+                 "chain %.1f ms, export %.1f ms", d->name, l->vm, export_type_to_string(type), (int) e->helper->pid,
+                 (unsigned) e->uid, (double) (now_usec() - t0) / 1000.0, spare ? "spare" : "new", (double) (t1 - t0) / 1000.0,
+                 (double) (t2 - t1) / 1000.0, (double) (now_usec() - t2) / 1000.0);
         *ret_attach = TAKE_PTR(attach);
         return 0;
 
@@ -655,6 +695,8 @@ int export_recover(const ExportSettings *set, Store *s, LeaseRegistry *leases, s
         DIR *d;
         struct dirent *de;
 
+        /* Spares of a previous vdiskd hold nothing: they are stopped, new ones started. */
+        export_spares_cleanup(set);
         if (asprintf(&exports, "%s/exports", set->runtime_dir) < 0)
                 return -ENOMEM;
         d = opendir(exports);
