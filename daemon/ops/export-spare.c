@@ -276,15 +276,15 @@ static int spare_start(ExportSpares *p) {
         return 1;
 }
 
-static int on_refill(sd_event_source *es, uint64_t usec, void *userdata) {
-        ExportSpares *p = userdata;
+/* Starts a spare if the pool lacks one and none is starting. */
+static void refill(ExportSpares *p) {
         int r;
 
         for (size_t i = 0; i < p->n_spares; i++)
                 if (!p->spares[i]->ready)
-                        return 0; /* one start at a time: on_greeting() schedules the next */
+                        return; /* one start at a time: on_greeting() schedules the next */
         if (p->n_spares >= p->set->spare_helpers)
-                return 0;
+                return;
         r = spare_start(p);
         if (r < 0) {
                 if (r == -E2BIG)
@@ -293,6 +293,10 @@ static int on_refill(sd_event_source *es, uint64_t usec, void *userdata) {
                         log_error_errno(r, "Cannot start a spare helper");
                 schedule_after_failure(p);
         }
+}
+
+static int on_refill(sd_event_source *es, uint64_t usec, void *userdata) {
+        refill(userdata);
         return 0;
 }
 
@@ -359,6 +363,9 @@ int export_spares_take(ExportSpares *p, const char *exports_dir, Helper **ret_he
                 }
                 /* Its own from here on, whatever happens: never handed to a second lease. */
                 pool_remove(p, s);
+                /* The next one starts from the event loop once this OpenDisk has answered (and its
+                 * lease, with this spare's uid, is registered): starting it now would add its fork and
+                 * exec (2-8 ms) and its QEMU's start competing for the CPU to this call. */
                 p->retry_usec = 0;
                 schedule(p, 0);
 

@@ -93,11 +93,7 @@ int export_stop(Export *e) {
 
 /* One QMP command whose failure is the operation's: the helper's words go to the log, a short reason to
  * the caller. */
-int export_qmp(Export *e, const char *command, json_object *args, int fd, json_object **ret, OpError *err) {
-        _cleanup_free_ char *text = NULL;
-        int r;
-
-        r = qmp_client_call(e->helper->qmp, command, args, fd, EXPORT_QMP_TIMEOUT_USEC, ret, &text);
+static int qmp_result(Export *e, const char *command, int r, const char *text, OpError *err) {
         if (r == -EREMOTEIO) {
                 log_error("Helper of lease %s refused %s: %s", e->lease->id, command, text ?: "");
                 return op_error(err, -EIO, "The storage helper refused %s: %s", command, text ?: "");
@@ -107,6 +103,14 @@ int export_qmp(Export *e, const char *command, json_object *args, int fd, json_o
                 return op_error(err, r == -ENOMEM ? r : -EIO, "The storage helper did not complete %s", command);
         }
         return 0;
+}
+
+int export_qmp(Export *e, const char *command, json_object *args, int fd, json_object **ret, OpError *err) {
+        _cleanup_free_ char *text = NULL;
+        int r;
+
+        r = qmp_client_call(e->helper->qmp, command, args, fd, EXPORT_QMP_TIMEOUT_USEC, ret, &text);
+        return qmp_result(e, command, r, text, err);
 }
 
 static json_object *args_new(const char *key, json_object *value) {
@@ -153,6 +157,31 @@ int export_set_nodes(Export *e, const Disk *d) {
         return 0;
 }
 
+/* Whether the helpers' QEMU refused aio=io_uring once (a kernel without it, or with
+ * kernel.io_uring_disabled): then not asked again until vdiskd restarts. */
+static bool io_uring_refused = false;
+
+/* blockdev-add of one node. File nodes use io_uring in the helper (measured in B8: the helper's thread
+ * pool is what a vhost-user-blk export waits on at 4 KiB QD16; durability is the same, flushes are
+ * still fdatasync()). A helper that refuses it gets the node as the chain-fd description has it. */
+static int add_node(Export *e, json_object *node, OpError *err) {
+        _cleanup_free_ char *text = NULL;
+        json_object *drv;
+        int r;
+
+        if (io_uring_refused || !json_object_object_get_ex(node, "driver", &drv) || !streq(json_object_get_string(drv), "file"))
+                return export_qmp(e, "blockdev-add", node, -EBADF, NULL, err);
+        if (json_object_object_add(node, "aio", json_object_new_string("io_uring")) < 0)
+                return -ENOMEM;
+        r = qmp_client_call(e->helper->qmp, "blockdev-add", node, -EBADF, EXPORT_QMP_TIMEOUT_USEC, NULL, &text);
+        if (r != -EREMOTEIO || !text || !strstr(text, "io_uring"))
+                return qmp_result(e, "blockdev-add", r, text, err);
+        log_notice("The storage helper refused aio=io_uring (%s); exports use its thread pool", text ?: "");
+        io_uring_refused = true;
+        json_object_object_del(node, "aio");
+        return export_qmp(e, "blockdev-add", node, -EBADF, NULL, err);
+}
+
 /* Every fd of the chain into fd set i+1 (the numbering of OpenDisk's -blockdev description), then the
  * nodes. */
 static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError *err) {
@@ -177,7 +206,7 @@ static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError
         if (!nodes || !json_object_is_type(nodes, json_type_array))
                 return -EINVAL;
         for (size_t i = 0; i < json_object_array_length(nodes); i++) {
-                r = export_qmp(e, "blockdev-add", json_object_array_get_idx(nodes, i), -EBADF, NULL, err);
+                r = add_node(e, json_object_array_get_idx(nodes, i), err);
                 if (r < 0)
                         return r;
         }

@@ -172,6 +172,10 @@ def case_spare_taken_and_replaced(env):
     rc, out = qemu_io_read(fd)
     check_eq(rc, 0, f"the export of the former spare serves the disk ({out.strip()[-200:]})")
     check("spare helper" in env.log_text(), "vdiskd logs that a spare served the export")
+    # The chain's file nodes use io_uring in the helper (aio=io_uring; vdiskd falls back to QEMU's thread
+    # pool only if the helper refuses it, and says so in its log).
+    check("anon_inode:[io_uring]" in files_of(spid) or "refused aio=io_uring" in env.log_text(),
+          "the helper does its file I/O through io_uring")
     print(f"# OpenDisk with a spare: {took:.1f} ms")
 
     nid, npid = one_spare(env, "another spare replaces the one taken", not_pids=[spid])
