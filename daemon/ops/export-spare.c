@@ -112,19 +112,15 @@ static void spare_discard(ExportSpare *s, uint64_t timeout_usec) {
         spare_free(s);
 }
 
+/* The next start of a spare (p->refill, created with the pool), in `delay_usec`. */
 static void schedule(ExportSpares *p, uint64_t delay_usec) {
         int r;
 
-        if (!p->refill) {
-                r = sd_event_add_time_relative(p->event, &p->refill, CLOCK_MONOTONIC, delay_usec, 0, NULL, p);
-                if (r < 0) {
-                        log_error_errno(r, "Cannot schedule the start of a spare helper");
-                        return;
-                }
-        } else {
-                (void) sd_event_source_set_time_relative(p->refill, delay_usec);
-        }
-        (void) sd_event_source_set_enabled(p->refill, SD_EVENT_ONESHOT);
+        r = sd_event_source_set_time_relative(p->refill, delay_usec);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(p->refill, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_error_errno(r, "Cannot schedule the start of a spare helper");
 }
 
 static void schedule_after_failure(ExportSpares *p) {

@@ -93,9 +93,11 @@ int export_stop(Export *e) {
 
 /* One QMP command whose failure is the operation's: the helper's words go to the log, a short reason to
  * the caller. */
-static int qmp_result(Export *e, const char *command, int r, const char *text, OpError *err) {
+static int qmp_result(Export *e, const char *command, json_object *args, int r, const char *text, OpError *err) {
         if (r == -EREMOTEIO) {
-                log_error("Helper of lease %s refused %s: %s", e->lease->id, command, text ?: "");
+                /* With the arguments: the helper's words may not name what it missed. */
+                log_error("Helper of lease %s refused %s %s: %s", e->lease->id, command,
+                          args ? json_object_to_json_string_ext(args, JSON_C_TO_STRING_PLAIN) : "{}", text ?: "");
                 return op_error(err, -EIO, "The storage helper refused %s: %s", command, text ?: "");
         }
         if (r < 0) {
@@ -110,7 +112,7 @@ int export_qmp(Export *e, const char *command, json_object *args, int fd, json_o
         int r;
 
         r = qmp_client_call(e->helper->qmp, command, args, fd, EXPORT_QMP_TIMEOUT_USEC, ret, &text);
-        return qmp_result(e, command, r, text, err);
+        return qmp_result(e, command, args, r, text, err);
 }
 
 static json_object *args_new(const char *key, json_object *value) {
@@ -175,7 +177,7 @@ static int add_node(Export *e, json_object *node, OpError *err) {
                 return -ENOMEM;
         r = qmp_client_call(e->helper->qmp, "blockdev-add", node, -EBADF, EXPORT_QMP_TIMEOUT_USEC, NULL, &text);
         if (r != -EREMOTEIO || !text || !strstr(text, "io_uring"))
-                return qmp_result(e, "blockdev-add", r, text, err);
+                return qmp_result(e, "blockdev-add", node, r, text, err);
         log_notice("The storage helper refused aio=io_uring (%s); exports use its thread pool", text ?: "");
         io_uring_refused = true;
         json_object_object_del(node, "aio");
