@@ -38,7 +38,9 @@ typedef struct ExportSettings {
         uint32_t spare_helpers;    /* helpers started ahead of OpenDisk (export-spare.c) */
 } ExportSettings;
 
-#define EXPORT_DEFAULT_SPARE_HELPERS 1U
+/* Two: a second export started right after the first (VMs started together, B8's OpenDisk series) finds
+ * one ready too; each costs about 30 MB while it waits. */
+#define EXPORT_DEFAULT_SPARE_HELPERS 2U
 #define EXPORT_SPARE_HELPERS_MAX 16U
 
 /* Spare helpers (ops/export-spare.c): helpers started ahead, holding nothing, that OpenDisk takes. */

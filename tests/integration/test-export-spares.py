@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """Spare storage helpers ([Exports] SpareHelpers=): helpers vdiskd starts ahead of any OpenDisk so that an
-export's start does not wait for QEMU. Checks that a spare runs after the start, sandboxed like any helper
-(its own uid of the range, no capabilities, no_new_privs, seccomp, QEMU's sandbox) and holding no file;
-that OpenDisk with an export takes it (its pid serves the lease, its id is the lease's) and that another
-one replaces it, with another uid; that a killed spare is replaced; that the range of uids bounds spares
-and exports together; SpareHelpers=0, =2 and Enabled=no; a bad value; that vdiskd ends its spares when it
-exits and that a vdiskd killed with SIGKILL leaves none behind once restarted."""
+export's start does not wait for QEMU. With SpareHelpers=1, checks that a spare runs after the start,
+sandboxed like any helper (its own uid of the range, no capabilities, no_new_privs, seccomp, QEMU's
+sandbox) and holding no file; that OpenDisk with an export takes it (its pid serves the lease, its id is
+the lease's, it does its file I/O through io_uring) and that another one replaces it, with another uid;
+that a killed spare is replaced; that the range of uids bounds spares and exports together; that vdiskd
+ends its spares when it exits and that a vdiskd killed with SIGKILL leaves none behind once restarted.
+Then SpareHelpers=0, the default of two, Enabled=no and bad values."""
 
 import json
 import os
@@ -228,7 +229,7 @@ def case_sigterm(env):
 
 def case_uid_range(vdiskd):
     first = HELPER_UIDS[0] + 100
-    env = Env(vdiskd, f"[Exports]\nHelperUids={first}-{first + 1}\n")
+    env = Env(vdiskd, f"[Exports]\nHelperUids={first}-{first + 1}\nSpareHelpers=1\n")
     try:
         env.start()
         setup_disks(env, 3)
@@ -271,10 +272,10 @@ def case_config(vdiskd):
     finally:
         env.close()
 
-    env = Env(vdiskd, "[Exports]\nSpareHelpers=2\n")
+    env = Env(vdiskd)  # the default: two
     try:
         env.start()
-        got = wait_for("SpareHelpers=2: two spares", lambda: len(spares(env)) == 2 and spares(env))
+        got = wait_for("by default two spares", lambda: len(spares(env)) == 2 and spares(env))
         if got and os.geteuid() == 0:
             pids = list(got.values())
             check(uid_of(pids[0]) != uid_of(pids[1]), "each spare has its own uid")
@@ -306,7 +307,7 @@ def case_config(vdiskd):
 
 def main():
     vdiskd = sys.argv[1]
-    env = Env(vdiskd)
+    env = Env(vdiskd, "[Exports]\nSpareHelpers=1\n")
     try:
         env.start()
         setup_disks(env)
