@@ -38,6 +38,9 @@
 #define SPARE_RETRY_MIN_USEC (100U * 1000U)
 #define SPARE_RETRY_MAX_USEC (60U * 1000000U)
 #define SPARE_STOP_TIMEOUT_USEC (5U * 1000000U)
+/* The first spare starts this long after vdiskd: a vdiskd that lives shorter (started by D-Bus for one
+ * call, or restarted in a loop) starts no QEMU for nothing, and its start is not slowed by one. */
+#define SPARE_FIRST_DELAY_USEC (1U * 1000000U)
 
 typedef struct ExportSpare {
         ExportSpares *pool;
@@ -308,7 +311,7 @@ int export_spares_new(const ExportSettings *set, const LeaseRegistry *leases, sd
         if (!p)
                 return -ENOMEM;
         *p = (ExportSpares) { .set = set, .leases = leases, .event = sd_event_ref(event) };
-        r = sd_event_add_time_relative(event, &p->refill, CLOCK_MONOTONIC, 0, 0, on_refill, p);
+        r = sd_event_add_time_relative(event, &p->refill, CLOCK_MONOTONIC, SPARE_FIRST_DELAY_USEC, 0, on_refill, p);
         if (r < 0) {
                 export_spares_free(p);
                 return r;

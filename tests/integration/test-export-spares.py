@@ -261,7 +261,7 @@ def case_config(vdiskd):
     try:
         env.start()
         setup_disks(env)
-        time.sleep(1)
+        time.sleep(2.5)  # the first spare would start 1 s after vdiskd
         check_eq(spare_dirs(env), [], "SpareHelpers=0: no spare")
         path, fd = open_export(env)
         check(alive(lease_state(env, path)["helper-pid"]), "SpareHelpers=0: an export starts its own helper")
@@ -287,7 +287,7 @@ def case_config(vdiskd):
     env = Env(vdiskd, "[Exports]\nEnabled=no\n")
     try:
         env.start()
-        time.sleep(1)
+        time.sleep(2.5)
         check_eq(spare_dirs(env), [], "Enabled=no: no spare")
         env.stop()
     finally:
