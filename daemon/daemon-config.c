@@ -33,7 +33,8 @@ void config_init_default(Config *c) {
         limits_init_default(&c->limits);
         cluster_settings_init_default(&c->cluster);
         c->exports = (ExportSettings) { .enabled = true, .uid_first = EXPORT_DEFAULT_UID_FIRST,
-                                        .uid_last = EXPORT_DEFAULT_UID_LAST };
+                                        .uid_last = EXPORT_DEFAULT_UID_LAST,
+                                        .spare_helpers = EXPORT_DEFAULT_SPARE_HELPERS };
 }
 
 void config_done(Config *c) {
@@ -127,6 +128,7 @@ static const struct {
         { "Cluster", "Lockspace",           CONFIG_STRING_EMPTY, offsetof(Config, cluster.lockspace) },
         { "Cluster", "Leases",              CONFIG_STRING_EMPTY, offsetof(Config, cluster.leases) },
         { "Cluster", "IoTimeout",           CONFIG_U32,          offsetof(Config, cluster.io_timeout) },
+        { "Exports", "SpareHelpers",        CONFIG_U32,          offsetof(Config, exports.spare_helpers) },
 };
 
 /* 0 if set, -ENOENT for an unknown section or key, -EINVAL for an invalid value, -ENOMEM. A later
@@ -313,6 +315,8 @@ int config_load(Config *c, const char *path) {
                 return log_error_errno(EINVAL, "%s: [Exports] RuntimeDirectory= must be an absolute path", path);
         if (cluster_settings_check(&c->cluster, &why) < 0)
                 return log_error_errno(EINVAL, "%s: %s", path, why);
+        if (c->exports.spare_helpers > EXPORT_SPARE_HELPERS_MAX)
+                return log_error_errno(EINVAL, "%s: [Exports] SpareHelpers= must be at most %u", path, EXPORT_SPARE_HELPERS_MAX);
         if (c->limits.max_chain_depth < 1 || c->limits.max_virtual_size < 512 ||
             c->limits.max_virtual_size > FORMAT_DEFAULT_MAX_VIRTUAL_SIZE || c->limits.max_jobs < 1)
                 return log_error_errno(EINVAL, "%s: limits out of range", path);

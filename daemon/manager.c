@@ -51,6 +51,7 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
         job_registry_done(&m->jobs);
+        m->spares = export_spares_free(m->spares); /* vdiskd exits: its spares (holding nothing) with it */
         lease_registry_done(&m->leases);
         m->cluster = cluster_free(m->cluster); /* after the jobs and leases, which release their cluster leases */
         caller_cache_done(&m->callers);
@@ -69,12 +70,18 @@ static void manager_export_gone(Lease *l, void *userdata) {
 }
 
 ExportContext manager_export_context(Manager *m) {
-        return (ExportContext) { .settings = &m->config.exports, .event = m->event, .gone = manager_export_gone, .userdata = m };
+        return (ExportContext) { .settings = &m->config.exports, .spares = m->spares, .event = m->event,
+                                 .gone = manager_export_gone, .userdata = m };
 }
 
 int manager_recover_exports(Manager *m) {
         ExportContext c = manager_export_context(m);
-        return export_recover(c.settings, m->store, &m->leases, m->event, c.gone, c.userdata);
+        int r;
+
+        r = export_recover(c.settings, m->store, &m->leases, m->event, c.gone, c.userdata);
+        if (r >= 0)
+                r = export_spares_new(&m->config.exports, &m->leases, m->event, &m->spares);
+        return r;
 }
 
 bool manager_busy(const Manager *m) {

@@ -53,13 +53,15 @@ typedef struct Manager {
         LeaseRegistry leases;
         CallerCache callers;
         Cluster *cluster; /* NULL in Mode=local */
+        ExportSpares *spares; /* [Exports] SpareHelpers=, started by manager_recover_exports() */
 } Manager;
 
 int manager_new(const Config *config, Manager **ret);
 Manager *manager_free(Manager *m);
 /* What OpenDisk needs to start an export, with the manager's handler for helpers that exit. */
 ExportContext manager_export_context(Manager *m);
-/* After a restart: the exports whose helpers still serve become leases again. */
+/* After a restart: the exports whose helpers still serve become leases again, the spare helpers of the
+ * previous vdiskd are stopped; then the spare helpers of this one are started (from the event loop). */
 int manager_recover_exports(Manager *m);
 /* Nothing leased and no job, running or still readable. */
 bool manager_busy(const Manager *m);

@@ -64,9 +64,10 @@ static int monitor_listen(const char *dir) {
         return TAKE_FD(fd);
 }
 
-static int monitor_connect(const char *dir, QmpClient **ret) {
+/* Connects to the monitor socket of `dir`; the greeting is not read yet. The socket listens as long as
+ * the helper (or vdiskd, until the fork) holds it, so this does not wait for QEMU. */
+static int monitor_connect_only(const char *dir, QmpClient **ret) {
         _cleanup_close_ int fd = -EBADF;
-        QmpClient *c;
         struct sockaddr_un sa;
         socklen_t len;
         int r;
@@ -79,10 +80,20 @@ static int monitor_connect(const char *dir, QmpClient **ret) {
                 return negative_errno();
         if (connect(fd, (struct sockaddr *) &sa, len) < 0)
                 return negative_errno();
-        r = qmp_client_new(fd, &c);
+        r = qmp_client_new(fd, ret);
         if (r < 0)
                 return r;
         TAKE_FD(fd);
+        return 0;
+}
+
+static int monitor_connect(const char *dir, QmpClient **ret) {
+        QmpClient *c;
+        int r;
+
+        r = monitor_connect_only(dir, &c);
+        if (r < 0)
+                return r;
         r = qmp_client_handshake(c, HELPER_TIMEOUT_USEC);
         if (r < 0) {
                 qmp_client_free(c);
@@ -201,7 +212,7 @@ static void reap(const Helper *h) {
                 (void) waitid(P_PID, (id_t) h->pid, &si, WEXITED | WNOHANG);
 }
 
-int helper_spawn(const HelperSpawn *p, Helper **ret) {
+int helper_spawn_start(const HelperSpawn *p, Helper **ret) {
         _cleanup_close_ int monitor = -EBADF, log_fd = -EBADF;
         _cleanup_free_ char *log_path = NULL;
         int errpipe[2], child_error = 0;
@@ -254,16 +265,44 @@ int helper_spawn(const HelperSpawn *p, Helper **ret) {
                 helper_free(h);
                 return r;
         }
-        r = monitor_connect(p->dir, &h->qmp);
+        h->dir = strdup(p->dir);
+        r = h->dir ? monitor_connect_only(p->dir, &h->qmp) : -ENOMEM;
         if (r < 0) {
-                log_error_errno(r, "Helper %s (pid %d) did not answer on its monitor (see %s)", p->name, (int) pid, log_path);
+                log_error_errno(r, "Failed to connect to the monitor of helper %s (pid %d)", p->name, (int) pid);
                 (void) helper_stop(h, 0);
                 helper_free(h);
                 return r;
         }
-        log_debug("Helper %s started: pid %d, uid %u, QEMU %u.%u.%u", p->name, (int) pid,
-                  (unsigned) (p->switch_uid ? p->uid : geteuid()), qmp_client_version(h->qmp)->major,
-                  qmp_client_version(h->qmp)->minor, qmp_client_version(h->qmp)->micro);
+        *ret = h;
+        return 0;
+}
+
+int helper_handshake(Helper *h, uint64_t timeout_usec) {
+        const QmpVersion *v;
+        int r;
+
+        r = qmp_client_handshake(h->qmp, timeout_usec);
+        if (r < 0)
+                return log_error_errno(r, "Helper pid %d did not answer on its monitor (see %s/%s)", (int) h->pid, h->dir,
+                                       HELPER_LOG);
+        v = qmp_client_version(h->qmp);
+        log_debug("Helper pid %d ready: QEMU %u.%u.%u", (int) h->pid, v->major, v->minor, v->micro);
+        return 0;
+}
+
+int helper_spawn(const HelperSpawn *p, Helper **ret) {
+        Helper *h;
+        int r;
+
+        r = helper_spawn_start(p, &h);
+        if (r < 0)
+                return r;
+        r = helper_handshake(h, HELPER_TIMEOUT_USEC);
+        if (r < 0) {
+                (void) helper_stop(h, 0);
+                helper_free(h);
+                return r;
+        }
         *ret = h;
         return 0;
 }

@@ -43,7 +43,8 @@ typedef struct Helper {
         pid_t pid;
         int pidfd;     /* -EBADF if the kernel has none for it */
         bool is_child; /* started by this vdiskd: its pid cannot be reused before it is reaped */
-        char *dir;     /* found again after a restart: its directory, to tell whether it still runs */
+        char *dir;     /* its directory (for messages, and to tell whether one found again after a restart
+                        * still runs) */
         QmpClient *qmp;
 } Helper;
 
@@ -52,6 +53,12 @@ int helper_socket_address(const char *dir, const char *name, struct sockaddr_un 
 
 /* Starts a helper and completes its QMP handshake. */
 int helper_spawn(const HelperSpawn *p, Helper **ret);
+/* The same in two halves, so that an event loop need not wait for QEMU to start: helper_spawn_start()
+ * returns once the helper runs its binary, with h->qmp connected but before the greeting (readable on
+ * qmp_client_fd() when it is there); helper_handshake() then completes the handshake, waiting at most
+ * `timeout_usec`. On failure of the latter the caller stops the helper. */
+int helper_spawn_start(const HelperSpawn *p, Helper **ret);
+int helper_handshake(Helper *h, uint64_t timeout_usec);
 /* Finds the helper of `dir` again (after vdiskd restarted): connects to its monitor, checks that it
  * answers to `name`, and takes a pidfd of `pid` (taken before the monitor answered, so it cannot be
  * another process that got a reused pid). -ECONNREFUSED/-ENOENT: the helper is gone. */

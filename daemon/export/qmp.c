@@ -749,6 +749,10 @@ bool qmp_client_is_dead(const QmpClient *c) {
         return !c || c->state == QMP_STATE_DEAD;
 }
 
+int qmp_client_fd(const QmpClient *c) {
+        return c ? c->fd : -EBADF;
+}
+
 int qmp_client_dead_reason(const QmpClient *c) {
         return c && c->state == QMP_STATE_DEAD ? c->dead_reason : 0;
 }

@@ -108,6 +108,9 @@ int qmp_client_attach_event(QmpClient *c, sd_event *e, int64_t priority, QmpEven
 void qmp_client_detach_event(QmpClient *c);
 
 bool qmp_client_is_dead(const QmpClient *c);
+/* The connection's socket, to wait for the greeting in an event loop before the handshake (which then
+ * does not block); still the client's own. */
+int qmp_client_fd(const QmpClient *c);
 /* Why it died (a negative errno as above), 0 if alive. */
 int qmp_client_dead_reason(const QmpClient *c);
 /* The version from the greeting; NULL before the handshake. */

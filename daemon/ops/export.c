@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "export.h"
@@ -92,13 +93,11 @@ int export_stop(Export *e) {
 
 /* One QMP command whose failure is the operation's: the helper's words go to the log, a short reason to
  * the caller. */
-int export_qmp(Export *e, const char *command, json_object *args, int fd, json_object **ret, OpError *err) {
-        _cleanup_free_ char *text = NULL;
-        int r;
-
-        r = qmp_client_call(e->helper->qmp, command, args, fd, EXPORT_QMP_TIMEOUT_USEC, ret, &text);
+static int qmp_result(Export *e, const char *command, json_object *args, int r, const char *text, OpError *err) {
         if (r == -EREMOTEIO) {
-                log_error("Helper of lease %s refused %s: %s", e->lease->id, command, text ?: "");
+                /* With the arguments: the helper's words may not name what it missed. */
+                log_error("Helper of lease %s refused %s %s: %s", e->lease->id, command,
+                          args ? json_object_to_json_string_ext(args, JSON_C_TO_STRING_PLAIN) : "{}", text ?: "");
                 return op_error(err, -EIO, "The storage helper refused %s: %s", command, text ?: "");
         }
         if (r < 0) {
@@ -106,6 +105,14 @@ int export_qmp(Export *e, const char *command, json_object *args, int fd, json_o
                 return op_error(err, r == -ENOMEM ? r : -EIO, "The storage helper did not complete %s", command);
         }
         return 0;
+}
+
+int export_qmp(Export *e, const char *command, json_object *args, int fd, json_object **ret, OpError *err) {
+        _cleanup_free_ char *text = NULL;
+        int r;
+
+        r = qmp_client_call(e->helper->qmp, command, args, fd, EXPORT_QMP_TIMEOUT_USEC, ret, &text);
+        return qmp_result(e, command, args, r, text, err);
 }
 
 static json_object *args_new(const char *key, json_object *value) {
@@ -152,6 +159,31 @@ int export_set_nodes(Export *e, const Disk *d) {
         return 0;
 }
 
+/* Whether the helpers' QEMU refused aio=io_uring once (a kernel without it, or with
+ * kernel.io_uring_disabled): then not asked again until vdiskd restarts. */
+static bool io_uring_refused = false;
+
+/* blockdev-add of one node. File nodes use io_uring in the helper (measured in B8: the helper's thread
+ * pool is what a vhost-user-blk export waits on at 4 KiB QD16; durability is the same, flushes are
+ * still fdatasync()). A helper that refuses it gets the node as the chain-fd description has it. */
+static int add_node(Export *e, json_object *node, OpError *err) {
+        _cleanup_free_ char *text = NULL;
+        json_object *drv;
+        int r;
+
+        if (io_uring_refused || !json_object_object_get_ex(node, "driver", &drv) || !streq(json_object_get_string(drv), "file"))
+                return export_qmp(e, "blockdev-add", node, -EBADF, NULL, err);
+        if (json_object_object_add(node, "aio", json_object_new_string("io_uring")) < 0)
+                return -ENOMEM;
+        r = qmp_client_call(e->helper->qmp, "blockdev-add", node, -EBADF, EXPORT_QMP_TIMEOUT_USEC, NULL, &text);
+        if (r != -EREMOTEIO || !text || !strstr(text, "io_uring"))
+                return qmp_result(e, "blockdev-add", node, r, text, err);
+        log_notice("The storage helper refused aio=io_uring (%s); exports use its thread pool", text ?: "");
+        io_uring_refused = true;
+        json_object_object_del(node, "aio");
+        return export_qmp(e, "blockdev-add", node, -EBADF, NULL, err);
+}
+
 /* Every fd of the chain into fd set i+1 (the numbering of OpenDisk's -blockdev description), then the
  * nodes. */
 static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError *err) {
@@ -176,7 +208,7 @@ static int hand_over_chain(Export *e, Store *s, const Disk *d, Lease *l, OpError
         if (!nodes || !json_object_is_type(nodes, json_type_array))
                 return -EINVAL;
         for (size_t i = 0; i < json_object_array_length(nodes); i++) {
-                r = export_qmp(e, "blockdev-add", json_object_array_get_idx(nodes, i), -EBADF, NULL, err);
+                r = add_node(e, json_object_array_get_idx(nodes, i), err);
                 if (r < 0)
                         return r;
         }
@@ -374,9 +406,9 @@ static int mkdir_0700(const char *path) {
         return 0;
 }
 
-int export_pick_uid(const ExportSettings *set, const LeaseRegistry *leases, uid_t *ret) {
+int export_pick_uid(const ExportSettings *set, const LeaseRegistry *leases, const ExportSpares *spares, uid_t *ret) {
         for (uint64_t uid = set->uid_first; uid <= set->uid_last; uid++) {
-                bool used = false;
+                bool used = export_spares_uses_uid(spares, (uid_t) uid);
                 for (size_t i = 0; !used && leases && i < leases->n_leases; i++)
                         used = leases->leases[i]->export && leases->leases[i]->export->uid == uid;
                 if (!used) {
@@ -401,43 +433,38 @@ static int on_helper_event(QmpClient *c, const char *event, json_object *data, v
         return 0;
 }
 
-/* long because: the steps of an export's start, each of which can fail, read best in one place. */
-int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *leases, const Disk *d, Lease *l,
-                 ExportType type, sd_event *event, ExportGoneHandler gone, void *userdata, char **ret_attach,
-                 OpError *err) {
-        _cleanup_close_ int listener = -EBADF, client = -EBADF;
-        _cleanup_free_ char *exports = NULL, *attach = NULL;
-        Layer *top = store_find_layer(s, d->chain[0]);
-        HelperSpawn spawn = {};
-        Export *e;
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000U + (uint64_t) ts.tv_nsec / 1000U;
+}
+
+/* A helper of its own for the export: a spare if one is there, else one started now. */
+static int export_helper(const ExportSettings *set, ExportSpares *spares, const LeaseRegistry *leases,
+                         const char *exports, Export *e, Lease *l, OpError *err) {
+        HelperSpawn spawn;
+        char id[LAYER_ID_LEN + 1];
         int r;
 
-        if (!set->enabled)
-                return op_error(err, -EOPNOTSUPP, "Exports are disabled ([Exports] Enabled=no)");
-        e = calloc(1, sizeof(Export));
-        if (!e)
-                return -ENOMEM;
-        *e = (Export) { .type = type, .lease = l, .gone = gone, .userdata = userdata, .uid = geteuid() };
-        l->export = e;
-        if (asprintf(&exports, "%s/exports", set->runtime_dir) < 0 || asprintf(&e->dir, "%s/%s", exports, l->id) < 0)
-                return -ENOMEM;
-        r = mkdir_0700(set->runtime_dir);
-        if (r >= 0)
-                r = mkdir_0700(exports);
-        if (r >= 0)
-                r = mkdir(e->dir, 0700) < 0 ? negative_errno() : 0;
-        if (r < 0) {
-                l->export = export_free(e);
-                return op_error(err, -EIO, "Cannot create the export's directory under %s: %s", set->runtime_dir, strerror(-r));
+        r = export_spares_take(spares, exports, &e->helper, &e->uid, id);
+        if (r > 0) {
+                /* The lease is not registered yet: it takes the id its helper was started with (its
+                 * QEMU -name, checked when vdiskd finds it again after a restart). */
+                memcpy(l->id, id, sizeof(id));
+                return asprintf(&e->dir, "%s/%s", exports, l->id) < 0 ? -ENOMEM : 1;
         }
+        if (r < 0)
+                log_warning_errno(r, "No spare helper for lease %s; starting one", l->id);
+        if (asprintf(&e->dir, "%s/%s", exports, l->id) < 0)
+                return -ENOMEM;
+        if (mkdir(e->dir, 0700) < 0)
+                return op_error(err, -EIO, "Cannot create the export's directory %s: %s", e->dir, strerror(errno));
         if (geteuid() == 0) {
-                r = export_pick_uid(set, leases, &e->uid);
-                if (r < 0) {
-                        op_error(err, r, "No helper uid is free (all of [Exports] HelperUids= serve exports)");
-                        goto fail;
-                }
+                r = export_pick_uid(set, leases, spares, &e->uid);
+                if (r < 0)
+                        return op_error(err, r, "No helper uid is free (all of [Exports] HelperUids= serve exports)");
         }
-
         spawn = (HelperSpawn) { .binary = set->helper, .dir = e->dir, .name = l->id, .switch_uid = geteuid() == 0,
                                 .uid = e->uid, .gid = (gid_t) e->uid };
         r = helper_spawn(&spawn, &e->helper);
@@ -449,10 +476,51 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                             strerror(-r));
                 r = helper_spawn(&spawn, &e->helper);
         }
+        if (r < 0)
+                return op_error(err, -EIO, "Cannot start the storage helper %s: %s", set->helper, strerror(-r));
+        return 0;
+}
+
+/* long because: the steps of an export's start, each of which can fail, read best in one place. */
+int export_start(const ExportSettings *set, ExportSpares *spares, Store *s, const LeaseRegistry *leases, const Disk *d,
+                 Lease *l, ExportType type, sd_event *event, ExportGoneHandler gone, void *userdata, char **ret_attach,
+                 OpError *err) {
+        _cleanup_close_ int listener = -EBADF, client = -EBADF;
+        _cleanup_free_ char *exports = NULL, *attach = NULL;
+        Layer *top = store_find_layer(s, d->chain[0]);
+        uint64_t t0 = now_usec(), t1, t2;
+        bool spare;
+        Export *e;
+        int r;
+
+        if (!set->enabled)
+                return op_error(err, -EOPNOTSUPP, "Exports are disabled ([Exports] Enabled=no)");
+        e = calloc(1, sizeof(Export));
+        if (!e)
+                return -ENOMEM;
+        *e = (Export) { .type = type, .lease = l, .gone = gone, .userdata = userdata, .uid = geteuid() };
+        l->export = e;
+        if (asprintf(&exports, "%s/exports", set->runtime_dir) < 0) {
+                l->export = export_free(e);
+                return -ENOMEM;
+        }
+        r = mkdir_0700(set->runtime_dir);
+        if (r >= 0)
+                r = mkdir_0700(exports);
         if (r < 0) {
-                r = op_error(err, -EIO, "Cannot start the storage helper %s: %s", set->helper, strerror(-r));
+                l->export = export_free(e);
+                return op_error(err, -EIO, "Cannot create the export's directory under %s: %s", set->runtime_dir, strerror(-r));
+        }
+        r = export_helper(set, spares, leases, exports, e, l, err);
+        if (r < 0) {
+                if (!e->dir) {
+                        l->export = export_free(e);
+                        return r;
+                }
                 goto fail;
         }
+        spare = r > 0;
+        t1 = now_usec();
         /* Recorded before the helper gets any file: a vdiskd that dies from here on finds the helper
          * again at its next start and stops it (state "starting"). */
         e->starting = true;
@@ -461,6 +529,7 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                 r = hand_over_chain(e, s, d, l, err);
         if (r >= 0)
                 crash_point("export:after-handover");
+        t2 = now_usec();
         if (r >= 0)
                 r = listener = export_socket(e->dir, &client);
         if (r >= 0)
@@ -486,8 +555,10 @@ int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *lease
                 op_error(err, r, "Cannot record the export of disk '%s' of VM '%s'", d->name, l->vm);
                 goto fail;
         }
-        log_info("Disk '%s' of VM '%s' exported over %s by helper pid %d (uid %u)", d->name, l->vm,
-                 export_type_to_string(type), (int) e->helper->pid, (unsigned) e->uid);
+        log_info("Disk '%s' of VM '%s' exported over %s by helper pid %d (uid %u) in %.1f ms: %s helper %.1f ms, "
+                 "chain %.1f ms, export %.1f ms", d->name, l->vm, export_type_to_string(type), (int) e->helper->pid,
+                 (unsigned) e->uid, (double) (now_usec() - t0) / 1000.0, spare ? "spare" : "new", (double) (t1 - t0) / 1000.0,
+                 (double) (t2 - t1) / 1000.0, (double) (now_usec() - t2) / 1000.0);
         *ret_attach = TAKE_PTR(attach);
         return 0;
 
@@ -655,6 +726,8 @@ int export_recover(const ExportSettings *set, Store *s, LeaseRegistry *leases, s
         DIR *d;
         struct dirent *de;
 
+        /* Spares of a previous vdiskd hold nothing: they are stopped, new ones started. */
+        export_spares_cleanup(set);
         if (asprintf(&exports, "%s/exports", set->runtime_dir) < 0)
                 return -ENOMEM;
         d = opendir(exports);

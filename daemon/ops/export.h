@@ -35,7 +35,16 @@ typedef struct ExportSettings {
         char *helper;      /* the helper binary */
         char *runtime_dir; /* vdiskd's runtime directory; exports live in <runtime_dir>/exports/<lease> */
         uid_t uid_first, uid_last; /* helper uids, one per export, when vdiskd is root */
+        uint32_t spare_helpers;    /* helpers started ahead of OpenDisk (export-spare.c) */
 } ExportSettings;
+
+/* Two: a second export started right after the first (VMs started together, B8's OpenDisk series) finds
+ * one ready too; each costs about 30 MB while it waits. */
+#define EXPORT_DEFAULT_SPARE_HELPERS 2U
+#define EXPORT_SPARE_HELPERS_MAX 16U
+
+/* Spare helpers (ops/export-spare.c): helpers started ahead, holding nothing, that OpenDisk takes. */
+typedef struct ExportSpares ExportSpares;
 
 #define EXPORT_DEFAULT_HELPER "/usr/bin/qemu-system-x86_64"
 #define EXPORT_DEFAULT_UID_FIRST 2113929216U /* 0x7e000000 */
@@ -47,6 +56,7 @@ typedef void (*ExportGoneHandler)(Lease *l, void *userdata);
 /* What OpenDisk needs to start exports. */
 typedef struct ExportContext {
         const ExportSettings *settings;
+        ExportSpares *spares; /* NULL: none (SpareHelpers=0, or exports disabled) */
         sd_event *event;
         ExportGoneHandler gone;
         void *userdata;
@@ -71,9 +81,10 @@ typedef struct Export {
 
 /* Starts the helper of lease `l`, whose chain fds are all open (l->fds); hands them over and replaces
  * them by the one socket the caller gets (l->fds[0], not a layer). `*ret_attach` is the JSON object
- * that tells a launcher how to attach it. */
-int export_start(const ExportSettings *set, Store *s, const LeaseRegistry *leases, const Disk *d, Lease *l,
-                 ExportType type, sd_event *event, ExportGoneHandler gone, void *userdata, char **ret_attach,
+ * that tells a launcher how to attach it. The helper is a spare of `spares` if one is there: then the
+ * lease's id (not yet registered) becomes the spare's. */
+int export_start(const ExportSettings *set, ExportSpares *spares, Store *s, const LeaseRegistry *leases, const Disk *d,
+                 Lease *l, ExportType type, sd_event *event, ExportGoneHandler gone, void *userdata, char **ret_attach,
                  OpError *err);
 /* Ends the export of a lease that ends: stops the helper and removes its directory. < 0 if the helper
  * could not be stopped (it may still write: the caller quarantines the disk). */
@@ -95,5 +106,19 @@ int export_set_nodes(Export *e, const Disk *d);
 /* Writes the export's state.json again (after its chain changed). */
 int export_save_state(const Export *e);
 
-/* Whether a uid is free for a new helper; exposed for tests. */
-int export_pick_uid(const ExportSettings *set, const LeaseRegistry *leases, uid_t *ret);
+/* A uid of [Exports] HelperUids= that no export's helper and no spare has; -E2BIG if none is left. */
+int export_pick_uid(const ExportSettings *set, const LeaseRegistry *leases, const ExportSpares *spares, uid_t *ret);
+
+/* The pool of SpareHelpers= spares, started from the event loop; *ret = NULL if exports are disabled or
+ * SpareHelpers=0. */
+int export_spares_new(const ExportSettings *set, const LeaseRegistry *leases, sd_event *event, ExportSpares **ret);
+/* Stops every spare (vdiskd exits) and frees the pool. */
+ExportSpares *export_spares_free(ExportSpares *p);
+/* Takes a spare for one lease: 1 with its helper (handshake done, holding no file, no event handler),
+ * its uid and id, its directory moved to <exports_dir>/<id>; 0 if there is none (start one instead).
+ * Another spare is started in the background. */
+int export_spares_take(ExportSpares *p, const char *exports_dir, Helper **ret_helper, uid_t *ret_uid,
+                       char ret_id[static LAYER_ID_LEN + 1]);
+bool export_spares_uses_uid(const ExportSpares *p, uid_t uid);
+/* At a start: stops the spares a previous vdiskd left in <runtime_dir>/spares and removes them. */
+void export_spares_cleanup(const ExportSettings *set);

@@ -350,7 +350,7 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
         if (r >= 0 && req->export != EXPORT_NONE)
                 r = open_rest(s, l, err);
         if (r >= 0 && req->export != EXPORT_NONE)
-                r = export_start(ectx->settings, s, leases, d, l, req->export, ectx->event, ectx->gone, ectx->userdata,
+                r = export_start(ectx->settings, ectx->spares, s, leases, d, l, req->export, ectx->event, ectx->gone, ectx->userdata,
                                  &blockdev, err);
         if (r >= 0)
                 r = lease_registry_add(leases, l);

@@ -192,14 +192,18 @@ class Env:
             return ""
 
     def helper_pids(self):
-        """The storage helpers of exports (they outlive vdiskd by design), from their state files."""
+        """The storage helpers of exports and the spare helpers (they outlive a vdiskd killed with SIGKILL), from
+        their state files."""
         pids = []
-        exports = os.path.join(self.runtime_dir, "exports")
-        for d in os.listdir(exports) if os.path.isdir(exports) else []:
+        found = []
+        for sub, state, key in (("exports", "state.json", "helper-pid"), ("spares", "spare.json", "pid")):
+            parent = os.path.join(self.runtime_dir, sub)
+            found += [(parent, d, state, key) for d in (os.listdir(parent) if os.path.isdir(parent) else [])]
+        for parent, d, state, key in found:
             try:
-                with open(os.path.join(exports, d, "state.json")) as f:
-                    pid = int(json.load(f)["helper-pid"])
-                # Only while that pid is still the helper of this lease (pids are reused).
+                with open(os.path.join(parent, d, state)) as f:
+                    pid = int(json.load(f)[key])
+                # Only while that pid is still the helper of this lease or spare (pids are reused).
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     if f"\0-name\0{d}\0".encode() in f.read():
                         pids.append(pid)
