@@ -870,8 +870,11 @@ static void op_crash_point(const char *op, const char *point) {
 
 int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *userdata, Vm *next) {
         struct json_object *e = NULL, *files = NULL, *f = NULL, *extents = NULL, *layers = NULL;
-        char layer_name[64], vm_name[96], layer_tmp[128] = "", vm_tmp[128] = "";
-        _cleanup_close_ int fd = -EBADF, log_fd = -EBADF;
+        char layer_name[64], vm_name[96], layer_tmp[128] = "";
+        _cleanup_close_ int fd = -EBADF, log_fd = -EBADF, vm_fd = -EBADF;
+        _cleanup_free_ char *vm_text = NULL;
+        struct stat vst = {};
+        size_t vm_len = 0;
         bool have_file = false;
         WalLog *g = NULL;
         const char *text;
@@ -942,11 +945,36 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
                         layer_tmp[0] = 0;
                         goto fail;
                 }
+                /* The VM record is overwritten in place after the commit (a new inode costs more than the
+                 * fdatasync on ext4): its blocks are allocated now, so that the overwrite cannot run out of
+                 * space; torn by a crash, it is rewritten by the redo before the records are read. */
+                const char *vt;
+
                 o = vm_to_json(next);
-                r = record_prepare(s, vm_name, o, vm_tmp);
+                vt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+                vm_text = vt ? strdup(vt) : NULL;
                 json_object_put(o);
-                if (r < 0) {
-                        vm_tmp[0] = 0;
+                if (!vm_text) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                vm_len = strlen(vm_text);
+                if (vm_len > RECORD_MAX_SIZE) {
+                        r = -E2BIG;
+                        goto fail;
+                }
+                vm_fd = open_beneath(s->records_fd, vm_name, O_WRONLY | O_NONBLOCK, 0);
+                if (vm_fd < 0) {
+                        r = vm_fd;
+                        goto fail;
+                }
+                if (fstat(vm_fd, &vst) < 0 || !S_ISREG(vst.st_mode) || vst.st_uid != s->uid || vst.st_nlink != 1) {
+                        r = -EBADMSG;
+                        goto fail;
+                }
+                if ((uint64_t) vst.st_blocks * 512 < vm_len &&
+                    fallocate(vm_fd, FALLOC_FL_KEEP_SIZE, 0, (off_t) vm_len) < 0) {
+                        r = negative_errno();
                         goto fail;
                 }
         }
@@ -974,7 +1002,8 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
         p = &g->pending[g->n_pending - 1];
         op_crash_point(op, "wal-after-log");
 
-        /* Applied: the temporaries renamed into place, no sync (wal_checkpoint() makes them durable). */
+        /* Applied: the temporaries renamed into place and the VM record overwritten, no sync
+         * (wal_checkpoint() makes them durable). */
         {
                 char tmp[96];
                 bool ok;
@@ -986,14 +1015,14 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
                 ok = ok && renameat(s->records_fd, layer_tmp, s->records_fd, layer_name) >= 0;
                 if (ok)
                         op_crash_point(op, "wal-after-layer-record");
-                ok = ok && renameat(s->records_fd, vm_tmp, s->records_fd, vm_name) >= 0;
+                ok = ok && format_pwrite_full(vm_fd, vm_text, vm_len, 0) >= 0;
+                ok = ok && ((uint64_t) vst.st_size <= vm_len || ftruncate(vm_fd, (off_t) vm_len) >= 0);
                 if (!ok) {
                         /* Committed all the same: the checkpoint redoes the entry, so does a start. */
                         log_warning_errno(errno, "Cannot put the files of %s in place; the checkpoint writes them", op);
                         p->entry = json_object_get(e);
                         (void) unlinkat(s->images_fd, tmp, 0);
                         (void) unlinkat(s->records_fd, layer_tmp, 0);
-                        (void) unlinkat(s->records_fd, vm_tmp, 0);
                 } else
                         p->applied = true;
         }
@@ -1011,8 +1040,6 @@ fail:
         json_object_put(e);
         if (layer_tmp[0])
                 (void) unlinkat(s->records_fd, layer_tmp, 0);
-        if (vm_tmp[0])
-                (void) unlinkat(s->records_fd, vm_tmp, 0);
         if (have_file)
                 store_tmp_discard(s, l);
         l->inode = 0;
