@@ -474,19 +474,18 @@ static WalLog *log_find(WalState *w, const char *vm) {
 /* Creates log/vm-<vm>.log, WAL_LOG_SIZE zero bytes (written, so that an entry's fdatasync() never waits
  * for an allocation), durably: temporary, fsync, rename, fsync of log/. */
 static int log_create(WalState *w, const char *name) {
-        _cleanup_free_ uint8_t *zeros = calloc(1, WAL_LOG_SIZE);
+        static const uint8_t zeros[16384]; /* no heap: a 256 KiB buffer would stay in the daemon's peak */
         _cleanup_close_ int fd = -EBADF;
         char tmp[128];
-        int r;
+        int r = 0;
 
-        if (!zeros)
-                return -ENOMEM;
         snprintf(tmp, sizeof(tmp), STORE_TMP_PREFIX "%s", name);
         (void) unlinkat(w->dir_fd, tmp, 0);
         fd = openat(w->dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
                 return negative_errno();
-        r = format_pwrite_full(fd, zeros, WAL_LOG_SIZE, 0);
+        for (uint64_t off = 0; r >= 0 && off < WAL_LOG_SIZE; off += sizeof(zeros))
+                r = format_pwrite_full(fd, zeros, sizeof(zeros), off);
         if (r >= 0 && fsync(fd) < 0)
                 r = negative_errno();
         if (r >= 0 && renameat2(w->dir_fd, tmp, w->dir_fd, name, RENAME_NOREPLACE) < 0)
@@ -759,7 +758,7 @@ static const char hex_digits[] = "0123456789abcdef";
 
 /* The non-zero WAL_EXTENT_BLOCK-byte blocks of `fd` (its data regions only), merged into runs. */
 static int file_extents(int fd, uint64_t size, struct json_object **ret, size_t *total) {
-        _cleanup_free_ uint8_t *buf = malloc(65536);
+        _cleanup_free_ uint8_t *buf = malloc(16384);
         struct json_object *a = json_object_new_array();
         uint64_t pos = 0;
         int r = 0;
@@ -782,7 +781,7 @@ static int file_extents(int fd, uint64_t size, struct json_object **ret, size_t 
                         break;
                 }
                 for (uint64_t at = (uint64_t) data; at < (uint64_t) hole && r >= 0;) {
-                        size_t n = (size_t) MIN((uint64_t) hole - at, (uint64_t) 65536);
+                        size_t n = (size_t) MIN((uint64_t) hole - at, (uint64_t) 16384);
                         size_t run_start = SIZE_MAX;
 
                         r = format_pread_full(fd, buf, n, at);
@@ -872,7 +871,8 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
         struct json_object *e = NULL, *files = NULL, *f = NULL, *extents = NULL, *layers = NULL;
         char layer_name[64], vm_name[96], layer_tmp[128] = "";
         _cleanup_close_ int fd = -EBADF, log_fd = -EBADF, vm_fd = -EBADF;
-        _cleanup_free_ char *vm_text = NULL;
+        struct json_object *vmo = NULL; /* the new VM record: in the entry, and its text for the record */
+        const char *vm_text = NULL;      /* owned by `vmo` */
         struct stat vst = {};
         size_t vm_len = 0;
         bool have_file = false;
@@ -922,7 +922,13 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
         json_object_array_add(layers, layer_to_json(l));
         json_object_object_add(e, "schema", json_object_new_int(RECORD_SCHEMA));
         json_object_object_add(e, "op", json_object_new_string(op));
-        json_object_object_add(e, "vm", vm_to_json(next));
+        vmo = vm_to_json(next);
+        vm_text = vmo ? json_object_to_json_string_ext(vmo, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
+        if (!vm_text) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        json_object_object_add(e, "vm", json_object_get(vmo)); /* serializing `e` leaves vm_text alone */
         json_object_object_add(e, "layers", TAKE_PTR(layers));
         json_object_object_add(e, "files", TAKE_PTR(files));
         text = json_object_to_json_string_ext(e, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
@@ -948,16 +954,6 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
                 /* The VM record is overwritten in place after the commit (a new inode costs more than the
                  * fdatasync on ext4): its blocks are allocated now, so that the overwrite cannot run out of
                  * space; torn by a crash, it is rewritten by the redo before the records are read. */
-                const char *vt;
-
-                o = vm_to_json(next);
-                vt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
-                vm_text = vt ? strdup(vt) : NULL;
-                json_object_put(o);
-                if (!vm_text) {
-                        r = -ENOMEM;
-                        goto fail;
-                }
                 vm_len = strlen(vm_text);
                 if (vm_len > RECORD_MAX_SIZE) {
                         r = -E2BIG;
@@ -1027,12 +1023,14 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
                         p->applied = true;
         }
         json_object_put(e);
+        json_object_put(vmo);
         store_add_layer_reserved(s, l);
         store_replace_vm_in_memory(s, next);
         op_crash_point(op, "wal-applied");
         return 0;
 
 fail:
+        json_object_put(vmo);
         json_object_put(extents);
         json_object_put(f);
         json_object_put(files);
