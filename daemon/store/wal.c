@@ -12,13 +12,11 @@
 
 #include "log.h"
 #include "store.h"
-#include "wal.h"
+#include "wal-internal.h"
 
 #define LOG_DIR "log"
 #define WAL_MAGIC "VDWAL01\n"
 #define WAL_HEADER_SIZE 40U
-#define WAL_EXTENT_BLOCK 512U
-#define WAL_FILE_MAX_SIZE (UINT64_C(1) << 30) /* a new layer's file that the log may carry: metadata only */
 
 enum {
         WAL_ENTRY_OP = 1,         /* one operation's changes, redone until a later checkpoint entry */
@@ -273,195 +271,6 @@ static int log_append(WalLog *g, int fd, uint32_t type, const char *payload, uin
         return 0;
 }
 
-/* ---- redo ---- */
-
-static int hex_value(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        return -1;
-}
-
-/* Writes the logged blocks `want` at `off` that read as zeros in `fd` (never written back before a
- * power loss), and leaves every other block alone. */
-static int restore_blocks(int fd, uint64_t off, const uint8_t *want, size_t len) {
-        _cleanup_free_ uint8_t *have = malloc(MAX(len, (size_t) 1));
-        ssize_t n;
-
-        if (!have)
-                return -ENOMEM;
-        n = pread(fd, have, len, (off_t) off);
-        if (n < 0)
-                return negative_errno();
-        if ((size_t) n < len)
-                memset(have + n, 0, len - (size_t) n);
-        for (size_t b = 0; b < len; b += WAL_EXTENT_BLOCK) {
-                size_t bl = MIN((size_t) WAL_EXTENT_BLOCK, len - b);
-                bool zero = true;
-                int r;
-
-                for (size_t i = 0; i < bl && zero; i++)
-                        zero = have[b + i] == 0;
-                if (!zero)
-                        continue;
-                r = format_pwrite_full(fd, want + b, bl, off + b);
-                if (r < 0)
-                        return r;
-        }
-        return 0;
-}
-
-/* One entry's new files, records and VM record, made durable: a redo can run any number of times.
- * A new file missing under its name is written afresh (temporary, fsync, rename, fsync of images/). A
- * file found under its name is restored in place: extended to the logged size if shorter, and each
- * logged block that reads as zeros is written (the logged blocks are the file's non-zero ones, so a
- * zero block is one a power loss took); a non-zero block is never overwritten, so nothing written into
- * the file after the entry (the entry is checkpointed before a writable fd of it leaves the daemon,
- * but a file can also be written by path) is undone. The inode found or made is recorded in the
- * records, written whole (record_write()), and with `memory` in the store's layer. */
-static int entry_redo(Store *s, const char *vm, struct json_object *e, bool memory) {
-        _cleanup_(vm_freep) Vm *v = NULL;
-        struct json_object *x, *layers, *files;
-        Layer *ls[4] = {};
-        size_t n_layers;
-        int r;
-
-        if (!json_object_object_get_ex(e, "schema", &x) || !json_object_is_type(x, json_type_int) ||
-            json_object_get_int64(x) < 1)
-                return -EBADMSG;
-        if (json_object_get_int64(x) > RECORD_SCHEMA)
-                return -EPROTONOSUPPORT;
-        if (!json_object_object_get_ex(e, "vm", &x) || vm_from_json(x, &v) < 0 || !streq(v->name, vm) ||
-            !json_object_object_get_ex(e, "layers", &layers) || !json_object_is_type(layers, json_type_array) ||
-            !json_object_object_get_ex(e, "files", &files) || !json_object_is_type(files, json_type_array))
-                return -EBADMSG;
-        n_layers = json_object_array_length(layers);
-        if (n_layers > ELEMENTSOF(ls) || json_object_array_length(files) > n_layers)
-                return -EBADMSG;
-        r = 0;
-        for (size_t k = 0; r >= 0 && k < n_layers; k++) {
-                r = layer_from_json(json_object_array_get_idx(layers, k), &ls[k]);
-                if (r >= 0 && (!ls[k]->vm || !streq(ls[k]->vm, vm) || ls[k]->data_file || ls[k]->state != LAYER_READY))
-                        r = -EBADMSG;
-        }
-
-        for (size_t k = 0; r >= 0 && k < json_object_array_length(files); k++) {
-                struct json_object *f = json_object_array_get_idx(files, k), *id, *size, *extents;
-                _cleanup_close_ int fd = -EBADF;
-                Layer *l = NULL;
-                char tmp[96];
-                struct stat st;
-                bool in_place;
-                uint64_t sz;
-
-                if (!json_object_is_type(f, json_type_object) || !json_object_object_get_ex(f, "layer", &id) ||
-                    !json_object_is_type(id, json_type_string) || !json_object_object_get_ex(f, "size", &size) ||
-                    !json_object_is_type(size, json_type_int) || !json_object_object_get_ex(f, "extents", &extents) ||
-                    !json_object_is_type(extents, json_type_array)) {
-                        r = -EBADMSG;
-                        break;
-                }
-                for (size_t j = 0; j < n_layers; j++)
-                        if (streq(ls[j]->id, json_object_get_string(id)))
-                                l = ls[j];
-                sz = json_object_get_uint64(size);
-                if (!l || sz > WAL_FILE_MAX_SIZE) {
-                        r = -EBADMSG;
-                        break;
-                }
-                snprintf(tmp, sizeof(tmp), STORE_TMP_PREFIX "%s", l->file);
-                fd = open_beneath(s->images_fd, l->file, O_RDWR | O_NONBLOCK, 0);
-                in_place = fd >= 0;
-                if (fd == -ENOENT) {
-                        (void) unlinkat(s->images_fd, tmp, 0);
-                        fd = openat(s->images_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-                        if (fd < 0)
-                                fd = negative_errno();
-                }
-                if (fd < 0) {
-                        r = fd;
-                        break;
-                }
-                if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != s->uid) {
-                        r = -EBADMSG;
-                        break;
-                }
-                if ((uint64_t) st.st_size < sz && ftruncate(fd, (off_t) sz) < 0) {
-                        r = negative_errno();
-                        break;
-                }
-                for (size_t j = 0; r >= 0 && j < json_object_array_length(extents); j++) {
-                        struct json_object *a = json_object_array_get_idx(extents, j), *o, *d;
-                        _cleanup_free_ uint8_t *buf = NULL;
-                        const char *hex;
-                        size_t len;
-                        uint64_t off;
-
-                        if (!json_object_is_type(a, json_type_object) || !json_object_object_get_ex(a, "offset", &o) ||
-                            !json_object_is_type(o, json_type_int) || !json_object_object_get_ex(a, "data", &d) ||
-                            !json_object_is_type(d, json_type_string)) {
-                                r = -EBADMSG;
-                                break;
-                        }
-                        hex = json_object_get_string(d);
-                        len = strlen(hex) / 2;
-                        off = json_object_get_uint64(o);
-                        if (strlen(hex) % 2 != 0 || off > sz || len > sz - off || !(buf = malloc(MAX(len, (size_t) 1)))) {
-                                r = buf || strlen(hex) % 2 != 0 || off > sz || len > sz - off ? -EBADMSG : -ENOMEM;
-                                break;
-                        }
-                        for (size_t i = 0; i < len; i++) {
-                                int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
-                                if (hi < 0 || lo < 0) {
-                                        r = -EBADMSG;
-                                        break;
-                                }
-                                buf[i] = (uint8_t) (hi << 4 | lo);
-                        }
-                        if (r >= 0)
-                                r = in_place ? restore_blocks(fd, off, buf, len) : format_pwrite_full(fd, buf, len, off);
-                }
-                if (r >= 0 && (fsync(fd) < 0 || fstat(fd, &st) < 0 ||
-                               (!in_place && renameat(s->images_fd, tmp, s->images_fd, l->file) < 0)))
-                        r = negative_errno();
-                if (r < 0) {
-                        if (!in_place)
-                                (void) unlinkat(s->images_fd, tmp, 0);
-                        break;
-                }
-                l->inode = (uint64_t) st.st_ino;
-                crash_point("wal-redo:after-file");
-        }
-        if (r >= 0 && json_object_array_length(files) > 0)
-                r = fsync_directory(s->images_fd);
-
-        for (size_t k = 0; r >= 0 && k < n_layers; k++) {
-                struct json_object *o = layer_to_json(ls[k]);
-                char name[64];
-
-                snprintf(name, sizeof(name), "layer-%s.json", ls[k]->id);
-                r = record_write(s->records_fd, name, o);
-                json_object_put(o);
-                if (r >= 0 && memory) {
-                        Layer *m = store_find_layer(s, ls[k]->id);
-                        if (m)
-                                m->inode = ls[k]->inode;
-                }
-        }
-        if (r >= 0) {
-                struct json_object *o = vm_to_json(v);
-                char name[96];
-
-                snprintf(name, sizeof(name), "vm-%s.json", v->name);
-                r = record_write(s->records_fd, name, o);
-                json_object_put(o);
-        }
-        for (size_t k = 0; k < n_layers; k++)
-                layer_free(ls[k]);
-        return r;
-}
-
 /* ---- logs ---- */
 
 static WalLog *log_find(WalState *w, const char *vm) {
@@ -523,7 +332,7 @@ static int log_recover(Store *s, WalLog *g, int fd, const char *name) {
         for (size_t k = 0; k < g->n_pending; k++) {
                 log_notice("Redoing entry %zu of %zu of log/%s (an operation committed before vdiskd stopped)", k + 1,
                            g->n_pending, name);
-                r = entry_redo(s, g->vm, g->pending[k].entry, false);
+                r = wal_entry_redo(s, g->vm, g->pending[k].entry, false);
                 if (r < 0)
                         return log_error_errno(r, "Cannot redo log/%s; refusing to start", name);
         }
@@ -704,7 +513,7 @@ int wal_checkpoint(Store *s) {
                         Layer *l = store_find_layer(s, p->layer);
 
                         if (!p->applied) {
-                                r = entry_redo(s, g->vm, p->entry, true);
+                                r = wal_entry_redo(s, g->vm, p->entry, true);
                                 if (r < 0)
                                         return log_error_errno(r, "Cannot write the changes of a logged operation of VM '%s'", g->vm);
                                 continue;
@@ -754,87 +563,6 @@ int wal_checkpoint(Store *s) {
 
 /* ---- the hot path ---- */
 
-static const char hex_digits[] = "0123456789abcdef";
-
-/* The non-zero WAL_EXTENT_BLOCK-byte blocks of `fd` (its data regions only), merged into runs. */
-static int file_extents(int fd, uint64_t size, struct json_object **ret, size_t *total) {
-        _cleanup_free_ uint8_t *buf = malloc(16384);
-        struct json_object *a = json_object_new_array();
-        uint64_t pos = 0;
-        int r = 0;
-
-        if (!buf || !a) {
-                json_object_put(a);
-                return -ENOMEM;
-        }
-        *total = 0;
-        while (pos < size && r >= 0) {
-                off_t data = lseek(fd, (off_t) pos, SEEK_DATA), hole;
-                if (data < 0) {
-                        if (errno != ENXIO)
-                                r = negative_errno();
-                        break;
-                }
-                hole = lseek(fd, data, SEEK_HOLE);
-                if (hole < 0) {
-                        r = negative_errno();
-                        break;
-                }
-                for (uint64_t at = (uint64_t) data; at < (uint64_t) hole && r >= 0;) {
-                        size_t n = (size_t) MIN((uint64_t) hole - at, (uint64_t) 16384);
-                        size_t run_start = SIZE_MAX;
-
-                        r = format_pread_full(fd, buf, n, at);
-                        for (size_t b = 0; r >= 0 && b <= n; b += WAL_EXTENT_BLOCK) {
-                                size_t bl = b < n ? MIN((size_t) WAL_EXTENT_BLOCK, n - b) : 0;
-                                bool nonzero = false;
-
-                                for (size_t i = 0; i < bl && !nonzero; i++)
-                                        nonzero = buf[b + i] != 0;
-                                if (nonzero && run_start == SIZE_MAX)
-                                        run_start = b;
-                                if (!nonzero && run_start != SIZE_MAX) {
-                                        struct json_object *e = json_object_new_object();
-                                        size_t len = b - run_start;
-                                        char *hex;
-
-                                        *total += len;
-                                        if (*total > WAL_ENTRY_MAX / 2) {
-                                                r = -E2BIG;
-                                                json_object_put(e);
-                                                break;
-                                        }
-                                        hex = malloc(2 * len + 1);
-                                        if (!hex || !e) {
-                                                free(hex);
-                                                json_object_put(e);
-                                                r = -ENOMEM;
-                                                break;
-                                        }
-                                        for (size_t i = 0; i < len; i++) {
-                                                hex[2 * i] = hex_digits[buf[run_start + i] >> 4];
-                                                hex[2 * i + 1] = hex_digits[buf[run_start + i] & 15];
-                                        }
-                                        hex[2 * len] = 0;
-                                        json_object_object_add(e, "offset", json_object_new_uint64(at + run_start));
-                                        json_object_object_add(e, "data", json_object_new_string(hex));
-                                        free(hex);
-                                        json_object_array_add(a, e);
-                                        run_start = SIZE_MAX;
-                                }
-                        }
-                        at += n;
-                }
-                pos = (uint64_t) hole;
-        }
-        if (r < 0) {
-                json_object_put(a);
-                return r;
-        }
-        *ret = a;
-        return 0;
-}
-
 /* A record's text in a temporary of records/, not synced: renamed into place after the commit. */
 static int record_prepare(Store *s, const char *name, struct json_object *o, char tmp[static 128]) {
         _cleanup_close_ int fd = -EBADF;
@@ -867,17 +595,91 @@ static void op_crash_point(const char *op, const char *point) {
         crash_point(name);
 }
 
+/* The operation entry of a new layer `l` (its file of `size` bytes, `extents` taken) and VM record `next`;
+ * `*ret_vmo` is the VM record's tree, shared with the entry. */
+static int entry_build(const char *op, const Layer *l, const Vm *next, uint64_t size, struct json_object *extents,
+                       struct json_object **ret_e, struct json_object **ret_vmo) {
+        struct json_object *e = json_object_new_object(), *files = json_object_new_array(),
+                           *f = json_object_new_object(), *layers = json_object_new_array(), *vmo = vm_to_json(next);
+
+        if (!e || !files || !f || !layers || !vmo) {
+                json_object_put(extents);
+                json_object_put(e);
+                json_object_put(files);
+                json_object_put(f);
+                json_object_put(layers);
+                json_object_put(vmo);
+                return -ENOMEM;
+        }
+        json_object_object_add(f, "layer", json_object_new_string(l->id));
+        json_object_object_add(f, "size", json_object_new_uint64(size));
+        json_object_object_add(f, "extents", extents);
+        json_object_array_add(files, f);
+        json_object_array_add(layers, layer_to_json(l));
+        json_object_object_add(e, "schema", json_object_new_int(RECORD_SCHEMA));
+        json_object_object_add(e, "op", json_object_new_string(op));
+        json_object_object_add(e, "vm", json_object_get(vmo));
+        json_object_object_add(e, "layers", layers);
+        json_object_object_add(e, "files", files);
+        *ret_e = e;
+        *ret_vmo = vmo;
+        return 0;
+}
+
+/* The VM record is overwritten in place after the commit (a new inode costs more than the fdatasync on
+ * ext4): its file opened and its blocks allocated for `len` bytes now, so that the overwrite cannot run
+ * out of space; torn by a crash, it is rewritten by the redo before the records are read. */
+static int vm_record_reserve(Store *s, const char *name, size_t len, struct stat *ret_st) {
+        _cleanup_close_ int fd = -EBADF;
+
+        if (len > RECORD_MAX_SIZE)
+                return -E2BIG;
+        fd = open_beneath(s->records_fd, name, O_WRONLY | O_NONBLOCK, 0);
+        if (fd < 0)
+                return fd;
+        if (fstat(fd, ret_st) < 0 || !S_ISREG(ret_st->st_mode) || ret_st->st_uid != s->uid || ret_st->st_nlink != 1)
+                return -EBADMSG;
+        if ((uint64_t) ret_st->st_blocks * 512 < len && fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t) len) < 0)
+                return negative_errno();
+        return TAKE_FD(fd);
+}
+
+static int entry_apply(Store *s, const char *op, const Layer *l, const char *layer_tmp, const char *layer_name, int vm_fd,
+                       const char *vm_text, size_t vm_len, uint64_t vm_old_size) {
+        char tmp[96];
+        int r = 0;
+
+        snprintf(tmp, sizeof(tmp), STORE_TMP_PREFIX "%s", l->file);
+        if (renameat2(s->images_fd, tmp, s->images_fd, l->file, RENAME_NOREPLACE) < 0)
+                r = negative_errno();
+        if (r >= 0)
+                op_crash_point(op, "wal-after-file");
+        if (r >= 0 && renameat(s->records_fd, layer_tmp, s->records_fd, layer_name) < 0)
+                r = negative_errno();
+        if (r >= 0)
+                op_crash_point(op, "wal-after-layer-record");
+        if (r >= 0)
+                r = format_pwrite_full(vm_fd, vm_text, vm_len, 0);
+        if (r >= 0 && vm_old_size > vm_len && ftruncate(vm_fd, (off_t) vm_len) < 0)
+                r = negative_errno();
+        if (r < 0) {
+                log_warning_errno(r, "Cannot put the files of %s in place; the checkpoint writes them", op);
+                (void) unlinkat(s->images_fd, tmp, 0);
+                (void) unlinkat(s->records_fd, layer_tmp, 0);
+        }
+        return r;
+}
+
 int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *userdata, Vm *next) {
-        struct json_object *e = NULL, *files = NULL, *f = NULL, *extents = NULL, *layers = NULL;
+        struct json_object *e = NULL, *extents = NULL;
         char layer_name[64], vm_name[96], layer_tmp[128] = "";
         _cleanup_close_ int fd = -EBADF, log_fd = -EBADF, vm_fd = -EBADF;
-        struct json_object *vmo = NULL; /* the new VM record: in the entry, and its text for the record */
-        const char *vm_text = NULL;      /* owned by `vmo` */
+        struct json_object *vmo = NULL; /* the new VM record: in the entry, and its text (vm_text) for the record */
         struct stat vst = {};
         size_t vm_len = 0;
         bool have_file = false;
         WalLog *g = NULL;
-        const char *text;
+        const char *text, *vm_text;
         struct stat st;
         size_t total;
         WalPending *p;
@@ -901,38 +703,19 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
         if (r >= 0 && (uint64_t) st.st_size > WAL_FILE_MAX_SIZE)
                 r = -E2BIG;
         if (r >= 0)
-                r = file_extents(fd, (uint64_t) st.st_size, &extents, &total);
+                r = wal_file_extents(fd, (uint64_t) st.st_size, &extents, &total);
         if (r < 0)
                 goto fail;
         l->inode = (uint64_t) st.st_ino;
         l->state = LAYER_READY;
 
-        e = json_object_new_object();
-        files = json_object_new_array();
-        f = json_object_new_object();
-        layers = json_object_new_array();
-        if (!e || !files || !f || !layers) {
-                r = -ENOMEM;
+        r = entry_build(op, l, next, (uint64_t) st.st_size, TAKE_PTR(extents), &e, &vmo);
+        if (r < 0)
                 goto fail;
-        }
-        json_object_object_add(f, "layer", json_object_new_string(l->id));
-        json_object_object_add(f, "size", json_object_new_uint64((uint64_t) st.st_size));
-        json_object_object_add(f, "extents", TAKE_PTR(extents));
-        json_object_array_add(files, TAKE_PTR(f));
-        json_object_array_add(layers, layer_to_json(l));
-        json_object_object_add(e, "schema", json_object_new_int(RECORD_SCHEMA));
-        json_object_object_add(e, "op", json_object_new_string(op));
-        vmo = vm_to_json(next);
-        vm_text = vmo ? json_object_to_json_string_ext(vmo, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
-        if (!vm_text) {
-                r = -ENOMEM;
-                goto fail;
-        }
-        json_object_object_add(e, "vm", json_object_get(vmo)); /* serializing `e` leaves vm_text alone */
-        json_object_object_add(e, "layers", TAKE_PTR(layers));
-        json_object_object_add(e, "files", TAKE_PTR(files));
+        /* Both texts live in their trees' buffers: serializing `e` leaves vm_text alone. */
+        vm_text = json_object_to_json_string_ext(vmo, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
         text = json_object_to_json_string_ext(e, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-        if (!text) {
+        if (!vm_text || !text) {
                 r = -ENOMEM;
                 goto fail;
         }
@@ -951,26 +734,10 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
                         layer_tmp[0] = 0;
                         goto fail;
                 }
-                /* The VM record is overwritten in place after the commit (a new inode costs more than the
-                 * fdatasync on ext4): its blocks are allocated now, so that the overwrite cannot run out of
-                 * space; torn by a crash, it is rewritten by the redo before the records are read. */
                 vm_len = strlen(vm_text);
-                if (vm_len > RECORD_MAX_SIZE) {
-                        r = -E2BIG;
-                        goto fail;
-                }
-                vm_fd = open_beneath(s->records_fd, vm_name, O_WRONLY | O_NONBLOCK, 0);
+                vm_fd = vm_record_reserve(s, vm_name, vm_len, &vst);
                 if (vm_fd < 0) {
                         r = vm_fd;
-                        goto fail;
-                }
-                if (fstat(vm_fd, &vst) < 0 || !S_ISREG(vst.st_mode) || vst.st_uid != s->uid || vst.st_nlink != 1) {
-                        r = -EBADMSG;
-                        goto fail;
-                }
-                if ((uint64_t) vst.st_blocks * 512 < vm_len &&
-                    fallocate(vm_fd, FALLOC_FL_KEEP_SIZE, 0, (off_t) vm_len) < 0) {
-                        r = negative_errno();
                         goto fail;
                 }
         }
@@ -1000,28 +767,11 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
 
         /* Applied: the temporaries renamed into place and the VM record overwritten, no sync
          * (wal_checkpoint() makes them durable). */
-        {
-                char tmp[96];
-                bool ok;
-
-                snprintf(tmp, sizeof(tmp), STORE_TMP_PREFIX "%s", l->file);
-                ok = renameat2(s->images_fd, tmp, s->images_fd, l->file, RENAME_NOREPLACE) >= 0;
-                if (ok)
-                        op_crash_point(op, "wal-after-file");
-                ok = ok && renameat(s->records_fd, layer_tmp, s->records_fd, layer_name) >= 0;
-                if (ok)
-                        op_crash_point(op, "wal-after-layer-record");
-                ok = ok && format_pwrite_full(vm_fd, vm_text, vm_len, 0) >= 0;
-                ok = ok && ((uint64_t) vst.st_size <= vm_len || ftruncate(vm_fd, (off_t) vm_len) >= 0);
-                if (!ok) {
-                        /* Committed all the same: the checkpoint redoes the entry, so does a start. */
-                        log_warning_errno(errno, "Cannot put the files of %s in place; the checkpoint writes them", op);
-                        p->entry = json_object_get(e);
-                        (void) unlinkat(s->images_fd, tmp, 0);
-                        (void) unlinkat(s->records_fd, layer_tmp, 0);
-                } else
-                        p->applied = true;
-        }
+        if (entry_apply(s, op, l, layer_tmp, layer_name, vm_fd, vm_text, vm_len, (uint64_t) vst.st_size) < 0)
+                /* Committed all the same: the checkpoint redoes the entry, so does a start. */
+                p->entry = json_object_get(e);
+        else
+                p->applied = true;
         json_object_put(e);
         json_object_put(vmo);
         store_add_layer_reserved(s, l);
@@ -1032,9 +782,6 @@ int wal_new_layer(Store *s, const char *op, Layer *l, StoreFillFunc fill, void *
 fail:
         json_object_put(vmo);
         json_object_put(extents);
-        json_object_put(f);
-        json_object_put(files);
-        json_object_put(layers);
         json_object_put(e);
         if (layer_tmp[0])
                 (void) unlinkat(s->records_fd, layer_tmp, 0);
