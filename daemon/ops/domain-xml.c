@@ -422,6 +422,13 @@ int domain_xml_build(Store *s, const char *vm, const char *disk, char **ret_xml,
         r = op_find_disk(s, vm, disk, NULL, &d, err);
         if (r < 0)
                 return r;
+        /* The paths leave the daemon and a QEMU started from them writes the top layer: a new one made
+         * durable first (docs/design.md, "Commit protocol"). */
+        if (d->n_chain > 0 && wal_layer_pending(s, d->chain[0])) {
+                r = wal_checkpoint(s);
+                if (r < 0)
+                        return op_error(err, r, "cannot make the disk's new layers durable");
+        }
         /* libvirt needs absolute paths; the store's is what the daemon was started with. */
         len = strlen(s->path);
         while (len > 1 && s->path[len - 1] == '/')

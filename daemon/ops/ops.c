@@ -373,6 +373,20 @@ static int new_layer_op(Store *s, Vm *v, Layer *l, FillArgs *args, Vm *next, con
         Layer *owned = l;
         int r;
 
+        /* A snapshot's changes fit in one entry of the VM's write-ahead log: one durable write. Not in
+         * cluster mode (yet): another host must find the records themselves up to date once the VM's
+         * lease is released, and a log entry redone by a restarting host could undo its later changes. */
+        if (streq(op, "snapshot") && !s->shared) {
+                r = wal_new_layer(s, op, l, fill_image, args, next);
+                if (r >= 0)
+                        return 0;
+                if (r != -E2BIG) {
+                        layer_free(l);
+                        vm_free(next);
+                        return op_error(err, r, "cannot write the log");
+                }
+        }
+
         r = txn_begin(s, op, INTENT_COMMIT_VM, v->name, next->generation, l->id, NULL, &t);
         if (r < 0) {
                 layer_free(l);

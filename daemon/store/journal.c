@@ -371,6 +371,10 @@ int intent_init(Intent *i, const char *op, IntentCommit commit, const char *comm
 }
 
 int journal_begin(Store *s, Intent *i) {
+        /* The logged operations before any intent (docs/design.md, "Commit protocol"). */
+        int r = wal_checkpoint(s);
+        if (r < 0)
+                return r;
         return journal_write(s, i);
 }
 

@@ -19,6 +19,7 @@
 
 #include "journal.h"
 #include "record.h"
+#include "wal.h"
 
 /* Temporaries (an interrupted write leaves them; recovery removes them): images/.#<file>, .#<record>. */
 #define STORE_TMP_PREFIX ".#"
@@ -38,13 +39,17 @@ typedef struct Store {
         bool layer_index_stale;
         Vm **vms;
         size_t n_vms;
+        WalState *wal; /* the per-VM write-ahead logs (wal.h) */
+        /* Opened by store_open_shared() (cluster mode): no recovery at start, and no new entries in the
+         * write-ahead logs (their lazy checkpoint is not designed for several hosts yet: docs/design.md). */
+        bool shared;
 } Store;
 
 int store_open(const char *path, Store **ret);
 /* The same without the recovery at start (journal replay, orphan sweep): cluster mode, where the journal
  * and the files are shared with other hosts and recovery must run under their leases. */
 int store_open_shared(const char *path, Store **ret);
-Store *store_free(Store *s);
+Store *store_free(Store *s); /* checkpoints the write-ahead logs first (wal.h) */
 
 Layer *store_find_layer(Store *s, const char *id);
 Layer *store_find_catalog(Store *s, const char *name);
@@ -89,7 +94,12 @@ void store_tmp_discard(Store *s, const Layer *l);
  * to what is replaced (ops/cluster-lease.c: only when the lease was just acquired). */
 int store_reload_vm(Store *s, const char *name);
 int store_reload_catalog(Store *s);
+/* In memory only, for the write-ahead log (wal.c), whose entry made the change durable: room for one
+ * more layer, which store_add_layer_reserved() then cannot fail to add; a VM replacing the one of its
+ * name. Both take ownership. */
+int store_reserve_layer(Store *s);
+void store_add_layer_reserved(Store *s, Layer *l);
+void store_replace_vm_in_memory(Store *s, Vm *v);
 
 /* Creates a new, empty image file for `l` (O_TMPFILE, linked under its name only when complete). */
-typedef int (*StoreFillFunc)(int fd, void *userdata);
 int store_create_layer_file(Store *s, Layer *l, StoreFillFunc fill, void *userdata);

@@ -62,6 +62,9 @@ def main():
         check_eq(c2[0], top, "a snapshot made on host 1 is the top on host 2")
         check_eq(c2, chain_ids(h1, "vm1", "vda"), "both hosts see the same chain")
         check_eq(chain_ids(h3, "vm1", "vda"), c2, "a third host sees it too")
+        logs = os.listdir(os.path.join(c.store, "log")) if os.path.isdir(os.path.join(c.store, "log")) else []
+        check_eq([n for n in logs if n.startswith("vm-")], [],
+                 "in cluster mode a Snapshot writes no write-ahead log (the records themselves are durable)")
 
         # ---- a read-write OpenDisk on host 1 excludes the disk on host 2 ----
         path, _, fds = h1.call("OpenDisk", "vm1", "vda", opts())

@@ -21,7 +21,9 @@ POINTS = {
     "create-image": ["after-journal", "after-layer-record", "after-file", "after-commit"],
     "import": ["after-journal", "after-layer-record", "after-copy", "before-rename", "after-file", "after-commit"],
     "create-disk": ["after-journal", "after-layer-record", "after-file", "before-commit", "after-commit"],
-    "snapshot": ["after-journal", "after-layer-record", "after-file", "before-commit", "after-commit"],
+    # Snapshot writes one entry of the VM's write-ahead log (docs/design.md, "Commit protocol"): its commit
+    # point is that entry's fdatasync, between wal-prepared and wal-after-log.
+    "snapshot": ["wal-prepared", "wal-after-log", "wal-after-file", "wal-after-layer-record", "wal-applied"],
     "delete-disk": ["after-journal", "before-commit", "after-commit"],
     "delete-vm": ["after-journal", "after-commit"],
     "delete-image": ["after-journal"],
@@ -109,6 +111,136 @@ def crash_run(env, point, op):
     env.start()
 
 
+def crash_only(env, point, op):
+    """crash_run() without the restart: the test changes the store first."""
+    env.stop()
+    daemon = env.start({"VDISKD_CRASH_AT": point})
+    try:
+        op()
+        died = False
+    except dbus.exceptions.DBusException:
+        died = True
+    try:
+        daemon.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    check(died and daemon.returncode == -9, f"{point}: vdiskd killed itself at the crash point (rc {daemon.returncode})")
+    env.wait_name_gone()
+
+
+def log_pending(env, vm):
+    """Operation entries of VM `vm`'s write-ahead log after its chain's last checkpoint entry, read as
+    docs/design.md ("Commit protocol") describes the format: 40-byte headers (magic, chain id, seq, type,
+    length, CRC-32), a chain from offset 0 with one chain id and seq 0, 1, 2..."""
+    import struct
+    import zlib
+    try:
+        data = open(os.path.join(env.store, "log", f"vm-{vm}.log"), "rb").read()
+    except FileNotFoundError:
+        return 0
+    off, chain_id, seq, pending = 0, None, 0, 0
+    while off + 40 <= len(data):
+        magic, cid, s, typ, length, crc, _ = struct.unpack_from("<8sQQIIII", data, off)
+        if magic != b"VDWAL01\n" or off + 40 + length > len(data) or (chain_id is not None and cid != chain_id) \
+                or s != seq:
+            break
+        header = bytearray(data[off:off + 40])
+        header[32:36] = b"\0\0\0\0"
+        if zlib.crc32(data[off + 40:off + 40 + length], zlib.crc32(bytes(header))) != crc:
+            break
+        pending = 0 if typ == 2 else pending + 1
+        chain_id, seq, off = cid, seq + 1, off + 40 + length
+    return pending
+
+
+def wal_scenarios(env):
+    """The write-ahead log's windows beyond the operation's own points (docs/design.md, "Commit protocol"):
+    a power loss after the commit, a crash inside a checkpoint, a crash inside the redo at start."""
+    def fresh(vm):
+        env.call("CreateVM", vm, dbus.UInt32(0), opts())
+        env.call("CreateDisk", vm, "d", "base", dbus.UInt64(0), opts())
+        top = env.call("GetChain", vm, "d")[0]
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x44 2M 1M", os.path.join(env.store, str(top[1]))],
+                       check=True, capture_output=True)
+        return chain(env, vm, "d"), guest_hash(env, vm, "d")
+
+    def vm_record(vm):
+        with open(os.path.join(env.store, "records", f"vm-{vm}.json")) as f:
+            return json.load(f)
+
+    # Each snapshot is one pending entry; GetDomainXML hands paths out (a QEMU started from them writes
+    # the top): it checkpoints first.
+    fresh("vmL")
+    env.call("Snapshot", "vmL", "d", opts())
+    check_eq(log_pending(env, "vmL"), 1, "log: one pending entry after a snapshot")
+    env.call("Snapshot", "vmL", "d", opts())
+    check_eq(log_pending(env, "vmL"), 2, "log: two pending entries after two snapshots")
+    env.call("GetDomainXML", "vmL", "d")
+    check_eq(log_pending(env, "vmL"), 0, "log: GetDomainXML checkpoints the disk's entries first")
+
+    # Committed and applied, then a power loss takes all that was not synced: the new file, the new layer
+    # record, the VM record's bytes (renamed, not written back). The start redoes it from the log.
+    before_chain, before_hash = fresh("vmP")
+    crash_only(env, "snapshot:wal-applied", lambda: env.call("Snapshot", "vmP", "d", opts()))
+    new = vm_record("vmP")["disks"][0]["chain"][0]
+    check(new not in before_chain, "power loss: the VM record named the new layer before the loss")
+    os.unlink(os.path.join(env.store, "images", f"{new}.qcow2"))
+    os.unlink(os.path.join(env.store, "records", f"layer-{new}.json"))
+    open(os.path.join(env.store, "records", "vm-vmP.json"), "w").close()
+    env.start()
+    check_eq(chain(env, "vmP", "d"), [new] + before_chain, "power loss after the commit: the snapshot is redone")
+    check_eq(guest_hash(env, "vmP", "d"), before_hash, "power loss after the commit: guest content unchanged")
+    check_store_invariants(env, "power loss after the commit")
+
+    # A crash inside the checkpoint that the next journal operation (CreateImage) makes first: the
+    # snapshot stays, the image was never begun.
+    for n, point in enumerate(["wal-checkpoint:after-sync", "wal-checkpoint:after-mark"]):
+        vm, img = f"vmC{n}", f"imgC{n}"
+        before_chain, before_hash = fresh(vm)
+        env.stop()
+        daemon = env.start({"VDISKD_CRASH_AT": point})
+        layer = env.call("Snapshot", vm, "d", opts())
+        check_eq(daemon.poll(), None, f"{point}: the snapshot itself makes no checkpoint")
+        crash_only_started(env, daemon, point, lambda: env.call("CreateImage", img, "raw", dbus.UInt64(MiB), opts()))
+        env.start()
+        check_eq(chain(env, vm, "d"), [str(layer)] + before_chain, f"{point}: the snapshot is kept")
+        check_eq(guest_hash(env, vm, "d"), before_hash, f"{point}: guest content unchanged")
+        check(img not in [str(i[0]) for i in env.call("ListImages")], f"{point}: the image was not created")
+        check_store_invariants(env, point)
+
+    # Committed only (nothing applied), then a crash inside the redo at the next start; the start after
+    # that redoes it again.
+    for n, point in enumerate(["wal-redo:after-file", "wal-redo:before-mark"]):
+        vm = f"vmR{n}"
+        before_chain, before_hash = fresh(vm)
+        crash_only(env, "snapshot:wal-after-log", lambda: env.call("Snapshot", vm, "d", opts()))
+        daemon = env.start({"VDISKD_CRASH_AT": point}, expect_ready=False)
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        check_eq(daemon.returncode, -9, f"{point}: vdiskd killed itself while redoing the log")
+        env.start()
+        c = chain(env, vm, "d")
+        check(len(c) == 3 and c[1:] == before_chain, f"{point}: the snapshot is redone")
+        check_eq(guest_hash(env, vm, "d"), before_hash, f"{point}: guest content unchanged")
+        check_store_invariants(env, point)
+
+
+def crash_only_started(env, daemon, point, op):
+    try:
+        op()
+        died = False
+    except dbus.exceptions.DBusException:
+        died = True
+    try:
+        daemon.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    check(died and daemon.returncode == -9, f"{point}: vdiskd killed itself at the crash point (rc {daemon.returncode})")
+    env.wait_name_gone()
+
+
 def main():
     require("qemu-io")
     env = Env(sys.argv[1])
@@ -163,7 +295,7 @@ def main():
                     elif op == "snapshot":
                         crash_run(env, point, lambda: env.call("Snapshot", vm, "d", opts()))
                         c = chain(env, vm, "d")
-                        if p == "after-commit":
+                        if p in ("after-commit", "wal-after-log", "wal-after-file", "wal-after-layer-record", "wal-applied"):
                             check(len(c) == 3 and c[1:] == before_chain, f"{point}: new top over the old chain")
                         else:
                             check_eq(c, before_chain, f"{point}: chain unchanged")
@@ -189,6 +321,7 @@ def main():
                     check(img in names, f"{point}: image still there (killed before its record was removed)")
                 check_store_invariants(env, point)
 
+        wal_scenarios(env)
         check(env.canary_unchanged(), "canary unchanged")
         print(f"{n} crash points exercised")
     finally:
