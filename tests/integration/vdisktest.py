@@ -308,8 +308,7 @@ try:
 except dbus.exceptions.DBusException as e:
     print(json.dumps([e.get_dbus_name(), e.get_dbus_message()]))
 """
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", *_setpriv_groups(groups), sys.executable, "-c", code,
-                json.dumps(list(args))]
+        argv = [*_as_user(user, groups), sys.executable, "-c", code, json.dumps(list(args))]
         p = subprocess.run(argv, capture_output=True, text=True, pass_fds=fds, timeout=60)
         if p.returncode != 0:
             raise RuntimeError(p.stderr)
@@ -328,8 +327,7 @@ try:
 except dbus.exceptions.DBusException as e:
     print(json.dumps([e.get_dbus_name(), e.get_dbus_message()]))
 """
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", *_setpriv_groups(groups), sys.executable, "-c", code,
-                json.dumps(list(args))]
+        argv = [*_as_user(user, groups), sys.executable, "-c", code, json.dumps(list(args))]
         p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             raise RuntimeError(p.stderr)
@@ -384,6 +382,14 @@ except dbus.exceptions.DBusException as e:
             with open(os.path.join(self.store, rel), "rb") as f:
                 out[rel] = hashlib.sha256(f.read()).hexdigest()
         return out
+
+
+def _as_user(user, groups):
+    """setpriv's argv to run as `user` with `groups`; nothing for the test's own uid when it is not root (it
+    could not switch; such a child is just another connection with the test's own credentials)."""
+    if not ROOT and user == os.geteuid() and groups is None:
+        return []
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", *_setpriv_groups(groups)]
 
 
 def _setpriv_groups(groups):
