@@ -308,7 +308,7 @@ def test_max_chain_depth():
         env.stop()
 
         # MaxChainDepth=1: no overlay at all; a blank disk is fine, its Snapshot is not.
-        with open(env.config, "w") as f:
+        with open(env.config, "a") as f:  # a later value replaces MaxChainDepth=4 (and keeps the rest)
             f.write("[Limits]\nMaxChainDepth=1\n")
         env.start()
         refused(env, "overlay with MaxChainDepth=1", TOODEEP, ["limit is 1"], "CreateDisk", "vm", "o", "base", t(0), opts())
