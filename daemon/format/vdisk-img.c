@@ -48,7 +48,9 @@ static int print_json(struct json_object *o) {
 }
 
 static int open_image(const char *path, int flags) {
-        int fd = open(path, flags | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+        /* A created image gets 0666 minus the umask, like any file a tool creates (without the mode
+         * argument, open() with O_CREAT takes whatever is on the stack). */
+        int fd = open(path, flags | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW, 0666);
         if (fd < 0)
                 fprintf(stderr, "vdisk-img: cannot open %s: %s\n", path, strerror(errno));
         return fd;

@@ -8,7 +8,9 @@ store directory, one lockspace file and one lease area (made here with `sanlock 
 processes started here are stopped, by pid. Skips (77) when sanlock or a vdiskd built with it is missing.
 """
 
+import grp
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -58,8 +60,12 @@ class Host:
         return e
 
     def start_sanlock(self):
+        # The daemon chowns its lockfile and socket to -U/-G: the user running the tests (root, or the
+        # user who owns run_dir; "-U root" as anyone else fails with "lockfile chown error").
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(os.getegid()).gr_name
         self.sanlock = subprocess.Popen(
-            ["sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-h", "0", "-U", "root", "-G", "root",
+            ["sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-h", "0", "-U", user, "-G", group,
              "-e", f"host{self.host_id}"],
             env=self.sanlock_env(), stdout=subprocess.DEVNULL, stderr=open(self.sanlock_log, "w"))
         for _ in range(200):

@@ -157,6 +157,12 @@ def unavailable():
     if not shutil.which(QEMU):
         return f"{QEMU} not installed"
     if not find_kernel():
+        # Debian installs /boot/vmlinuz-* mode 0600: as another user than root, say so.
+        unreadable = [os.path.join("/boot", n) for n in sorted(os.listdir("/boot") if os.path.isdir("/boot") else [])
+                      if n.startswith("vmlinuz-") and not os.access(os.path.join("/boot", n), os.R_OK)]
+        if unreadable:
+            return (f"the kernel {unreadable[-1]} is not readable by uid {os.geteuid()} (Debian installs it mode "
+                    "0600; run the guest tests as root, or have root make it readable, see README.md)")
         return "no kernel with modules in /boot and /lib/modules (install linux-image-amd64)"
     if not find_busybox():
         return "no static busybox (install busybox-static)"

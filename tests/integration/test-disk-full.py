@@ -2,24 +2,24 @@
 """A full store (issue 7): every mutating operation either succeeds or fails with NoSpace, leaves the
 store exactly as it was, and the daemon keeps serving.
 
-The store is on a small tmpfs (root only; the test is skipped otherwise). Before each attempt a filler
-file next to the store grows until ENOSPC and is then cut back by exactly the free space wanted, so an
-operation meets ENOSPC at a chosen point: free space is swept from 0 upwards page by page through the
-first 64 KiB (journal, records, headers), then around what the same operation consumed on a twin with
-room to spare (data copies, in-place writes, new tables), until the operation succeeds. Every failed
-attempt must be NoSpace (for Rebase / Commit / ImportImage from the call or as the job's ErrorName),
-leave every file of the store byte-identical (names, sizes, contents of images/, records/, journal/
-and anything else under the store), and the daemon must answer a call while the filesystem is still
-full. Operations: CreateImage (qcow2, raw, swap template, 2 MiB clusters), ImportImage (raw, qcow2),
-CreateVM, CreateDisk (overlay, copy of a qcow2 and of a raw image, blank qcow2 and raw, data_file on
-an overlay and on a blank disk, data_file_raw), Snapshot (plain and over a data file), Rebase onto a
-lower layer, flatten (also into a data file), Commit (a middle layer, the top, into a raw layer), and
-DeleteDisk / DeleteVM / DeleteImage on a full store. Then Rebase / flatten / Commit again with slow
-steps (VDISKD_TEST_STEP_BYTES / VDISKD_TEST_STEP_DELAY_MS) while the filesystem is filled up under
-them at several points of their progress (ImportImage copies 64 MiB per step, more than this store
-holds: its mid-copy ENOSPC is reached by the sweep). When a failure leaves something behind, the
-test prints what vdiskd logged, restarts it and checks that recovery from the journal restores the
-old state, then carries on.
+The store is on a small tmpfs (as another user than root: in a user namespace where it is uid 0). Before
+each attempt a filler file next to the store grows until ENOSPC and is then cut back by exactly the free
+space wanted, so an operation meets ENOSPC at a chosen point: free space is swept from 0 upwards page by
+page through the first 64 KiB (journal, records, headers), then around what the same operation consumed
+on a twin with room to spare (data copies, in-place writes, new tables), until the operation succeeds.
+Every failed attempt must be NoSpace (for Rebase / Commit / ImportImage from the call or as the job's
+ErrorName), leave every file of the store byte-identical (names, sizes, contents of images/, records/,
+journal/ and anything else under the store), and the daemon must answer a call while the filesystem is
+still full. Operations: CreateImage (qcow2, raw, swap template, 2 MiB clusters), ImportImage (raw,
+qcow2), CreateVM, CreateDisk (overlay, copy of a qcow2 and of a raw image, blank qcow2 and raw,
+data_file on an overlay and on a blank disk, data_file_raw), Snapshot (plain and over a data file),
+Rebase onto a lower layer, flatten (also into a data file), Commit (a middle layer, the top, into a raw
+layer), and DeleteDisk / DeleteVM / DeleteImage on a full store. Then Rebase / flatten / Commit again
+with slow steps (VDISKD_TEST_STEP_BYTES / VDISKD_TEST_STEP_DELAY_MS) while the filesystem is filled up
+under them at several points of their progress (ImportImage copies 64 MiB per step, more than this store
+holds: its mid-copy ENOSPC is reached by the sweep). When a failure leaves something behind, the test
+prints what vdiskd logged, restarts it and checks that recovery from the journal restores the old state,
+then carries on.
 
 A failure prints the exact reproduction: the operation, its arguments, the free bytes, the error and
 what changed in the store."""
@@ -28,6 +28,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -491,14 +492,27 @@ def phase_races():
     verify_all("after the races")
 
 
+def in_own_namespaces():
+    """Not root: runs this test again in a new user namespace where the user is uid 0 (and nothing more
+    outside: another uid cannot be mapped) with its own mount namespace, where it may mount the tmpfs;
+    the bus and vdiskd run in there too. Nothing outside sees the mount, which goes away with the test.
+    Where user namespaces are not allowed (some containers), the mount fails and the test skips."""
+    if os.geteuid() == 0 or not shutil.which("unshare"):
+        return
+    if subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True).returncode != 0:
+        return
+    os.execvp("unshare", ["unshare", "--user", "--map-root-user", "--mount", sys.executable, *sys.argv])
+
+
 def main():
     global env, mnt, filler
     require("qemu-io")
+    in_own_namespaces()
     env = Env(sys.argv[1])
     mnt = os.path.join(env.tmp, "small")
     os.mkdir(mnt)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={MOUNT_SIZE},mode=0700", "tmpfs", mnt]).returncode != 0:
-        print("SKIP: cannot mount a tmpfs (not root?)")
+        print("SKIP: cannot mount a tmpfs (not root, and no user namespace allowed?)")
         env.close()
         sys.exit(77)
     filler = os.path.join(mnt, "filler")

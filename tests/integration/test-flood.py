@@ -41,7 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 E = "org.vdisk1.Error."
 INUSE, LIMIT = E + "InUse", E + "LimitExceeded"
 INSPECT_ERRORS = {E + "UnsafeImage", E + "Corrupt", "org.freedesktop.DBus.Error.InvalidArgs"}
-OWNER = 65534  # owner uid of vm0..vm4 (nobody); vm5..vm9 and the job VM belong to root
+# Owner uid of vm0..vm4 (nobody); vm5..vm9 and the job VM belong to root. Not as root: the test user,
+# and every client is that user (an admin through its group, vdisktest.Env).
+OWNER = 65534 if os.geteuid() == 0 else os.geteuid()
 KiB, MiB = 1 << 10, 1 << 20
 RSS_TOLERANCE = 8 * MiB
 SNAPSHOTS_PER_CLIENT_AND_DISK = 12  # 50 clients x 12 + the initial layers stays under MaxChainDepth 1024
@@ -58,7 +60,7 @@ JOB_VM = "jobs"
 def worker(cfg):
     rnd = random.Random(cfg["seed"])
     pool = [(os.open(p, os.O_RDONLY | os.O_CLOEXEC), fmt, want) for p, fmt, want in cfg["inspect"]]
-    if cfg["uid"] != 0:
+    if cfg["uid"] not in (0, os.geteuid()):  # not root: "root's" clients are the test user too
         os.setgroups([])
         os.setresgid(cfg["uid"], cfg["uid"], cfg["uid"])
         os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
@@ -499,9 +501,10 @@ def read_records(store):
 def main():
     import dbus
 
-    from vdisktest import BUS_NAME, Env, check, check_eq, finish, opts, require
+    from vdisktest import BUS_NAME, Env, check, check_eq, finish, opts, require, root_only
 
     require("qemu-io")
+    root_only("clients as root and as the owner uid 65534 (all are the test user)")
     n_clients = int(os.environ.get("VDISK_FLOOD_CLIENTS") or 50)
     n_calls = int(os.environ.get("VDISK_FLOOD_CALLS") or 1000)
     seed = int(os.environ.get("VDISK_TEST_SEED") or random.SystemRandom().randrange(1 << 32))

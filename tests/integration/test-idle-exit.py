@@ -27,7 +27,8 @@ def write_activation(env, vdiskd, extra_env=""):
     with open(os.path.join(services, "org.vdisk1.service"), "w") as f:
         f.write("[D-BUS Service]\nName=org.vdisk1\n"
                 f"Exec=/usr/bin/env DBUS_SYSTEM_BUS_ADDRESS={env.address} {extra_env} "
-                f"{os.path.abspath(vdiskd)} --store {env.store} --config {env.config} --exit-on-idle=1\n")
+                f"{os.path.abspath(vdiskd)} --store {env.store} --config {env.config} --runtime-dir {env.runtime_dir} "
+                "--exit-on-idle=1\n")
     return services
 
 

@@ -18,7 +18,8 @@ destroys the domain before the leases end (at no time is a lease free while QEMU
 a missing disk is refused with NotFound and defines nothing.
 
 Usage: test-libvirt.py VDISKD (VDISKCTL in the environment). Exits 77 when libvirtd, virtlogd, virsh or
-qemu-system-x86_64 is not installed or the test does not run as root."""
+qemu-system-x86_64 is not installed. As another user than root, the same checks with libvirtd's session
+instance (qemu:///session) instead: its state in the test's directories (XDG_*), QEMU as that user."""
 
 import json
 import os
@@ -41,9 +42,10 @@ for tool in ("/usr/sbin/libvirtd", "/usr/sbin/virtlogd", "/usr/bin/virsh", QEMU,
         print(f"SKIP: {tool} not installed (Debian: libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients "
               "qemu-system-x86)")
         sys.exit(SKIP)
-if os.geteuid() != 0:
-    print("SKIP: a private libvirtd needs root")
-    sys.exit(SKIP)
+# As root: the system instance (qemu:///system) in a private mount namespace. As another user: libvirtd's
+# session mode (qemu:///session), which keeps all its state under the XDG_* directories given to it (the
+# test's own) and runs QEMU as that user; no namespace is needed.
+SESSION = os.geteuid() != 0
 
 LAUNCH = r"""set -e
 T="$1"
@@ -58,6 +60,13 @@ mount --bind "$T/group" /etc/group
 /usr/sbin/virtlogd &
 echo $! > "$T/virtlogd.pid"
 exec /usr/sbin/libvirtd -f /etc/libvirt/libvirtd.conf
+"""
+
+LAUNCH_SESSION = r"""set -e
+T="$1"
+/usr/sbin/virtlogd &
+echo $! > "$T/virtlogd.pid"
+exec /usr/sbin/libvirtd -f "$T/etc/libvirtd.conf"
 """
 
 # No namespace, no relabelling, no chown: vdisk hands out the fds (docs: README, libvirt).
@@ -103,8 +112,10 @@ class Libvirt:
         self.dir = os.path.join(tmp, "libvirt")
         for d in ("etc", "run", "lib", "cache", "log"):
             os.makedirs(os.path.join(self.dir, d))
-        with open(os.path.join(self.dir, "etc", "qemu.conf"), "w") as f:
-            f.write(QEMU_CONF)
+        if SESSION:  # the session instance reads $XDG_CONFIG_HOME/libvirt/; QEMU runs as the test user
+            os.makedirs(os.path.join(self.dir, "config", "libvirt"))
+        with open(os.path.join(self.dir, *(("config", "libvirt") if SESSION else ("etc",)), "qemu.conf"), "w") as f:
+            f.write(QEMU_CONF.replace('user = "root"\ngroup = "root"\n', "") if SESSION else QEMU_CONF)
         with open(os.path.join(self.dir, "etc", "libvirtd.conf"), "w") as f:
             f.write(LIBVIRTD_CONF)
         # libvirt's QEMU driver looks up its compiled-in user even when qemu.conf names root: it exists
@@ -117,13 +128,20 @@ class Libvirt:
                 if not any(l.startswith("libvirt-qemu:") for l in text.splitlines()):
                     dst.write(line)
         with open(os.path.join(self.dir, "launch.sh"), "w") as f:
-            f.write(LAUNCH)
+            f.write(LAUNCH_SESSION if SESSION else LAUNCH)
         self.socket = os.path.join(self.dir, "run", "libvirt", "libvirt-sock")
-        self.uri = f"qemu+unix:///system?socket={self.socket}"
+        self.uri = f"qemu+unix:///{'session' if SESSION else 'system'}?socket={self.socket}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DBUS_")}
+        if SESSION:
+            # Everything of the session instance in the test's directories; its D-Bus connections (it
+            # tries both buses) go to a socket that does not exist, never to the host's buses.
+            nobus = "unix:path=" + os.path.join(self.dir, "no-bus")
+            env.update({"XDG_RUNTIME_DIR": os.path.join(self.dir, "run"), "XDG_CONFIG_HOME": os.path.join(self.dir, "config"),
+                        "XDG_CACHE_HOME": os.path.join(self.dir, "cache"), "XDG_DATA_HOME": os.path.join(self.dir, "lib"),
+                        "HOME": self.dir, "DBUS_SYSTEM_BUS_ADDRESS": nobus, "DBUS_SESSION_BUS_ADDRESS": nobus})
         self.log = open(os.path.join(self.dir, "libvirtd.log"), "w")
         # unshare and sh exec: this pid is libvirtd's.
-        self.proc = subprocess.Popen(["unshare", "-m", "sh", os.path.join(self.dir, "launch.sh"), self.dir],
+        self.proc = subprocess.Popen([*(() if SESSION else ("unshare", "-m")), "sh", os.path.join(self.dir, "launch.sh"), self.dir],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.virtlogd = None
         end = time.time() + 60
@@ -145,15 +163,17 @@ class Libvirt:
         p = self.virsh("domstate", name)
         return p.stdout.strip() if p.returncode == 0 else None
 
+    def qemu_state_dir(self):
+        return os.path.join(self.dir, "run", "libvirt", "qemu", *(("run",) if SESSION else ()))
+
     def qemu_pid(self, name):
         try:
-            return int(open(os.path.join(self.dir, "run", "libvirt", "qemu", name + ".pid")).read())
+            return int(open(os.path.join(self.qemu_state_dir(), name + ".pid")).read())
         except (OSError, ValueError):
             return None
 
     def close(self):
-        for name in os.listdir(os.path.join(self.dir, "run", "libvirt", "qemu")) \
-                if os.path.isdir(os.path.join(self.dir, "run", "libvirt", "qemu")) else []:
+        for name in os.listdir(self.qemu_state_dir()) if os.path.isdir(self.qemu_state_dir()) else []:
             if name.endswith(".pid"):
                 kill_pid(self.qemu_pid(name[:-4]))
         kill_pid(self.proc.pid, wait=self.proc)

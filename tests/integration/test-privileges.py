@@ -13,7 +13,8 @@ calls that create files, hand out fds and run a job. And the drop is real, not j
 - a directory owned by another uid with mode 0700 is not searchable for it either (no
   CAP_DAC_READ_SEARCH).
 
-Usage: test-privileges.py VDISKD. Needs root with CAP_DAC_OVERRIDE (skips otherwise)."""
+Usage: test-privileges.py VDISKD. Needs root with CAP_DAC_OVERRIDE for all that (skips as root without it);
+as another user it checks only that vdiskd, run as that user, holds no capability while it serves."""
 
 import os
 import sys
@@ -58,9 +59,44 @@ def check_no_caps(env, when, exports=True):
     check_eq(c["Uid"], [0, 0, 0, 0], f"{when}: vdiskd still runs as uid 0 (real, effective, saved, fs)")
 
 
+def as_user():
+    """Not root: vdiskd has no capability to give up. What is left to show: it runs as the test user with
+    empty inheritable, permitted, effective and ambient sets, before and after serving (exports enabled
+    or not). The rest needs root (see the docstring)."""
+    uid = os.geteuid()
+    for config in ("", "[Exports]\nEnabled=no\n"):
+        env = Env(sys.argv[1], config)
+        try:
+            env.start()
+            when = "exports disabled" if config else "exports enabled"
+            for step in ("after start-up", "after serving calls and a job"):
+                if step != "after start-up":
+                    env.call("CreateImage", "base", "qcow2", dbus.UInt64(MiB), opts())
+                    env.call("CreateVM", "vm", dbus.UInt32(uid), opts())
+                    env.call("CreateDisk", "vm", "d", "base", dbus.UInt64(0), opts())
+                    env.call("Snapshot", "vm", "d", opts())
+                    lease = env.call("OpenDisk", "vm", "d", opts(read_only=True))
+                    check_eq(len(lease[2]), 3, f"{when}: OpenDisk hands out the fds of all 3 layers")
+                    dbus.Interface(env.bus.get_object("org.vdisk1", lease[0], introspect=False),
+                                   "org.vdisk1.Lease").Release()
+                    check_eq(env.wait_job(env.call("Rebase", "vm", "d", "", opts()))[0], "done",
+                             f"{when}: a flatten job works")
+                c = caps(env.daemon.pid)
+                for cap_set in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+                    check_eq(c[cap_set], 0, f"{when}, {step}: vdiskd's {cap_set} is empty")
+                check_eq(c["Uid"], [uid] * 4, f"{when}, {step}: vdiskd runs as uid {uid} (real, effective, saved, fs)")
+            env.stop()
+        finally:
+            env.close()
+    print(f"not as uid {uid}: the capability drop and what vdiskd can no longer open (needs root)")
+    finish()
+
+
 def main():
     me = caps("self")
-    if os.geteuid() != 0 or not me["CapEff"] & (1 << CAP_DAC_OVERRIDE):
+    if os.geteuid() != 0:
+        as_user()
+    if not me["CapEff"] & (1 << CAP_DAC_OVERRIDE):
         print("SKIP: needs root with CAP_DAC_OVERRIDE to show what vdiskd gives up")
         sys.exit(SKIP)
     check(me["CapBnd"] != 0, f"precondition: the test starts vdiskd with a non-empty bounding set ({me['CapBnd']:#x})")

@@ -81,6 +81,33 @@ def require(*tools):
             sys.exit(SKIP)
 
 
+# Whether the tests run as root. As another user, the vdiskd they start runs as that user too, and only
+# uid 0 is an administrator by itself: Env makes the test user's group vdiskd's AdminGroup=. What only
+# root can do (calls as other uids with setpriv, AdoptDomainXML, an unsafe Rebase, helpers under other
+# uids) is then left out of the test, which says so (root_only()).
+ROOT = os.geteuid() == 0
+
+
+def _admin_access():
+    if ROOT:
+        return ""
+    # vdiskd reads the supplementary groups of the caller's bus credentials: the group must be one of them.
+    groups = os.getgroups()
+    if not groups:
+        raise RuntimeError(f"uid {os.geteuid()} has no supplementary group: vdiskd cannot make it an administrator "
+                           "(run the tests as root, or as a user with a group, e.g. after 'su USER' or a login)")
+    import grp
+    gid = os.getegid() if os.getegid() in groups else groups[0]
+    return f"[Access]\nAdminGroup={grp.getgrgid(gid).gr_name}\n"
+
+
+def root_only(what):
+    """True as root; otherwise says that `what` is left out (it needs root) and returns False."""
+    if not ROOT:
+        print(f"not as uid {os.geteuid()}: {what} (needs root)")
+    return ROOT
+
+
 class Env:
     def __init__(self, vdiskd, config_extra=""):
         require("dbus-daemon", "qemu-img")
@@ -96,7 +123,7 @@ class Env:
             f.write(BUS_CONF.format(socket=self.socket))
         self.config = os.path.join(self.tmp, "vdiskd.conf")
         with open(self.config, "w") as f:
-            f.write(config_extra)
+            f.write(_admin_access() + config_extra)  # a later AdminGroup= (config_extra's) replaces it
         # A canary that crafted images may name: it must never change.
         self.canary = os.path.join(self.tmp, "canary")
         with open(self.canary, "wb") as f:
@@ -285,8 +312,7 @@ try:
 except dbus.exceptions.DBusException as e:
     print(json.dumps([e.get_dbus_name(), e.get_dbus_message()]))
 """
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", *_setpriv_groups(groups), sys.executable, "-c", code,
-                json.dumps(list(args))]
+        argv = [*_as_user(user, groups), sys.executable, "-c", code, json.dumps(list(args))]
         p = subprocess.run(argv, capture_output=True, text=True, pass_fds=fds, timeout=60)
         if p.returncode != 0:
             raise RuntimeError(p.stderr)
@@ -305,8 +331,7 @@ try:
 except dbus.exceptions.DBusException as e:
     print(json.dumps([e.get_dbus_name(), e.get_dbus_message()]))
 """
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", *_setpriv_groups(groups), sys.executable, "-c", code,
-                json.dumps(list(args))]
+        argv = [*_as_user(user, groups), sys.executable, "-c", code, json.dumps(list(args))]
         p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             raise RuntimeError(p.stderr)
@@ -361,6 +386,14 @@ except dbus.exceptions.DBusException as e:
             with open(os.path.join(self.store, rel), "rb") as f:
                 out[rel] = hashlib.sha256(f.read()).hexdigest()
         return out
+
+
+def _as_user(user, groups):
+    """setpriv's argv to run as `user` with `groups`; nothing for the test's own uid when it is not root (it
+    could not switch; such a child is just another connection with the test's own credentials)."""
+    if not ROOT and user == os.geteuid() and groups is None:
+        return []
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", *_setpriv_groups(groups)]
 
 
 def _setpriv_groups(groups):

@@ -202,6 +202,10 @@ class Suite:
         sys.stdout.flush()
 
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
 # ---- cases --------------------------------------------------------------------------------------
 
 def case_create(c, cs, size, backing):
@@ -211,6 +215,10 @@ def case_create(c, cs, size, backing):
         args += [f'--backing={bare("base.qcow2")}', '--backing-format=qcow2']
     if can_address(cs, size):
         c.vdisk(*args, name, str(size))
+        # Created like any file a tool creates: 0666 minus the umask (not whatever open() found on the
+        # stack without its mode argument; root reads any mode, an unprivileged user then cannot).
+        mode = os.stat(c.path(name)).st_mode & 0o7777
+        c.expect(mode == 0o666 & ~UMASK, f'vdisk-img create made {name} with mode {mode:o}, want {0o666 & ~UMASK:o}')
         c.qemu_check(name)
         c.expect_info(name, size, cs, 'base.qcow2' if backing else None, 'qcow2' if backing else None)
         c.vdisk_clean(name)
