@@ -272,7 +272,7 @@ def case_config(vdiskd):
     finally:
         env.close()
 
-    env = Env(vdiskd)  # the default: two
+    env = Env(vdiskd, spares=True)  # the default: two
     try:
         env.start()
         got = wait_for("by default two spares", lambda: len(spares(env)) == 2 and spares(env))
@@ -284,7 +284,7 @@ def case_config(vdiskd):
     finally:
         env.close()
 
-    env = Env(vdiskd, "[Exports]\nEnabled=no\n")
+    env = Env(vdiskd, "[Exports]\nEnabled=no\n", spares=True)  # would start the default two if enabled
     try:
         env.start()
         time.sleep(2.5)

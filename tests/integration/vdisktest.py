@@ -109,7 +109,7 @@ def root_only(what):
 
 
 class Env:
-    def __init__(self, vdiskd, config_extra=""):
+    def __init__(self, vdiskd, config_extra="", spares=False):
         require("dbus-daemon", "qemu-img")
         self.vdiskd = vdiskd
         self.tmp = tempfile.mkdtemp(prefix="vdisk-test-")
@@ -123,7 +123,11 @@ class Env:
             f.write(BUS_CONF.format(socket=self.socket))
         self.config = os.path.join(self.tmp, "vdiskd.conf")
         with open(self.config, "w") as f:
-            f.write(_admin_access() + config_extra)  # a later AdminGroup= (config_extra's) replaces it
+            # Spare storage helpers (one QEMU each, a second after the start) only where a test asks for them
+            # (spares=True: the built-in default; or SpareHelpers= in config_extra): elsewhere they would add
+            # processes and fds to every vdiskd a test starts. A later SpareHelpers= replaces this one.
+            no_spares = "" if spares or "SpareHelpers" in config_extra else "[Exports]\nSpareHelpers=0\n"
+            f.write(_admin_access() + no_spares + config_extra)  # a later AdminGroup= (config_extra's) replaces it
         # A canary that crafted images may name: it must never change.
         self.canary = os.path.join(self.tmp, "canary")
         with open(self.canary, "wb") as f:
