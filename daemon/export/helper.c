@@ -28,6 +28,8 @@
 #define HELPER_PR_SET_MDWE 65              /* PR_SET_MDWE, Linux 6.3 */
 #define HELPER_PR_MDWE_REFUSE_EXEC_GAIN 1U /* PR_MDWE_REFUSE_EXEC_GAIN */
 
+static const char *const helper_environment[] = { "LC_ALL=C", NULL };
+
 static const char *const helper_args[] = {
         "-nodefaults", "-no-user-config", "-nographic", "-machine", "none", "-accel", "tcg,split-wx=on,tb-size=1",
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
@@ -155,7 +157,9 @@ _noreturn_ static void helper_exec(const HelperSpawn *p, int monitor, int log_fd
                 for (size_t i = 0; i < ELEMENTSOF(helper_args); i++)
                         argv[n++] = helper_args[i];
                 argv[n] = NULL;
-                execv(p->binary, (char **) argv);
+                /* Nothing of vdiskd's environment (its test hooks, bus and notify addresses, malloc
+                 * settings): QEMU needs none. */
+                execve(p->binary, (char **) argv, (char **) helper_environment);
                 r = -errno;
         }
         (void) !write(errpipe, &r, sizeof(r));

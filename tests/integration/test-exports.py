@@ -145,6 +145,8 @@ def case_attach_and_sandbox(env, base_file):
     mine = [os.readlink(f"/proc/self/fd/{n}") for n in os.listdir("/proc/self/fd") if n.isdigit()
             if os.path.exists(f"/proc/self/fd/{n}")]
     check(not any(env.store in m for m in mine), "the caller holds no store file")
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        check_eq(f.read().split(b"\0")[:-1], [b"LC_ALL=C"], "the helper inherits nothing of vdiskd's environment")
     helper_files = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
     check(any(os.path.join(env.store, "images") in h for h in helper_files), "the helper holds the chain's files")
     # Nobody else can connect: the socket's name is gone.
