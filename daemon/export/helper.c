@@ -12,10 +12,12 @@
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "escape.h"
 #include "helper.h"
 #include "log.h"
 #include "util.h"
@@ -292,6 +294,26 @@ int helper_handshake(Helper *h, uint64_t timeout_usec) {
         v = qmp_client_version(h->qmp);
         log_debug("Helper pid %d ready: QEMU %u.%u.%u", (int) h->pid, v->major, v->minor, v->micro);
         return 0;
+}
+
+void helper_log_tail(const Helper *h) {
+        _cleanup_close_ int fd = -EBADF;
+        _cleanup_free_ char *path = NULL;
+        char buf[HELPER_LOG_TAIL + 1], *line, *save = NULL;
+        struct stat st;
+        ssize_t n;
+
+        if (!h || !h->dir || asprintf(&path, "%s/%s", h->dir, HELPER_LOG) < 0)
+                return;
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                return;
+        n = pread(fd, buf, HELPER_LOG_TAIL, st.st_size > HELPER_LOG_TAIL ? st.st_size - HELPER_LOG_TAIL : 0);
+        if (n <= 0)
+                return;
+        buf[n] = 0;
+        for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+                log_warning("Helper pid %d wrote: %s", (int) h->pid, escape_text(line, (char[256]) {}, 256));
 }
 
 int helper_spawn(const HelperSpawn *p, Helper **ret) {

@@ -66,6 +66,10 @@ int helper_attach(const char *dir, const char *name, pid_t pid, Helper **ret);
 /* Asks whatever helper serves the monitor socket of `dir` to quit, without knowing its pid (an export
  * whose start vdiskd did not finish). 0 if one answered, -ECONNREFUSED/-ENOENT if none is there. */
 int helper_quit_dir(const char *dir);
+/* Logs the last lines the helper wrote to its log (QEMU's own messages: an assertion, a refusal), each
+ * escaped (the helper is not trusted), at most HELPER_LOG_TAIL bytes: for a helper that ended on its own. */
+#define HELPER_LOG_TAIL 2048
+void helper_log_tail(const Helper *h);
 /* Asks the helper to quit (QEMU flushes its caches and closes its images), waits up to `timeout_usec`
  * for it to exit, else kills it. Returns once it is gone; < 0 if it could not be killed (it may still
  * be running). */

@@ -428,7 +428,9 @@ static int on_helper_event(QmpClient *c, const char *event, json_object *data, v
         }
         /* The monitor connection ended: the helper is gone (or has closed its monitor, which it never
          * does on its own). Its lease ends; the VM sees its disk fail, never a silent loss. */
-        log_warning("Helper of lease %s (pid %d) exited", e->lease->id, (int) e->helper->pid);
+        log_warning("Helper of lease %s (pid %d) exited (its monitor: %s)", e->lease->id, (int) e->helper->pid,
+                    strerror(-qmp_client_dead_reason(c) ?: EPIPE));
+        helper_log_tail(e->helper);
         e->gone(e->lease, e->userdata);
         return 0;
 }

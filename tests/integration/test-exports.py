@@ -217,8 +217,15 @@ def case_holder_leaves(env):
 def case_helper_dies(env):
     path, _, fd = open_export(env, "nbd")
     pid = state_of(env, path)["helper-pid"]
+    # What the helper wrote last (QEMU's own message, e.g. an assertion) reaches vdiskd's log, escaped.
+    with open(os.path.join(env.runtime_dir, "exports", path.rsplit("/", 1)[1], "helper.log"), "a") as f:
+        f.write("qemu: assertion failed \x1b[31m\n")
     os.kill(pid, signal.SIGKILL)
     wait_for("a helper that dies ends its lease", lambda: "its storage helper exited" in env.log_text())
+    check(f"Helper of lease {path.rsplit('/', 1)[1]} (pid {pid}) exited (its monitor: " in env.log_text(),
+          "vdiskd logs the helper's end and why its monitor ended")
+    check(f"Helper pid {pid} wrote: qemu: assertion failed \\x1b[31m" in env.log_text(),
+          "and the last lines of the helper's log, escaped")
     wait_for("the lease object goes", lambda: export_dirs(env) == [])
     err, _ = env.error("OpenDisk", "vm", "d", opts())
     check_eq(err, None, "the disk can be opened again")
