@@ -188,6 +188,16 @@ class Cluster:
                 bad.append(f"records/layer-{lid}.json (no disk uses it)")
         return sorted(bad)
 
+    def check_clean(self, vms):
+        """The end of a test: every VM of `vms` verifies clean on every host, the store holds no orphan,
+        and no host's vdiskd reported a sanitizer error."""
+        for h in self.hosts:
+            for vm in vms:
+                vdisktest.check_eq(list(h.call("Verify", vm)), [], f"Verify of {vm} on host {h.host_id} is clean")
+        vdisktest.check_eq(self.orphans(), [], "no orphan files, records or journal entries")
+        for h in self.hosts:
+            h.env.check_sanitizers()
+
     def dump_logs(self):
         for h in self.hosts:
             print(f"---- host {h.host_id}: vdiskd log (tail) ----")
