@@ -17,7 +17,7 @@ import time
 
 import dbus
 
-from vdisktest import BUS_NAME, Env, check, check_eq, finish, opts
+from vdisktest import BUS_NAME, Env, alive, check, check_eq, finish, opts, proc_status
 
 HELPER_UIDS = (2113929216, 2113994751)  # [Exports] HelperUids= default
 SANDBOX = b"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -42,23 +42,6 @@ def spares(env):
 def spare_dirs(env):
     d = os.path.join(env.runtime_dir, "spares")
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
-
-
-def proc_status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-    return out
 
 
 def wait_for(what, cond, timeout=15):

@@ -19,7 +19,7 @@ import time
 
 import dbus
 
-from vdisktest import BUS_NAME, Env, check, check_eq, finish, opts, qemu_img, require
+from vdisktest import BUS_NAME, Env, alive, check, check_eq, finish, opts, proc_status, qemu_img, require
 
 HELPER_UIDS = (2113929216, 2113994751)  # [Exports] HelperUids= default
 LEASE = "org.vdisk1.Lease"
@@ -45,23 +45,6 @@ def export_dirs(env):
 def state_of(env, lease_path):
     with open(os.path.join(env.runtime_dir, "exports", lease_path.rsplit("/", 1)[1], "state.json")) as f:
         return json.load(f)
-
-
-def proc_status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-    return out
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_for(what, cond, timeout=10):

@@ -108,6 +108,25 @@ def root_only(what):
     return ROOT
 
 
+def proc_status(pid):
+    """/proc/PID/status as {key: value}."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def alive(pid):
+    """Whether process `pid` runs (exists and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
 class Env:
     def __init__(self, vdiskd, config_extra="", spares=False):
         require("dbus-daemon", "qemu-img")
