@@ -137,6 +137,17 @@ static int new_chain_of(const Disk *d, const char *op, const char *layer, char *
         return 0;
 }
 
+/* The "fds" array of entry `i` of query-fdsets' reply and the set's id; NULL if it is not shaped so. */
+static json_object *fdset_fds(json_object *reply, size_t i, int64_t *ret_id) {
+        json_object *set = json_object_array_get_idx(reply, i), *fds, *sid;
+
+        if (!json_object_object_get_ex(set, "fdset-id", &sid) || !json_object_object_get_ex(set, "fds", &fds) ||
+            !json_object_is_type(fds, json_type_array))
+                return NULL;
+        *ret_id = json_object_get_int64(sid);
+        return fds;
+}
+
 /* The fd set whose descriptors are layer `id`'s (their opaque string is the id), -ENOENT if none. */
 static int fdset_of(Export *e, const char *id, int64_t *ret, OpError *err) {
         _cleanup_json_ json_object *reply = NULL;
@@ -146,15 +157,13 @@ static int fdset_of(Export *e, const char *id, int64_t *ret, OpError *err) {
         if (r < 0)
                 return r;
         for (size_t i = 0; json_object_is_type(reply, json_type_array) && i < json_object_array_length(reply); i++) {
-                json_object *set = json_object_array_get_idx(reply, i), *fds, *sid;
+                int64_t sid;
+                json_object *fds = fdset_fds(reply, i, &sid);
 
-                if (!json_object_object_get_ex(set, "fdset-id", &sid) || !json_object_object_get_ex(set, "fds", &fds) ||
-                    !json_object_is_type(fds, json_type_array))
-                        continue;
-                for (size_t k = 0; k < json_object_array_length(fds); k++) {
+                for (size_t k = 0; fds && k < json_object_array_length(fds); k++) {
                         const char *opaque = get_string(json_object_array_get_idx(fds, k), "opaque");
                         if (opaque && streq(opaque, id)) {
-                                *ret = json_object_get_int64(sid);
+                                *ret = sid;
                                 return 0;
                         }
                 }
@@ -376,18 +385,16 @@ static void release_rw_fds(Export *e) {
         if (export_qmp(e, "query-fdsets", NULL, -EBADF, &reply, &err) < 0)
                 return;
         for (size_t i = 0; json_object_is_type(reply, json_type_array) && i < json_object_array_length(reply); i++) {
-                json_object *set = json_object_array_get_idx(reply, i), *fds, *sid;
+                int64_t sid;
+                json_object *fds = fdset_fds(reply, i, &sid);
 
-                if (!json_object_object_get_ex(set, "fdset-id", &sid) || !json_object_object_get_ex(set, "fds", &fds) ||
-                    !json_object_is_type(fds, json_type_array))
-                        continue;
-                for (size_t k = 0; k < json_object_array_length(fds); k++) {
+                for (size_t k = 0; fds && k < json_object_array_length(fds); k++) {
                         _cleanup_json_ json_object *args = json_object_new_object();
                         json_object *x = json_object_array_get_idx(fds, k), *fd;
                         const char *opaque = get_string(x, "opaque");
 
                         if (!opaque || !startswith(opaque, LIVE_RW_OPAQUE) || !json_object_object_get_ex(x, "fd", &fd) ||
-                            put(args, "fdset-id", json_object_new_int64(json_object_get_int64(sid))) < 0 ||
+                            put(args, "fdset-id", json_object_new_int64(sid)) < 0 ||
                             put(args, "fd", json_object_new_int64(json_object_get_int64(fd))) < 0)
                                 continue;
                         (void) export_qmp(e, "remove-fd", args, -EBADF, NULL, &err);
