@@ -22,8 +22,14 @@
 #include "log.h"
 #include "util.h"
 
-/* The helper's command line: a QEMU without a machine, devices, network or display, whose only way in
- * is its monitor on fd 3. TCG is the only accelerator the monitor-only machine can have in Debian's
+/* The helper's command line: a QEMU without a machine, devices, network or display, whose only ways in
+ * are its two monitors. fd 4 is one end of a socket pair, connected before QEMU starts: vdiskd speaks
+ * to a helper it started through it. fd 3 is a listening socket bound in the helper's root-only
+ * directory, for a vdiskd that restarts and finds the helper again. The first connection is never made
+ * through the listener: QEMU 7.2 may accept a connection on its main loop while the monitor is being
+ * moved to its I/O thread, and then greets twice and lets both threads read commands (seen as
+ * greetings repeated and as command bytes reordered or cut, about one start in 350); a socket connected
+ * before the monitor exists takes the path QEMU sets up before any of its threads runs. TCG is the only accelerator the monitor-only machine can have in Debian's
  * QEMU (no qtest); split-wx and a one-megabyte translation buffer keep it from mapping 1 GiB of
  * writable and executable memory. QEMU's sandbox forbids spawning, privilege changes and resource
  * control on top of vdiskd's own restrictions. */
@@ -36,6 +42,7 @@ static const char *const helper_args[] = {
         "-nodefaults", "-no-user-config", "-nographic", "-machine", "none", "-accel", "tcg,split-wx=on,tb-size=1",
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-chardev", "socket,id=vdisk-monitor,fd=3,server=on,wait=off", "-mon", "chardev=vdisk-monitor,mode=control",
+        "-chardev", "socket,id=vdisk-start,fd=4", "-mon", "chardev=vdisk-start,mode=control",
         "-msg", "timestamp=on",
 };
 
@@ -68,11 +75,11 @@ static int monitor_listen(const char *dir) {
         return TAKE_FD(fd);
 }
 
-/* Connects to the monitor socket of `dir`; the greeting is not read yet. The socket listens as long as
- * the helper (or vdiskd, until the fork) holds it, so this does not wait for QEMU. */
-static int monitor_connect_only(const char *dir, QmpClient **ret) {
+/* Connects to the listening monitor of a helper found again (after a restart) and negotiates. */
+static int monitor_connect(const char *dir, QmpClient **ret) {
         _cleanup_close_ int fd = -EBADF;
         struct sockaddr_un sa;
+        QmpClient *c;
         socklen_t len;
         int r;
 
@@ -84,20 +91,10 @@ static int monitor_connect_only(const char *dir, QmpClient **ret) {
                 return negative_errno();
         if (connect(fd, (struct sockaddr *) &sa, len) < 0)
                 return negative_errno();
-        r = qmp_client_new(fd, ret);
+        r = qmp_client_new(fd, &c);
         if (r < 0)
                 return r;
         TAKE_FD(fd);
-        return 0;
-}
-
-static int monitor_connect(const char *dir, QmpClient **ret) {
-        QmpClient *c;
-        int r;
-
-        r = monitor_connect_only(dir, &c);
-        if (r < 0)
-                return r;
         r = qmp_client_handshake(c, HELPER_TIMEOUT_USEC);
         if (r < 0) {
                 qmp_client_free(c);
@@ -119,7 +116,7 @@ static int cap_effective(unsigned cap, bool on) {
 }
 
 /* In the forked child: becomes the helper, or reports errno through `errpipe` and exits. No return. */
-_noreturn_ static void helper_exec(const HelperSpawn *p, int monitor, int log_fd, int errpipe) {
+_noreturn_ static void helper_exec(const HelperSpawn *p, int monitor, int start, int log_fd, int errpipe) {
         const char *argv[ELEMENTSOF(helper_args) + 4];
         sigset_t none;
         size_t n = 0;
@@ -131,12 +128,17 @@ _noreturn_ static void helper_exec(const HelperSpawn *p, int monitor, int log_fd
         for (int sig = 1; sig < _NSIG; sig++)
                 (void) signal(sig, SIG_DFL);
 
+        /* Out of the way of the numbers they go to first: any of them may be 3 or 4 now. */
+        monitor = fcntl(monitor, F_DUPFD_CLOEXEC, 5);
+        start = monitor < 0 ? -1 : fcntl(start, F_DUPFD_CLOEXEC, 5);
+        log_fd = start < 0 ? -1 : fcntl(log_fd, F_DUPFD_CLOEXEC, 5);
         null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0 || dup2(monitor, 3) < 0)
+        if (log_fd < 0 || null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(log_fd, 1) < 0 || dup2(log_fd, 2) < 0 ||
+            dup2(monitor, 3) < 0 || dup2(start, 4) < 0)
                 r = -errno;
         /* Nothing else of vdiskd's goes with it (all its fds are O_CLOEXEC already; this makes sure, and
          * keeps `errpipe` open until the exec). */
-        if (r >= 0 && close_range(4, ~0U, CLOSE_RANGE_CLOEXEC) < 0 && errno != ENOSYS)
+        if (r >= 0 && close_range(5, ~0U, CLOSE_RANGE_CLOEXEC) < 0 && errno != ENOSYS)
                 r = -errno;
         if (r >= 0 && p->switch_uid) {
                 if (cap_effective(CAP_SETGID, true) < 0 || cap_effective(CAP_SETUID, true) < 0)
@@ -219,9 +221,9 @@ static void reap(const Helper *h) {
 }
 
 int helper_spawn_start(const HelperSpawn *p, Helper **ret) {
-        _cleanup_close_ int monitor = -EBADF, log_fd = -EBADF;
+        _cleanup_close_ int monitor = -EBADF, log_fd = -EBADF, ours = -EBADF, theirs = -EBADF;
         _cleanup_free_ char *log_path = NULL;
-        int errpipe[2], child_error = 0;
+        int errpipe[2], pair[2], child_error = 0;
         Helper *h;
         pid_t pid;
         ssize_t n;
@@ -235,6 +237,10 @@ int helper_spawn_start(const HelperSpawn *p, Helper **ret) {
         log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (log_fd < 0)
                 return log_error_errno(errno, "Failed to create %s", log_path);
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
+                return negative_errno();
+        ours = pair[0];
+        theirs = pair[1];
         if (pipe2(errpipe, O_CLOEXEC) < 0)
                 return negative_errno();
 
@@ -247,9 +253,10 @@ int helper_spawn_start(const HelperSpawn *p, Helper **ret) {
         }
         if (pid == 0) {
                 safe_close(errpipe[0]);
-                helper_exec(p, monitor, log_fd, errpipe[1]);
+                helper_exec(p, monitor, theirs, log_fd, errpipe[1]);
         }
         safe_close(errpipe[1]);
+        theirs = safe_close(theirs);
         do
                 n = read(errpipe[0], &child_error, sizeof(child_error));
         while (n < 0 && errno == EINTR);
@@ -272,9 +279,11 @@ int helper_spawn_start(const HelperSpawn *p, Helper **ret) {
                 return r;
         }
         h->dir = strdup(p->dir);
-        r = h->dir ? monitor_connect_only(p->dir, &h->qmp) : -ENOMEM;
+        r = h->dir ? qmp_client_new(ours, &h->qmp) : -ENOMEM;
+        if (r >= 0)
+                TAKE_FD(ours);
         if (r < 0) {
-                log_error_errno(r, "Failed to connect to the monitor of helper %s (pid %d)", p->name, (int) pid);
+                log_error_errno(r, "Failed to set up the monitor of helper %s (pid %d)", p->name, (int) pid);
                 (void) helper_stop(h, 0);
                 helper_free(h);
                 return r;

@@ -7,11 +7,14 @@
  * capability and with no_new_privs. It receives every file it may touch as an fd over its QMP monitor,
  * so it cannot open a store file by path: the store is 0700 and owned by uid 0.
  *
- * The monitor is a listening AF_UNIX socket that vdiskd binds in the helper's runtime directory
- * (0700, under vdiskd's runtime directory) before starting the helper, which inherits it as fd 3
- * ("-chardev socket,fd=3,server=on"). The helper never learns or needs a path; vdiskd connects to
- * the socket now and again after a restart of its own, since the helper outlives vdiskd (it is
- * started in its own session, and vdiskd's unit uses KillMode=process): running VMs keep their disks.
+ * It has two monitors. The first is one end of a socket pair, inherited as fd 4 ("-chardev
+ * socket,fd=4"): the vdiskd that starts the helper speaks to it there, on a connection that exists
+ * before QEMU does. The second is a listening AF_UNIX socket that vdiskd binds in the helper's runtime
+ * directory (0700, under vdiskd's runtime directory) before starting the helper, which inherits it as
+ * fd 3 ("-chardev socket,fd=3,server=on"): a vdiskd that restarted connects to it, since the helper
+ * outlives vdiskd (it is started in its own session, and vdiskd's unit uses KillMode=process): running
+ * VMs keep their disks. The helper never learns or needs a path. Why not one listening monitor for
+ * both: see helper.c (QEMU 7.2 races when the first connection arrives while it starts).
  *
  * vdiskd keeps CAP_SETUID and CAP_SETGID permitted (never effective) to switch the forked child to
  * the helper's uid, and CAP_KILL permitted to end a helper that does not quit when asked; each is

@@ -132,6 +132,27 @@ def case_attach_and_sandbox(env, base_file):
         check_eq(f.read().split(b"\0")[:-1], [b"LC_ALL=C"], "the helper inherits nothing of vdiskd's environment")
     helper_files = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
     check(any(os.path.join(env.store, "images") in h for h in helper_files), "the helper holds the chain's files")
+    # vdiskd speaks to the helper on a connection made before QEMU started (fd 4, one end of a socket
+    # pair), not through the listening monitor (fd 3), which QEMU 7.2 may accept while its monitor moves
+    # to its I/O thread (greeting twice, two readers). So the listener is free: a client connecting to it
+    # is greeted and answered at once (QEMU serves one client per listening monitor).
+    check(stat.S_ISSOCK(os.stat(f"/proc/{pid}/fd/4").st_mode), "the helper's fd 4 is a socket")
+    qmp_path = os.path.join(env.runtime_dir, "exports", path.rsplit("/", 1)[1], "qmp.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mon:
+        mon.settimeout(10)
+        mon.connect(qmp_path)
+        f = mon.makefile("rwb")
+        try:
+            greeting = json.loads(f.readline())
+        except (socket.timeout, ValueError) as e:
+            greeting = {"error": repr(e)}
+        check("QMP" in greeting, f"the listening monitor is free: a new client is greeted ({greeting})")
+        for cmd in ({"execute": "qmp_capabilities"}, {"execute": "query-name"}):
+            f.write(json.dumps(cmd).encode() + b"\n")
+            f.flush()
+            reply = json.loads(f.readline())
+        check_eq(reply.get("return", {}).get("name"), argv[argv.index(b"-name") + 1].decode(),
+                 "the listening monitor answers with the helper's name")
     # Nobody else can connect: the socket's name is gone.
     check(not os.path.exists(os.path.join(env.runtime_dir, "exports", path.rsplit("/", 1)[1], "export.sock")),
           "the export socket has no name any more")
