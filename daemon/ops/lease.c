@@ -176,13 +176,17 @@ static int quarantine(Store *s, Lease *l, const char *reason, OpError *err) {
 }
 
 void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
+        LeaseEnded *ended;
+        int r = 0;
+
         log_op(LOG_INFO, "lease", l->vm, l->disk, NULL, "Lease " VDISK_LEASE_PREFIX "/%s of disk '%s' of VM '%s' ended (%s)", l->id, l->disk, l->vm,
                why);
         /* A live job the helper still runs is cancelled first, one it completed is recorded: the
          * headers read below then match the records either way. */
         if (l->export && l->export->job_op && store_find_vm(s, l->vm)) {
                 OpError err = {};
-                if (live_job_recover(l->export, s, &err) < 0)
+                r = live_job_recover(l->export, s, &err);
+                if (r < 0)
                         log_error("Lease %s: cannot settle the live %s of disk '%s' of VM '%s': %s", l->id, l->export->job_op,
                                   l->disk, l->vm, err.reason);
         }
@@ -203,8 +207,19 @@ void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
                         (void) quarantine(s, l, reason, &err);
                 }
         }
+        ended = &reg->ended[reg->n_ended++ % LEASE_ENDED_KEEP];
+        snprintf(ended->id, sizeof(ended->id), "%s", l->id);
+        snprintf(ended->why, sizeof(ended->why), "%s", why);
+        ended->job_completed = r > 0;
         lease_registry_remove(reg, l);
         lease_free(l);
+}
+
+const LeaseEnded *lease_registry_ended(const LeaseRegistry *reg, const char *id) {
+        for (unsigned i = 0; i < LEASE_ENDED_KEEP; i++)
+                if (streq(reg->ended[i].id, id))
+                        return &reg->ended[i];
+        return NULL;
 }
 
 void lease_registry_holder_gone(Store *s, LeaseRegistry *reg, const char *holder) {

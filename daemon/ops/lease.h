@@ -47,9 +47,21 @@ typedef struct Lease {
         struct ClusterLeases *cluster; /* cluster mode: the disk's cluster lease, released with this lease */
 } Lease;
 
+/* Why a lease ended, kept for the jobs that still name it (a live job learns that its lease is gone
+ * only at its next step, and says why). */
+typedef struct LeaseEnded {
+        char id[LAYER_ID_LEN + 1];
+        char why[96];
+        bool job_completed; /* its live job had completed when it ended: the records follow the helper */
+} LeaseEnded;
+
+#define LEASE_ENDED_KEEP 8U
+
 typedef struct LeaseRegistry {
         Lease **leases;
         size_t n_leases;
+        LeaseEnded ended[LEASE_ENDED_KEEP]; /* the last leases ended, a ring */
+        unsigned n_ended;
 } LeaseRegistry;
 
 Lease *lease_free(Lease *l);
@@ -82,5 +94,7 @@ int lease_check_idle(Store *s, const LeaseRegistry *leases, const JobRegistry *j
 /* Ends a lease and frees it. After a read-write lease, the headers a hypervisor could write are
  * checked against the records again; a difference quarantines the disk. */
 void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why);
+/* How lease `id` ended, if it is one of the last LEASE_ENDED_KEEP to end; NULL otherwise. */
+const LeaseEnded *lease_registry_ended(const LeaseRegistry *reg, const char *id);
 /* The holder's connection went away: ends all its leases. */
 void lease_registry_holder_gone(Store *s, LeaseRegistry *reg, const char *holder);

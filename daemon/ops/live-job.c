@@ -522,7 +522,7 @@ int live_job_recover(Export *e, Store *s, OpError *err) {
         log_op(LOG_NOTICE, op, e->lease->vm, e->lease->disk, NULL,
                "A live job on disk '%s' of VM '%s' was interrupted (restart or end of lease): %s", e->lease->disk, e->lease->vm,
                changed ? "it had completed, the records now follow the storage helper" : "cancelled, the chain is unchanged");
-        return 0;
+        return changed;
 }
 
 /* ---- the job ---- */
@@ -532,8 +532,10 @@ static Export *job_export(LiveJob *j, OpError *err) {
         Lease *l = lease_registry_find(j->leases, j->lease);
 
         if (!l || !l->export) {
+                const LeaseEnded *ended = lease_registry_ended(j->leases, j->lease);
                 if (err)
-                        op_error(err, -EIO, "The lease of disk '%s' of VM '%s' ended: its storage helper stopped", j->disk, j->vm);
+                        op_error(err, -ECANCELED, "The lease of disk '%s' of VM '%s' ended (%s) before the live %s completed", j->disk,
+                                 j->vm, ended ? ended->why : "the reason is no longer known", j->op);
                 return NULL;
         }
         return l->export;
@@ -553,8 +555,15 @@ int live_job_step(LiveJob *j, OpError *err) {
         bool changed;
         int r;
 
-        if (!e)
+        if (!e) {
+                /* The lease's end settled the helper's job: it had completed, the records follow. */
+                const LeaseEnded *ended = lease_registry_ended(j->leases, j->lease);
+                if (ended && ended->job_completed) {
+                        j->done = j->total;
+                        return 0;
+                }
                 return err->code;
+        }
         r = query_job(e, &job, &reply, err);
         if (r < 0)
                 return r;

@@ -47,5 +47,7 @@ const char *live_job_operation(const LiveJob *j);
 /* The records brought to the chain the helper serves once its job (Export.job_op) has ended: unchanged,
  * or rolled forward to the chain without the dropped layers (*ret_changed). Clears the job. */
 int live_job_settle(Export *e, Store *s, bool *ret_changed, OpError *err);
-/* After a restart: a job still running in the helper is cancelled and waited for, then settled. */
+/* After a restart, or when the lease ends: a job still running in the helper is cancelled and waited
+ * for, then settled. Returns 1 if the job had completed (the records now follow the helper), 0 if the
+ * chain is unchanged (or there was no job). */
 int live_job_recover(Export *e, Store *s, OpError *err);

@@ -566,7 +566,11 @@ def case_live_cancel_and_refusals(env):
         check_eq(err, None, "a live commit starts again")
     end_export(env, path, fd, io)  # the lease ends while the helper's job runs
     if env.hooks:
-        check_eq(env.wait_job(job)[0], "failed", "the end of the lease fails the live job")
+        state, name, message = env.wait_job(job)
+        check_eq(state, "failed", "the end of the lease fails the live job")
+        check_eq((name, message), ("org.vdisk1.Error.Cancelled",
+                                   "The lease of disk 'd' of VM 'vm' ended (released) before the live commit completed"),
+                 "the job's error says why its lease ended")
         check_eq(chain_ids(env), chain, "the helper's job was cancelled first: the chain is unchanged (and Verify clean)")
     read_back(env, [("0x71", spread_ranges(0)), ("0x72", spread_ranges(64 << 10)), ("0x73", spread_ranges(128 << 10))])
     # A chain-fd lease: the hypervisor holds the chain, nothing runs live.
