@@ -63,10 +63,10 @@ Manager *manager_free(Manager *m) {
         return NULL;
 }
 
-/* A helper exited on its own: its lease ends (the holder's VM sees its disk fail). */
-static void manager_export_gone(Lease *l, void *userdata) {
+/* A helper exited on its own or its monitor failed: its lease ends (the holder's VM sees its disk fail). */
+static void manager_export_gone(Lease *l, const char *why, void *userdata) {
         Manager *m = userdata;
-        lease_end(m->store, &m->leases, l, "its storage helper exited");
+        lease_end(m->store, &m->leases, l, why);
 }
 
 ExportContext manager_export_context(Manager *m) {

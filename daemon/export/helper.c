@@ -395,6 +395,28 @@ bool helper_exited(const Helper *h) {
         return wait_exit(h, 0) > 0;
 }
 
+bool helper_wait_exited(const Helper *h, int timeout_ms) {
+        return wait_exit(h, timeout_ms) > 0;
+}
+
+void helper_describe_exit(const Helper *h, char *buf, size_t size) {
+        siginfo_t si = {};
+        int r = -ECHILD;
+
+        /* WNOWAIT: reap() collects it later. */
+        if (h->is_child && h->pidfd >= 0)
+                r = waitid(P_PIDFD, h->pidfd, &si, WEXITED | WNOHANG | WNOWAIT);
+        else if (h->is_child)
+                r = waitid(P_PID, (id_t) h->pid, &si, WEXITED | WNOHANG | WNOWAIT);
+        if (r < 0 || si.si_pid == 0)
+                snprintf(buf, size, "exited");
+        else if (si.si_code == CLD_EXITED)
+                snprintf(buf, size, "exited with status %d", si.si_status);
+        else
+                snprintf(buf, size, "was killed by signal %s%s", sigabbrev_np(si.si_status) ? "SIG" : "",
+                         sigabbrev_np(si.si_status) ?: "(unknown)");
+}
+
 int helper_stop(Helper *h, uint64_t timeout_usec) {
         int r;
 

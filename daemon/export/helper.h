@@ -79,6 +79,11 @@ void helper_log_tail(const Helper *h);
 int helper_stop(Helper *h, uint64_t timeout_usec);
 /* Whether the helper process has exited (without reaping it). */
 bool helper_exited(const Helper *h);
+/* The same, waiting at most `timeout_ms` for it to exit. */
+bool helper_wait_exited(const Helper *h, int timeout_ms);
+/* "exited with status N", "was killed by signal SIGX", or "exited" when that cannot be known (a helper
+ * found again after a restart is not vdiskd's child); the helper must have exited. */
+void helper_describe_exit(const Helper *h, char *buf, size_t size);
 /* Forgets the helper without stopping it (the monitor connection is closed; the helper keeps
  * running and accepts the next one). */
 Helper *helper_free(Helper *h);

@@ -426,12 +426,25 @@ static int on_helper_event(QmpClient *c, const char *event, json_object *data, v
                 log_debug("Helper of lease %s: event %s", e->lease->id, event);
                 return 0;
         }
-        /* The monitor connection ended: the helper is gone (or has closed its monitor, which it never
-         * does on its own). Its lease ends; the VM sees its disk fail, never a silent loss. */
-        log_warning("Helper of lease %s (pid %d) exited (its monitor: %s)", e->lease->id, (int) e->helper->pid,
-                    strerror(-qmp_client_dead_reason(c) ?: EPIPE));
+        /* The monitor connection ended: the helper is gone, or vdiskd's client gave up on it (a reply
+         * that did not come in time, a message that broke the protocol). Either way its lease ends (the
+         * helper is stopped with it); the VM sees its disk fail, never a silent loss. The two are told
+         * apart, so that the log and the lease's end say which. */
+        char status[64], why[96];
+        int dead = qmp_client_dead_reason(c) ?: -EPIPE;
+        /* A connection closed by the helper's end: it is exiting (its sockets close before it can be
+         * waited for), give it a moment. One that vdiskd's client gave up on: look only. */
+        bool exited = helper_wait_exited(e->helper, dead == -ECONNRESET || dead == -EPIPE ? 1000 : 0);
+
+        helper_describe_exit(e->helper, status, sizeof(status));
+        if (exited)
+                snprintf(why, sizeof(why), "its storage helper %s", status);
+        else
+                snprintf(why, sizeof(why), "the monitor of its storage helper failed: %s", strerror(-dead));
+        log_warning("Helper of lease %s (pid %d): %s (its monitor: %s)", e->lease->id, (int) e->helper->pid,
+                    exited ? status : "still running, its monitor failed", strerror(-dead));
         helper_log_tail(e->helper);
-        e->gone(e->lease, e->userdata);
+        e->gone(e->lease, why, e->userdata);
         return 0;
 }
 

@@ -50,8 +50,8 @@ typedef struct ExportSpares ExportSpares;
 #define EXPORT_DEFAULT_UID_FIRST 2113929216U /* 0x7e000000 */
 #define EXPORT_DEFAULT_UID_LAST 2113994751U  /* 0x7e00ffff */
 
-/* Called when a helper dies on its own: the lease must end. */
-typedef void (*ExportGoneHandler)(Lease *l, void *userdata);
+/* Called when a helper dies on its own, or its monitor fails: the lease must end, for `why`. */
+typedef void (*ExportGoneHandler)(Lease *l, const char *why, void *userdata);
 
 /* What OpenDisk needs to start exports. */
 typedef struct ExportContext {

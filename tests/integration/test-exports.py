@@ -225,14 +225,39 @@ def case_helper_dies(env):
     with open(os.path.join(env.runtime_dir, "exports", path.rsplit("/", 1)[1], "helper.log"), "a") as f:
         f.write("qemu: assertion failed \x1b[31m\n")
     os.kill(pid, signal.SIGKILL)
-    wait_for("a helper that dies ends its lease", lambda: "its storage helper exited" in env.log_text())
-    check(f"Helper of lease {path.rsplit('/', 1)[1]} (pid {pid}) exited (its monitor: " in env.log_text(),
-          "vdiskd logs the helper's end and why its monitor ended")
+    wait_for("a helper that dies ends its lease",
+             lambda: "ended (its storage helper was killed by signal SIGKILL)" in env.log_text())
+    check(f"Helper of lease {path.rsplit('/', 1)[1]} (pid {pid}): was killed by signal SIGKILL (its monitor: Connection reset by peer)"
+          in env.log_text(), "vdiskd logs how the helper ended and how its monitor ended")
     check(f"Helper pid {pid} wrote: qemu: assertion failed \\x1b[31m" in env.log_text(),
           "and the last lines of the helper's log, escaped")
     wait_for("the lease object goes", lambda: export_dirs(env) == [])
     err, _ = env.error("OpenDisk", "vm", "d", opts())
     check_eq(err, None, "the disk can be opened again")
+    os.close(fd)
+
+
+def case_helper_hangs(env):
+    """A helper that stops answering its monitor: the call waiting for it fails after the monitor's
+    timeout, the lease ends saying so (not that the helper exited), and the helper is stopped."""
+    path, _, fd = open_export(env, "nbd")
+    pid = state_of(env, path)["helper-pid"]
+    chain = env.call("GetChain", "vm", "d")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        err, msg = env.error("Snapshot", "vm", "d", opts())
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    check(err is not None, f"a live snapshot on a helper that does not answer fails ({err}: {msg})")
+    wait_for("the lease ends, saying the monitor failed",
+             lambda: "ended (the monitor of its storage helper failed: Connection timed out)" in env.log_text(), timeout=20)
+    check(f"Helper of lease {path.rsplit('/', 1)[1]} (pid {pid}): still running, its monitor failed (its monitor: Connection timed out)"
+          in env.log_text(), "vdiskd logs that the helper still ran")
+    wait_for("the helper is stopped with its lease", lambda: not alive(pid))
+    wait_for("the lease object goes", lambda: export_dirs(env) == [])
+    check_eq(env.call("GetChain", "vm", "d"), chain, "the chain is unchanged")
+    check_eq(env.call("Verify", "vm"), dbus.Array([], signature="(sss)"), "Verify is clean")
     os.close(fd)
 
 
@@ -629,6 +654,7 @@ def main():
     try:
         env.start()
         setup(env)
+        case_helper_hangs(env)
         case_helper_dies(env)
     finally:
         env.close()
