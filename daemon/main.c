@@ -15,6 +15,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "cluster.h"
+#include "cluster-recover.h"
 #include "config.h"
 #include "log.h"
 #include "bus.h"
@@ -248,6 +249,8 @@ static int run(int argc, char *argv[]) {
                         return log_error_errno(r, "Failed to start cluster mode (sanlock); refusing to start");
                 }
                 r = store_open_shared(store, &m->store);
+                if (r >= 0)
+                        r = cluster_recovery_start(m->cluster, m->store, m->event, &m->cluster_recovery);
         } else
                 r = store_open(store, &m->store);
         if (r < 0) {

@@ -6,6 +6,7 @@
 
 #include "log.h"
 #include "manager.h"
+#include "cluster-recover.h"
 
 int manager_new(const Config *config, Manager **ret) {
         Manager *m;
@@ -53,6 +54,7 @@ Manager *manager_free(Manager *m) {
         job_registry_done(&m->jobs);
         m->spares = export_spares_free(m->spares); /* vdiskd exits: its spares (holding nothing) with it */
         lease_registry_done(&m->leases);
+        m->cluster_recovery = cluster_recovery_free(m->cluster_recovery);
         m->cluster = cluster_free(m->cluster); /* after the jobs and leases, which release their cluster leases */
         caller_cache_done(&m->callers);
         sd_bus_flush_close_unref(m->bus);

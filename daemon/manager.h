@@ -53,6 +53,7 @@ typedef struct Manager {
         LeaseRegistry leases;
         CallerCache callers;
         Cluster *cluster; /* NULL in Mode=local */
+        struct ClusterRecovery *cluster_recovery; /* cluster mode: interrupted operations of other hosts */
         ExportSpares *spares; /* [Exports] SpareHelpers=, started by manager_recover_exports() */
 } Manager;
 

@@ -7,6 +7,7 @@
 
 #include "cluster-lease.h"
 #include "live.h"
+#include "recovery.h"
 #include "log.h"
 
 static int take(ClusterLeases *l, const char *name, bool exclusive, const char *what, OpError *err) {
@@ -45,6 +46,27 @@ static int take(ClusterLeases *l, const char *name, bool exclusive, const char *
         return r;
 }
 
+/* Just acquired exclusively from outside this vdiskd: no operation of ours holds `lease`, so a journal
+ * entry naming it was left by a host that died (or by this vdiskd before a restart). It is rolled back
+ * or forward now, before anything reads the records it may have left half-done; then the records are
+ * read again (`vm`; NULL: the catalog). */
+static int recover_under(Store *s, const char *lease, const char *vm, const char *what, OpError *err) {
+        size_t n = 0;
+        int r;
+
+        r = store_recover_lease(s, lease, &n);
+        if (r < 0)
+                return op_error(err, r == -ENOMEM ? r : -EBADMSG,
+                                "%s has an interrupted operation of a host that stopped, which cannot be recovered: see the log", what);
+        if (n == 0)
+                return 0;
+        log_notice("Recovered %zu interrupted operation(s) under cluster lease %s", n, lease);
+        r = vm ? store_reload_vm(s, vm) : store_reload_catalog(s);
+        if (r < 0)
+                return op_error(err, r == -ENOMEM ? r : -EBADMSG, "The records of %s cannot be read again", what);
+        return 0;
+}
+
 int cluster_leases_catalog(ClusterLeases *l, Store *s, bool exclusive, OpError *err) {
         int r;
 
@@ -56,6 +78,8 @@ int cluster_leases_catalog(ClusterLeases *l, Store *s, bool exclusive, OpError *
         r = store_reload_catalog(s);
         if (r < 0)
                 return op_error(err, r == -ENOMEM ? r : -EBADMSG, "The catalog's records cannot be read again");
+        if (exclusive)
+                return recover_under(s, "catalog", NULL, "The image catalog", err);
         return 0;
 }
 
@@ -76,6 +100,11 @@ int cluster_leases_vm(ClusterLeases *l, Store *s, const char *vm, bool exclusive
         r = store_reload_vm(s, vm);
         if (r < 0)
                 return op_error(err, r == -ENOMEM ? r : -EBADMSG, "The records of VM '%s' cannot be read again", vm);
+        if (exclusive) {
+                r = recover_under(s, name, vm, what, err);
+                if (r < 0)
+                        return r;
+        }
         v = store_find_vm(s, vm);
         if (v && l->owner != (uid_t) -1 && v->owner_uid != l->owner)
                 return op_error(err, -EACCES, "Access to VM '%s' denied", vm);

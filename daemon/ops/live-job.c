@@ -61,9 +61,7 @@ static uint64_t now_usec(void) {
 }
 
 static void strv_freep(char ***v) {
-        for (size_t i = 0; *v && (*v)[i]; i++)
-                free((*v)[i]);
-        free(*v);
+        strv_free(*v);
 }
 #define _cleanup_strv_ _cleanup_(strv_freep)
 
@@ -84,20 +82,6 @@ static const char *get_string(json_object *o, const char *key) {
         return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
 }
 
-/* NULL-terminated list of strings, appended to. */
-static int strv_push(char ***v, size_t *n, const char *s) {
-        char **p = reallocarray(*v, *n + 2, sizeof(char *));
-
-        if (!p)
-                return -ENOMEM;
-        *v = p;
-        p[*n] = strdup(s);
-        p[*n + 1] = NULL;
-        if (!p[*n])
-                return -ENOMEM;
-        (*n)++;
-        return 0;
-}
 
 static size_t chain_index(const Disk *d, const char *id) {
         for (size_t i = 0; id && i < d->n_chain; i++)

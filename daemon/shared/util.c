@@ -111,3 +111,23 @@ const char *startswith(const char *s, const char *prefix) {
         size_t n = strlen(prefix);
         return strncmp(s, prefix, n) == 0 ? s + n : NULL;
 }
+
+int strv_push(char ***v, size_t *n, const char *s) {
+        char **p = reallocarray(*v, *n + 2, sizeof(char *));
+
+        if (!p)
+                return -ENOMEM;
+        *v = p;
+        p[*n] = strdup(s);
+        p[*n + 1] = NULL;
+        if (!p[*n])
+                return -ENOMEM;
+        (*n)++;
+        return 0;
+}
+
+void strv_free(char **v) {
+        for (char **p = v; p && *p; p++)
+                free(*p);
+        free(v);
+}

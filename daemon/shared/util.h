@@ -44,3 +44,8 @@ void crash_point(const char *point);
 /* The rest of `s` after `prefix`, or NULL if it does not start with it. */
 const char *startswith(const char *s, const char *prefix) _pure_;
 
+
+/* A list of strings, NULL-terminated and counted: strv_push() appends a copy of `s`. */
+int strv_push(char ***v, size_t *n, const char *s);
+/* Frees a NULL-terminated list (NULL is fine). */
+void strv_free(char **v);

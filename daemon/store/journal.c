@@ -20,7 +20,7 @@ static const char *const intent_commit_table[_INTENT_COMMIT_MAX] = {
         [INTENT_COMMIT_CHAIN] = "chain",
 };
 
-static int strv_push(char ***v, size_t *n, const char *s);
+static int intent_strv_push(char ***v, size_t *n, const char *s);
 
 const char *intent_commit_to_string(IntentCommit c) {
         return c >= 0 && c < _INTENT_COMMIT_MAX ? intent_commit_table[c] : NULL;
@@ -92,7 +92,7 @@ int intent_set_commit_chain(Intent *i, const char *disk, char **chain, size_t n)
         if (!i->commit_disk)
                 return -ENOMEM;
         for (size_t k = 0; k < n; k++) {
-                int r = strv_push(&i->commit_chain, &i->n_commit_chain, chain[k]);
+                int r = intent_strv_push(&i->commit_chain, &i->n_commit_chain, chain[k]);
                 if (r < 0)
                         return r;
         }
@@ -280,28 +280,18 @@ int journal_finish_modified(Store *s, Intent *i) {
         return 0;
 }
 
-static int strv_push(char ***v, size_t *n, const char *s) {
-        char **a, *c;
-
+static int intent_strv_push(char ***v, size_t *n, const char *s) {
         if (*n >= INTENT_MAX_LAYERS)
                 return -E2BIG;
-        c = strdup(s);
-        a = c ? reallocarray(*v, *n + 1, sizeof(char *)) : NULL;
-        if (!a) {
-                free(c);
-                return -ENOMEM;
-        }
-        a[(*n)++] = c;
-        *v = a;
-        return 0;
+        return strv_push(v, n, s);
 }
 
 int intent_add_new(Intent *i, const char *layer) {
-        return strv_push(&i->new_layers, &i->n_new, layer);
+        return intent_strv_push(&i->new_layers, &i->n_new, layer);
 }
 
 int intent_add_drop(Intent *i, const char *layer) {
-        return strv_push(&i->drop_layers, &i->n_drop, layer);
+        return intent_strv_push(&i->drop_layers, &i->n_drop, layer);
 }
 
 static struct json_object *strv_to_json(char **v, size_t n) {
@@ -426,7 +416,7 @@ static int strv_from_json(struct json_object *o, const char *key, char ***v, siz
 
                 if (!json_object_is_type(e, json_type_string) || !layer_id_is_valid(json_object_get_string(e)))
                         return -EBADMSG;
-                r = strv_push(v, n, json_object_get_string(e));
+                r = intent_strv_push(v, n, json_object_get_string(e));
                 if (r < 0)
                         return r;
         }

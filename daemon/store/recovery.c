@@ -2,12 +2,66 @@
 
 #include <dirent.h>
 #include <search.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "log.h"
 #include "recovery.h"
 #include "store.h"
+
+/* Rolls entry `i` (journal/<i->id>.json) forward if the store has reached its commit point, else back,
+ * and ends it. */
+static int replay_entry(Store *s, Intent *i) {
+        int r;
+
+        if (intent_committed(s, i)) {
+                log_op(LOG_NOTICE, i->op, NULL, NULL, NULL, "Completing interrupted operation %s %s", i->op, i->id);
+                r = journal_finish_modified(s, i);
+                if (r >= 0)
+                        journal_complete(s, i, false, NULL, NULL);
+        } else {
+                log_op(LOG_NOTICE, i->op, NULL, NULL, NULL, "Rolling back interrupted operation %s %s", i->op, i->id);
+                r = journal_roll_back(s, i);
+        }
+        if (r < 0)
+                return r;
+        return journal_end(s, i);
+}
+
+/* Whether `name` is the name of a journal entry (<op-id>.json); temporaries are removed on the way when
+ * `remove_temporaries`. */
+static bool entry_name(Store *s, const char *name, bool remove_temporaries) {
+        size_t len = strlen(name);
+
+        if (name[0] == '.') {
+                if (remove_temporaries && strncmp(name, STORE_TMP_PREFIX, strlen(STORE_TMP_PREFIX)) == 0)
+                        (void) unlinkat(s->journal_fd, name, 0);
+                return false;
+        }
+        if (len > 5 && streq(name + len - 5, ".undo"))
+                return false; /* belongs to an entry; leftovers are removed after the replay */
+        if (len != LAYER_ID_LEN + 5 || !streq(name + LAYER_ID_LEN, ".json")) {
+                if (remove_temporaries)
+                        log_warning("Ignoring unexpected file journal/%s", name);
+                return false;
+        }
+        return true;
+}
+
+/* Reads entry `name` into `i`: 0, or a negative errno with `*ret_why` (may stay NULL) saying why. */
+static int read_entry(Store *s, const char *name, Intent *i, const char **ret_why) {
+        struct json_object *o = NULL;
+        int r;
+
+        r = record_read_why(s->journal_fd, name, &o, ret_why);
+        if (r >= 0)
+                r = intent_parse(o, i);
+        json_object_put(o);
+        if (r >= 0)
+                memcpy(i->id, name, LAYER_ID_LEN); /* intent_parse() sets `i` only on success */
+        return r;
+}
 
 static int replay_journal(Store *s) {
         DIR *d;
@@ -19,27 +73,12 @@ static int replay_journal(Store *s) {
                 return r;
 
         while ((de = readdir(d))) {
-                struct json_object *o = NULL;
                 const char *why = NULL;
                 Intent i = {};
-                size_t len = strlen(de->d_name);
 
-                if (de->d_name[0] == '.') {
-                        if (strncmp(de->d_name, STORE_TMP_PREFIX, strlen(STORE_TMP_PREFIX)) == 0)
-                                (void) unlinkat(s->journal_fd, de->d_name, 0);
+                if (!entry_name(s, de->d_name, true))
                         continue;
-                }
-                if (len > 5 && streq(de->d_name + len - 5, ".undo"))
-                        continue; /* belongs to an entry; leftovers are removed after the replay */
-                if (len != LAYER_ID_LEN + 5 || !streq(de->d_name + LAYER_ID_LEN, ".json")) {
-                        log_warning("Ignoring unexpected file journal/%s", de->d_name);
-                        continue;
-                }
-
-                r = record_read_why(s->journal_fd, de->d_name, &o, &why);
-                if (r >= 0)
-                        r = intent_parse(o, &i);
-                json_object_put(o);
+                r = read_entry(s, de->d_name, &i, &why);
                 if (r == -EPROTONOSUPPORT) {
                         log_error("Journal entry %s has a newer schema than this vdiskd understands; refusing to start.",
                                   de->d_name);
@@ -54,30 +93,109 @@ static int replay_journal(Store *s) {
                         intent_done(&i);
                         break;
                 }
-
-                memcpy(i.id, de->d_name, LAYER_ID_LEN); /* intent_parse() sets `i` only on success */
-
-                if (intent_committed(s, &i)) {
-                        log_op(LOG_NOTICE, i.op, NULL, NULL, NULL, "Completing interrupted operation %s %s", i.op, i.id);
-                        r = journal_finish_modified(s, &i);
-                        if (r >= 0)
-                                journal_complete(s, &i, false, NULL, NULL);
-                } else {
-                        log_op(LOG_NOTICE, i.op, NULL, NULL, NULL, "Rolling back interrupted operation %s %s", i.op, i.id);
-                        r = journal_roll_back(s, &i);
-                }
-                if (r < 0) {
+                r = replay_entry(s, &i);
+                if (r < 0)
                         log_error_errno(r, "Cannot replay journal entry %s; refusing to start", de->d_name);
-                        intent_done(&i);
-                        break;
-                }
-                r = journal_end(s, &i);
                 intent_done(&i);
                 if (r < 0)
                         break;
         }
         closedir(d);
         return r < 0 ? r : 0;
+}
+
+void intent_lease_name(const Intent *i, char *buf, size_t size) {
+        switch (i->commit) {
+        case INTENT_COMMIT_LAYER_READY:   /* create-image, import */
+        case INTENT_COMMIT_LAYER_DELETED: /* delete-image */
+                snprintf(buf, size, "catalog");
+                break;
+        default: /* the VM record's operations */
+                snprintf(buf, size, "vm:%s", i->commit_name);
+        }
+}
+
+int store_recover_lease(Store *s, const char *lease, size_t *ret_n) {
+        DIR *d;
+        struct dirent *de;
+        size_t n = 0;
+        int r;
+
+        r = store_opendir(s->journal_fd, &d);
+        if (r < 0)
+                return r;
+        while ((de = readdir(d))) {
+                char name[CLUSTER_LEASE_NAME_MAX + 1];
+                const char *why = NULL;
+                Intent i = {};
+
+                if (!entry_name(s, de->d_name, false))
+                        continue;
+                r = read_entry(s, de->d_name, &i, &why);
+                if (r == -ENOENT) { /* ended meanwhile by its own host */
+                        intent_done(&i);
+                        continue;
+                }
+                if (r < 0) {
+                        /* Whose it is cannot be known: it waits for the start of the host that wrote it (or
+                         * an administrator). Nothing else is touched. */
+                        log_warning("Journal entry %s cannot be read (%s); leaving it", de->d_name, why ?: strerror(-r));
+                        intent_done(&i);
+                        continue;
+                }
+                intent_lease_name(&i, name, sizeof(name));
+                if (streq(name, lease)) {
+                        r = replay_entry(s, &i);
+                        if (r < 0) {
+                                log_error_errno(r, "Cannot recover journal entry %s (%s)", de->d_name, lease);
+                                intent_done(&i);
+                                break;
+                        }
+                        n++;
+                }
+                intent_done(&i);
+                r = 0;
+        }
+        closedir(d);
+        if (ret_n)
+                *ret_n = n;
+        return r;
+}
+
+int store_pending_leases(Store *s, char ***ret, size_t *ret_n) {
+        char **names = NULL;
+        size_t n = 0;
+        DIR *d;
+        struct dirent *de;
+        int r;
+
+        r = store_opendir(s->journal_fd, &d);
+        if (r < 0)
+                return r;
+        while ((de = readdir(d))) {
+                char name[CLUSTER_LEASE_NAME_MAX + 1];
+                bool known = false;
+                Intent i = {};
+
+                if (!entry_name(s, de->d_name, false) || read_entry(s, de->d_name, &i, NULL) < 0) {
+                        intent_done(&i);
+                        continue;
+                }
+                intent_lease_name(&i, name, sizeof(name));
+                intent_done(&i);
+                for (size_t k = 0; k < n && !known; k++)
+                        known = streq(names[k], name);
+                if (!known && (r = strv_push(&names, &n, name)) < 0)
+                        break;
+        }
+        closedir(d);
+        if (r < 0) {
+                strv_free(names);
+                return r;
+        }
+        *ret = names;
+        *ret_n = n;
+        return 0;
 }
 
 /* A set of strings for the sweep (glibc's hsearch_r): linear in the store's size, not quadratic. The

@@ -12,3 +12,19 @@ typedef struct Store Store;
 
 /* Replays the journal and removes orphans; called by store_open() once the records are loaded. */
 int store_recover(Store *s);
+
+/* Cluster mode (docs/design.md, "Recovery under leases"): recovery entry by entry, by the host that holds
+ * the lease the interrupted operation held, instead of everything at start.
+ *
+ * The lease an entry's operation held for its whole life: "catalog" for the catalog's operations, else
+ * "vm:NAME" (the VM record's). */
+#include <stddef.h>
+#define CLUSTER_LEASE_NAME_MAX 127U
+typedef struct Intent Intent;
+void intent_lease_name(const Intent *i, char *buf, size_t size);
+/* Rolls forward or back every journal entry whose lease is `lease`, which the caller holds exclusively
+ * and acquired from outside this vdiskd (so that no operation of its own holds it), records read again
+ * under it. Unreadable entries are left (logged). `*ret_n`: how many were recovered. */
+int store_recover_lease(Store *s, const char *lease, size_t *ret_n);
+/* The distinct leases of the readable journal entries. */
+int store_pending_leases(Store *s, char ***ret, size_t *ret_n);
