@@ -5,10 +5,12 @@ point, so that its journal entry stays and sanlock frees its leases) is rolled b
 next host that takes the lease it held, before that host's own operation reads anything; or, if nobody
 touches that VM, by the periodic scan of a host (here: the crashed host itself once restarted).
 
-For each crash point of Snapshot (which commits through the journal in cluster mode) and of CreateImage
-(the catalog): the chain or catalog afterwards is exactly the old one plus what was committed, no journal
+For each crash point of Snapshot (which commits through the journal in cluster mode), CreateImage (the
+catalog), CreateDisk, DeleteDisk and Commit (a job that changes its base in place): the chain, disks or
+catalog afterwards are exactly the old ones or the new ones, what the guest sees is unchanged, no journal
 entry is left, Verify is clean on both hosts and the store holds no orphan file or record."""
 
+import hashlib
 import os
 import subprocess
 import time
@@ -31,22 +33,43 @@ def journal(c):
     return sorted(n for n in os.listdir(d) if not n.startswith(".")) if os.path.isdir(d) else []
 
 
-def crash(host, point, call):
-    """Restarts host's vdiskd armed with `point`, makes `call`, expects vdiskd to SIGKILL itself."""
+def crash(host, point, call, env=None):
+    """Restarts host's vdiskd armed with `point`, makes `call` (a job's call returns first), expects vdiskd
+    to SIGKILL itself there."""
     host.env.stop()
-    daemon = host.start_vdiskd({"VDISKD_CRASH_AT": point})
+    daemon = host.start_vdiskd(dict(env or {}, VDISKD_CRASH_AT=point))
     host.wait_joined()
+    answer = "no error"
     try:
         call()
-        died = False
-    except dbus.exceptions.DBusException:
-        died = True
+    except dbus.exceptions.DBusException as e:
+        answer = f"{e.get_dbus_name()}: {e.get_dbus_message()}"
     try:
-        daemon.wait(timeout=30)
+        daemon.wait(timeout=60)
     except subprocess.TimeoutExpired:
         pass
-    check(died and daemon.returncode == -9, f"{point}: host {host.host_id}'s vdiskd killed itself there (rc {daemon.returncode})")
+    check(daemon.returncode == -9, f"{point}: host {host.host_id}'s vdiskd killed itself there (rc {daemon.returncode}; "
+          f"the call: {answer})")
     host.env.wait_name_gone()
+
+
+def guest_hash(c, host, vm, disk="vda"):
+    """sha256 of what the guest sees (qemu-img follows the sibling names vdisk writes into headers)."""
+    top = host.call("GetChain", vm, disk)[0]
+    out = os.path.join(c.tmp, "guest.raw")
+    subprocess.run(["qemu-img", "convert", "-f", str(top[2]), "-O", "raw", os.path.join(c.store, str(top[1])), out],
+                   check=True, capture_output=True)
+    with open(out, "rb") as f:
+        h = hashlib.sha256(f.read()).hexdigest()
+    os.unlink(out)
+    return h
+
+
+def write(c, host, vm, pattern, offset, disk="vda"):
+    """Guest data written straight into the top layer (the VM is not running)."""
+    top = host.call("GetChain", vm, disk)[0]
+    subprocess.run(["qemu-io", "-f", str(top[2]), "-c", f"write -P {pattern} {offset} 1M", os.path.join(c.store, str(top[1]))],
+                   check=True, capture_output=True)
 
 
 def call_after_crash(host, method, *args):
@@ -112,6 +135,61 @@ def main():
                      f"create-image:{point}: host 1's image is {'there' if committed else 'gone'} after host 2's CreateImage")
             check_eq(journal(c), [], f"create-image:{point}: no journal entry is left")
             check_eq(c.orphans(), [], f"create-image:{point}: no orphan")
+            h1.start_vdiskd()
+            h1.wait_joined()
+
+        # The VM record's other operations: host 2's next operation on the same VM recovers (CreateDisk of
+        # another disk takes vm:NAME exclusively).
+        for op, points, call, present in (
+                ("create-disk", ["after-journal", "after-layer-record", "after-file", "before-commit", "after-commit"],
+                 lambda h, vm: h.call("CreateDisk", vm, "vdb", "", dbus.UInt64(8 << 20), opts()), True),
+                ("delete-disk", ["after-journal", "before-commit", "after-commit"],
+                 lambda h, vm: h.call("DeleteDisk", vm, "vdb"), False)):
+            for k, point in enumerate(points):
+                vm = f"{op}-{k}"
+                vms.append(vm)
+                h2.call("CreateVM", vm, dbus.UInt32(0), opts())
+                h2.call("CreateDisk", vm, "vda", "", dbus.UInt64(16 << 20), opts())
+                if op == "delete-disk":
+                    h2.call("CreateDisk", vm, "vdb", "", dbus.UInt64(8 << 20), opts())
+                crash(h1, f"{op}:{point}", lambda: call(h1, vm))
+                call_after_crash(h2, "CreateDisk", vm, "vdc", "", dbus.UInt64(8 << 20), opts())
+                disks = sorted(str(d[0]) for d in h2.call("ListDisks", vm))
+                committed = point == "after-commit"
+                want = "vdb" in disks
+                check_eq(want, present if committed else not present,
+                         f"{op}:{point}: disk vdb is {'there' if want else 'gone'} ({'rolled forward' if committed else 'rolled back'})")
+                check_eq(journal(c), [], f"{op}:{point}: no journal entry is left")
+                check_eq(c.orphans(), [], f"{op}:{point}: no orphan")
+                h1.start_vdiskd()
+                h1.wait_joined()
+
+        # Commit, a job that changes its base in place (undo log): host 1 dies anywhere in it, slowed so
+        # that mid-copy is reached; host 2's Snapshot rolls it back (base restored from the undo log) or
+        # forward (the chain without the committed layer); what the guest sees never changes.
+        for k, point in enumerate(["after-journal", "after-mark", "mid-copy", "after-data", "after-header", "before-commit",
+                                   "after-commit"]):
+            vm = f"commit-{k}"
+            vms.append(vm)
+            h2.call("CreateVM", vm, dbus.UInt32(0), opts())
+            h2.call("CreateDisk", vm, "vda", "", dbus.UInt64(16 << 20), opts())
+            write(c, h2, vm, "0x11", 0)
+            mid = str(h2.call("Snapshot", vm, "vda", opts()))
+            write(c, h2, vm, "0x22", 1 << 20)
+            h2.call("Snapshot", vm, "vda", opts())
+            write(c, h2, vm, "0x33", 2 << 20)
+            before, content = chain(h2, vm), guest_hash(c, h2, vm)
+            crash(h1, f"commit:{point}", lambda: h1.call("Commit", vm, "vda", mid, opts()),
+                  env={"VDISKD_TEST_STEP_BYTES": "65536"})
+            new = str(call_after_crash(h2, "Snapshot", vm, "vda", opts()))
+            after = chain(h2, vm)
+            committed = point == "after-commit"
+            want = [new] + ([x for x in before if x != mid] if committed else before)
+            check_eq(after, want, f"commit:{point}: {'rolled forward' if committed else 'rolled back'}, then host 2's snapshot")
+            check_eq(guest_hash(c, h2, vm), content, f"commit:{point}: what the guest sees is unchanged")
+            check_eq(list(h2.call("Verify", vm)), [], f"commit:{point}: Verify is clean")
+            check_eq(journal(c), [], f"commit:{point}: no journal entry is left")
+            check_eq(c.orphans(), [], f"commit:{point}: no orphan")
             h1.start_vdiskd()
             h1.wait_joined()
 
