@@ -8,13 +8,15 @@
  *
  * --kick KiB: the engines except io_uring start writeback of the target (sync_file_range WRITE) every KiB.
  *
- * --only A,B,...: only the engines whose name contains one of these strings.
+ * --only "A|B|...": only the engines whose name contains one of these strings (names contain commas).
+ *
+ * Each engine's untimed first run is checked: the target must hold exactly the source's runs.
  *
  * Printed per engine: the median wall time and the median user+system CPU time of this process (all its
  * threads, from getrusage) over the copy and its fdatasync. The kernel's writeback of buffered writes
  * runs in kworker threads and is not counted; O_DIRECT submits its own I/O and is.
  *
- * Usage: bench-copy-engines DIR [--total MiB] [--run KiB] [--stride KiB] [--reps N] [--kick KiB] [--cold] [--nosync] [--only A,B]
+ * Usage: bench-copy-engines DIR [--total MiB] [--run KiB] [--stride KiB] [--reps N] [--kick KiB] [--cold] [--nosync] [--only "A|B"]
  */
 
 #ifndef _GNU_SOURCE
@@ -57,7 +59,7 @@ static bool selected(const char *name) {
         list = strdup(only);
         if (!list)
                 return false;
-        for (char *t = strtok_r(list, ",", &save); t && !r; t = strtok_r(NULL, ",", &save))
+        for (char *t = strtok_r(list, "|", &save); t && !r; t = strtok_r(NULL, "|", &save))
                 r = strstr(name, t) != NULL;
         free(list);
         return r;
@@ -323,6 +325,20 @@ static int e_uring_direct_both(int src, int dst, uint64_t qd) {
 }
 #endif
 
+/* After an engine's untimed first run: the target holds exactly the runs of the source, in order. */
+static bool verify(int src, int dst) {
+        uint8_t *a = malloc(run), *b = malloc(run);
+        struct stat st;
+        bool ok = a && b && fstat(dst, &st) >= 0 && (uint64_t) st.st_size == total;
+
+        for (uint64_t d = 0; ok && d < total; d += run)
+                ok = pread(src, a, run, (off_t) (d / run * stride)) == (ssize_t) run &&
+                     pread(dst, b, run, (off_t) d) == (ssize_t) run && memcmp(a, b, run) == 0;
+        free(a);
+        free(b);
+        return ok;
+}
+
 typedef struct {
         const char *name;
         Engine fn;
@@ -368,7 +384,7 @@ int main(int argc, char **argv) {
         int src;
 
         if (argc < 2) {
-                fprintf(stderr, "usage: %s DIR [--total MiB] [--run KiB] [--stride KiB] [--reps N] [--kick KiB] [--cold] [--nosync] [--only A,B]\n", argv[0]);
+                fprintf(stderr, "usage: %s DIR [--total MiB] [--run KiB] [--stride KiB] [--reps N] [--kick KiB] [--cold] [--nosync] [--only \"A|B\"]\n", argv[0]);
                 return 2;
         }
         dir = argv[1];
@@ -454,6 +470,10 @@ int main(int argc, char **argv) {
                         }
                         if (!nosync && fdatasync(dst) < 0)
                                 die("fdatasync");
+                        if (rep < 0 && !verify(src, dst)) {
+                                fprintf(stderr, "%s: the target differs from the source's runs\n", cases[c].name);
+                                return 1;
+                        }
                         if (rep >= 0) {
                                 cases[c].t[rep] = now() - t0;
                                 cases[c].cpu[rep] = cpu_now() - c0;
