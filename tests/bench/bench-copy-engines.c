@@ -8,7 +8,15 @@
  *
  * --kick KiB: the engines except io_uring start writeback of the target (sync_file_range WRITE) every KiB.
  *
- * Usage: bench-copy-engines DIR [--total MiB] [--run KiB] [--stride KiB] [--reps N] [--kick KiB] [--cold] [--nosync]
+ * --only "A|B|...": only the engines whose name contains one of these strings (names contain commas).
+ *
+ * Each engine's untimed first run is checked: the target must hold exactly the source's runs.
+ *
+ * Printed per engine: the median wall time and the median user+system CPU time of this process (all its
+ * threads, from getrusage) over the copy and its fdatasync. The kernel's writeback of buffered writes
+ * runs in kworker threads and is not counted; O_DIRECT submits its own I/O and is.
+ *
+ * Usage: bench-copy-engines DIR [--total MiB] [--run KiB] [--stride KiB] [--reps N] [--kick KiB] [--cold] [--nosync] [--only "A|B"]
  */
 
 #ifndef _GNU_SOURCE
@@ -24,6 +32,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,6 +48,28 @@ static uint64_t kick; /* --kick KiB: start writeback (sync_file_range) of what w
 static uint64_t kicked;
 static int reps = 7;
 static bool cold, nosync;
+static const char *only;
+
+static bool selected(const char *name) {
+        char *list, *save = NULL;
+        bool r = false;
+
+        if (!only)
+                return true;
+        list = strdup(only);
+        if (!list)
+                return false;
+        for (char *t = strtok_r(list, "|", &save); t && !r; t = strtok_r(NULL, "|", &save))
+                r = strstr(name, t) != NULL;
+        free(list);
+        return r;
+}
+
+static double cpu_now(void) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        return (double) (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double) (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
 
 static double now(void) {
         struct timespec ts;
@@ -242,11 +273,78 @@ static int e_direct(int src, int dst, uint64_t qd) {
         return r;
 }
 
+/* O_DIRECT on both sides: the source read and the target written by DMA, no page cache on either side
+ * (a cached source is read from the disk again). qd 0: synchronous pread/pwrite of `chunk` bytes; qd >= 1
+ * (with liburing): io_uring, up to qd read->write linked pairs of 1 MiB in flight. The daemon's
+ * `src` and `dst` are the buffered descriptors: O_DIRECT ones are opened here, as the daemon would. */
+static char srcpath_g[4096];
+static int e_direct_both(int src, int dst, uint64_t arg) {
+        const uint64_t chunk = arg;
+        int dsrc = open(srcpath_g, O_RDONLY | O_DIRECT | O_CLOEXEC), ddst = open(dstpath_g, O_WRONLY | O_DIRECT | O_CLOEXEC);
+        uint8_t *buf = aligned_alloc(4096, chunk);
+        int r = 0;
+
+        (void) src;
+        (void) dst;
+        if (dsrc < 0 || ddst < 0 || !buf)
+                return -1;
+        for (uint64_t d = 0; d < total && r == 0; d += run)
+                for (uint64_t x = 0; x < run && r == 0; x += chunk) {
+                        size_t len = (size_t) (run - x < chunk ? run - x : chunk);
+                        if (pread(dsrc, buf, len, (off_t) (d / run * stride + x)) != (ssize_t) len ||
+                            pwrite(ddst, buf, len, (off_t) (d + x)) != (ssize_t) len)
+                                r = -1;
+                }
+        free(buf);
+        close(dsrc);
+        close(ddst);
+        return r;
+}
+
+/* The same after fallocate of the whole target: on ext4 an O_DIRECT write that extends the file or
+ * allocates takes the inode lock exclusively; writes into preallocated (unwritten) extents need not. */
+static int e_direct_both_falloc(int src, int dst, uint64_t arg) {
+        if (fallocate(dst, 0, 0, (off_t) total) < 0)
+                return -1;
+        return e_direct_both(src, dst, arg);
+}
+
+#if HAVE_LIBURING
+static int e_uring_direct_both(int src, int dst, uint64_t qd) {
+        int dsrc = open(srcpath_g, O_RDONLY | O_DIRECT | O_CLOEXEC), ddst = open(dstpath_g, O_WRONLY | O_DIRECT | O_CLOEXEC);
+        int r;
+
+        (void) src;
+        (void) dst;
+        if (dsrc < 0 || ddst < 0)
+                return -1;
+        r = qd >= 100 && fallocate(dst, 0, 0, (off_t) total) < 0 ? -1 : e_uring(dsrc, ddst, qd % 100);
+        close(dsrc);
+        close(ddst);
+        return r;
+}
+#endif
+
+/* After an engine's untimed first run: the target holds exactly the runs of the source, in order. */
+static bool verify(int src, int dst) {
+        uint8_t *a = malloc(run), *b = malloc(run);
+        struct stat st;
+        bool ok = a && b && fstat(dst, &st) >= 0 && (uint64_t) st.st_size == total;
+
+        for (uint64_t d = 0; ok && d < total; d += run)
+                ok = pread(src, a, run, (off_t) (d / run * stride)) == (ssize_t) run &&
+                     pread(dst, b, run, (off_t) d) == (ssize_t) run && memcmp(a, b, run) == 0;
+        free(a);
+        free(b);
+        return ok;
+}
+
 typedef struct {
         const char *name;
         Engine fn;
         uint64_t arg;
         double t[64];
+        double cpu[64]; /* user+system CPU time of this process (all its threads) */
 } Case;
 
 static int cmp_double(const void *a, const void *b) {
@@ -266,9 +364,16 @@ int main(int argc, char **argv) {
                 { .name = "mmap + pwrite", .fn = e_mmap, .arg = 0 },
                 { .name = "mmap(POPULATE) + pwrite", .fn = e_mmap, .arg = 1 },
                 { .name = "O_DIRECT pwrite 1 MiB", .fn = e_direct, .arg = 1 },
+                { .name = "O_DIRECT both, pread/pwrite 1 MiB", .fn = e_direct_both, .arg = MiB },
+                { .name = "O_DIRECT both, pread/pwrite 4 MiB", .fn = e_direct_both, .arg = 4 * MiB },
+                { .name = "O_DIRECT both, fallocate, pread/pwrite 4 MiB", .fn = e_direct_both_falloc, .arg = 4 * MiB },
 #if HAVE_LIBURING
                 { .name = "O_DIRECT io_uring QD4", .fn = e_direct, .arg = 4 },
                 { .name = "O_DIRECT io_uring QD8", .fn = e_direct, .arg = 8 },
+                { .name = "O_DIRECT both, io_uring QD2", .fn = e_uring_direct_both, .arg = 2 },
+                { .name = "O_DIRECT both, io_uring QD4", .fn = e_uring_direct_both, .arg = 4 },
+                { .name = "O_DIRECT both, io_uring QD8", .fn = e_uring_direct_both, .arg = 8 },
+                { .name = "O_DIRECT both, fallocate, io_uring QD4", .fn = e_uring_direct_both, .arg = 104 },
                 { .name = "io_uring QD1", .fn = e_uring, .arg = 1 },
                 { .name = "io_uring QD4", .fn = e_uring, .arg = 4 },
                 { .name = "io_uring QD16", .fn = e_uring, .arg = 16 },
@@ -279,7 +384,7 @@ int main(int argc, char **argv) {
         int src;
 
         if (argc < 2) {
-                fprintf(stderr, "usage: %s DIR [--total MiB] [--run KiB] [--stride KiB] [--reps N] [--kick KiB] [--cold] [--nosync]\n", argv[0]);
+                fprintf(stderr, "usage: %s DIR [--total MiB] [--run KiB] [--stride KiB] [--reps N] [--kick KiB] [--cold] [--nosync] [--only \"A|B\"]\n", argv[0]);
                 return 2;
         }
         dir = argv[1];
@@ -298,6 +403,8 @@ int main(int argc, char **argv) {
                         cold = true;
                 else if (!strcmp(argv[i], "--nosync"))
                         nosync = true;
+                else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+                        only = argv[++i];
                 else {
                         fprintf(stderr, "unknown argument %s\n", argv[i]);
                         return 2;
@@ -309,6 +416,7 @@ int main(int argc, char **argv) {
         snprintf(srcpath, sizeof srcpath, "%s/copy-engines.src", dir);
         snprintf(dstpath, sizeof dstpath, "%s/copy-engines.dst", dir);
         memcpy(dstpath_g, dstpath, sizeof dstpath_g);
+        memcpy(srcpath_g, srcpath, sizeof srcpath_g);
         src = open(srcpath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (src < 0)
                 die("source");
@@ -339,7 +447,9 @@ int main(int argc, char **argv) {
         for (int rep = -1; rep < reps; rep++)
                 for (size_t c = 0; c < n; c++) {
                         int dst;
-                        double t0;
+                        double t0, c0;
+                        if (!selected(cases[c].name))
+                                continue;
                         if (cold)
                                 (void) posix_fadvise(src, 0, 0, POSIX_FADV_DONTNEED);
                         else {
@@ -353,22 +463,34 @@ int main(int argc, char **argv) {
                                 die("target");
                         kicked = 0;
                         t0 = now();
+                        c0 = cpu_now();
                         if (cases[c].fn(src, dst, cases[c].arg) < 0) {
                                 fprintf(stderr, "%s failed: %m\n", cases[c].name);
                                 return 1;
                         }
                         if (!nosync && fdatasync(dst) < 0)
                                 die("fdatasync");
-                        if (rep >= 0)
+                        if (rep < 0 && !verify(src, dst)) {
+                                fprintf(stderr, "%s: the target differs from the source's runs\n", cases[c].name);
+                                return 1;
+                        }
+                        if (rep >= 0) {
                                 cases[c].t[rep] = now() - t0;
+                                cases[c].cpu[rep] = cpu_now() - c0;
+                        }
                         close(dst);
                         unlink(dstpath);
                         sync();
                 }
         for (size_t c = 0; c < n; c++) {
+                if (!selected(cases[c].name))
+                        continue;
                 qsort(cases[c].t, (size_t) reps, sizeof(double), cmp_double);
-                printf("%-34s %8.1f ms  (min %.1f, max %.1f)  %6.0f MB/s\n", cases[c].name, cases[c].t[reps / 2] * 1e3,
-                       cases[c].t[0] * 1e3, cases[c].t[reps - 1] * 1e3, (double) total / cases[c].t[reps / 2] / 1e6);
+                qsort(cases[c].cpu, (size_t) reps, sizeof(double), cmp_double);
+                printf("%-46s %8.1f ms  (min %.1f, max %.1f)  %6.0f MB/s  CPU %7.1f ms (min %.1f, max %.1f)\n", cases[c].name,
+                       cases[c].t[reps / 2] * 1e3, cases[c].t[0] * 1e3, cases[c].t[reps - 1] * 1e3,
+                       (double) total / cases[c].t[reps / 2] / 1e6, cases[c].cpu[reps / 2] * 1e3, cases[c].cpu[0] * 1e3,
+                       cases[c].cpu[reps - 1] * 1e3);
         }
         close(src);
         unlink(srcpath);
