@@ -644,6 +644,8 @@ static int record_cache_parse(Store *s, const char *name, const char *line, size
         json_object_put(o);
         if (r == -ENOMEM)
                 return r;
+        if (r >= 0)
+                (*(size_t *) userdata)++;
         return r >= 0;
 }
 
@@ -765,6 +767,7 @@ static int record_cache_load(Store *s, RecordNames *rn, RecordCacheFunc func, vo
 
 static int load_records(Store *s) {
         _cleanup_(record_names_done) RecordNames rn = {};
+        size_t n_cached = 0;
         DIR *d;
         struct dirent *de;
         int r = 0;
@@ -794,7 +797,7 @@ static int load_records(Store *s) {
                 r = record_names_index(&rn);
         /* Cluster mode: other hosts write the records; no cache. */
         if (r >= 0 && !s->shared)
-                r = record_cache_load(s, &rn, record_cache_parse, NULL);
+                r = record_cache_load(s, &rn, record_cache_parse, &n_cached);
         if (r < 0)
                 return r;
 
@@ -822,6 +825,8 @@ static int load_records(Store *s) {
                 if (r < 0)
                         return log_error_errno(r, "Record %s/records/%s is malformed; refusing to start", s->path, n);
         }
+        if (!s->shared)
+                log_info("Loaded %zu records, %zu of them from the start-up cache", rn.n, n_cached);
         return 0;
 }
 
