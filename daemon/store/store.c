@@ -684,7 +684,7 @@ static int record_cache_use(Store *s, RecordNames *rn, const char *name, const R
 static int record_cache_load(Store *s, RecordNames *rn, RecordCacheFunc func, void *userdata) {
         _cleanup_close_ int fd = -EBADF;
         _cleanup_free_ char *buf = NULL;
-        size_t cap = 256 * 1024, len = 0, pos = 0;
+        size_t cap = 64 * 1024, len = 0, pos = 0;
         bool eof = false;
         struct stat st;
         int r;
