@@ -318,43 +318,25 @@ _Static_assert(RECORD_MAX_SIZE == 1048576 && RECORD_MAX_DEPTH == 8, "update the 
 
 #define RECORD_WHY(r, text) (*ret_why = (text), (r))
 
-int record_read_why(int dirfd, const char *name, struct json_object **ret, const char **ret_why) {
+int record_parse_why(const char *buf, size_t size, struct json_object **ret, const char **ret_why) {
         const char *ignored;
-        _cleanup_close_ int fd = -EBADF;
-        _cleanup_free_ char *buf = NULL;
         struct json_tokener *tok;
         struct json_object *o, *schema;
-        struct stat st;
         enum json_tokener_error e;
         int r;
 
         if (!ret_why)
                 ret_why = &ignored;
         *ret_why = NULL;
-
-        fd = open_beneath(dirfd, name, O_RDONLY | O_NONBLOCK, 0); /* a FIFO must not block the daemon */
-        if (fd < 0)
-                return fd;
-        if (fstat(fd, &st) < 0)
-                return negative_errno();
-        if (!S_ISREG(st.st_mode))
-                return RECORD_WHY(-EBADMSG, "it is not a regular file");
-        if ((uint64_t) st.st_size > RECORD_MAX_SIZE)
+        if (size > RECORD_MAX_SIZE)
                 return RECORD_WHY(-E2BIG, "it is larger than the limit of 1048576 bytes (RECORD_MAX_SIZE)");
-        buf = malloc((size_t) st.st_size + 1);
-        if (!buf)
-                return -ENOMEM;
-        r = format_pread_full(fd, buf, (size_t) st.st_size, 0);
-        if (r < 0)
-                return r;
-        buf[st.st_size] = 0;
 
         tok = json_tokener_new_ex(RECORD_MAX_DEPTH);
         if (!tok)
                 return -ENOMEM;
-        o = json_tokener_parse_ex(tok, buf, (int) st.st_size);
+        o = json_tokener_parse_ex(tok, buf, (int) size);
         e = json_tokener_get_error(tok);
-        r = e == json_tokener_success && tok->char_offset == (int) st.st_size ? 0 : -EBADMSG;
+        r = e == json_tokener_success && tok->char_offset == (int) size ? 0 : -EBADMSG;
         json_tokener_free(tok);
         if (e == json_tokener_error_depth) {
                 json_object_put(o);
@@ -377,6 +359,36 @@ int record_read_why(int dirfd, const char *name, struct json_object **ret, const
 
         *ret = o;
         return 0;
+}
+
+int record_read_why(int dirfd, const char *name, struct json_object **ret, const char **ret_why) {
+        const char *ignored;
+        _cleanup_close_ int fd = -EBADF;
+        _cleanup_free_ char *buf = NULL;
+        struct stat st;
+        int r;
+
+        if (!ret_why)
+                ret_why = &ignored;
+        *ret_why = NULL;
+
+        fd = open_beneath(dirfd, name, O_RDONLY | O_NONBLOCK, 0); /* a FIFO must not block the daemon */
+        if (fd < 0)
+                return fd;
+        if (fstat(fd, &st) < 0)
+                return negative_errno();
+        if (!S_ISREG(st.st_mode))
+                return RECORD_WHY(-EBADMSG, "it is not a regular file");
+        if ((uint64_t) st.st_size > RECORD_MAX_SIZE)
+                return RECORD_WHY(-E2BIG, "it is larger than the limit of 1048576 bytes (RECORD_MAX_SIZE)");
+        buf = malloc((size_t) st.st_size + 1);
+        if (!buf)
+                return -ENOMEM;
+        r = format_pread_full(fd, buf, (size_t) st.st_size, 0);
+        if (r < 0)
+                return r;
+        buf[st.st_size] = 0;
+        return record_parse_why(buf, (size_t) st.st_size, ret, ret_why);
 }
 
 int record_read(int dirfd, const char *name, struct json_object **ret) {

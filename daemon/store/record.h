@@ -87,4 +87,7 @@ int record_write(int dirfd, const char *name, struct json_object *o);
  * on failure `*ret_why` (if not NULL) says why in words, naming the limit that was hit. */
 int record_read_why(int dirfd, const char *name, struct json_object **ret, const char **ret_why);
 int record_read(int dirfd, const char *name, struct json_object **ret);
+/* The checks of record_read_why() on a record's text already in memory (`size` bytes at `buf`, which
+ * need not be NUL-terminated): the start-up cache (store.c) validates its copies with it. */
+int record_parse_why(const char *buf, size_t size, struct json_object **ret, const char **ret_why);
 int record_remove(int dirfd, const char *name);

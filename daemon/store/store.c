@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "store.h"
+#include "record-cache.h"
 #include "recovery.h"
 
 #define IMAGES_DIR "images"
@@ -26,6 +27,11 @@ Store *store_free(Store *s) {
          * path (the tests' qemu-io). */
         if (wal_checkpoint(s) < 0)
                 log_warning("Stopping with logged operations not checkpointed; the next start redoes them");
+        else if (!s->shared && s->records_fd >= 0 && s->dir_fd >= 0 && s->loaded) {
+                int r = record_cache_write(s);
+                if (r < 0)
+                        log_debug_errno(r, "Failed to write the start-up cache of the records");
+        }
         wal_free(s);
         for (size_t i = 0; i < s->n_layers; i++)
                 layer_free(s->layers[i]);
@@ -456,7 +462,52 @@ int store_opendir(int fd, DIR **ret) {
         return 0;
 }
 
+/* Turns one record read from records/<n> (or its cached copy) into a layer or VM of `s`. -EBADMSG if it
+ * does not validate or is not named after what it describes. */
+static int load_record(Store *s, const char *n, struct json_object *o) {
+        int r;
+
+        if (strncmp(n, "layer-", 6) == 0) {
+                Layer *l = NULL;
+                char expect[64];
+
+                r = layer_from_json(o, &l);
+                if (r >= 0) {
+                        layer_record_name(l->id, expect);
+                        if (!streq(expect, n))
+                                r = -EBADMSG;
+                }
+                if (r >= 0) {
+                        layers_changed(s);
+                        r = array_append((void ***) &s->layers, &s->n_layers, l);
+                }
+                if (r < 0)
+                        layer_free(l);
+                return r;
+        }
+        if (strncmp(n, "vm-", 3) == 0) {
+                Vm *v = NULL;
+                char expect[96];
+
+                r = vm_from_json(o, &v);
+                if (r >= 0) {
+                        vm_record_name(v->name, expect);
+                        if (!streq(expect, n))
+                                r = -EBADMSG;
+                }
+                if (r >= 0)
+                        r = array_append((void ***) &s->vms, &s->n_vms, v);
+                if (r < 0)
+                        vm_free(v);
+                return r;
+        }
+        log_warning("Ignoring unexpected record %s", n);
+        return 0;
+}
+
 static int load_records(Store *s) {
+        _cleanup_(record_names_done) RecordNames rn = {};
+        size_t n_cached = 0;
         DIR *d;
         struct dirent *de;
         int r = 0;
@@ -464,10 +515,8 @@ static int load_records(Store *s) {
         r = store_opendir(s->records_fd, &d);
         if (r < 0)
                 return r;
-
         while ((de = readdir(d))) {
-                struct json_object *o = NULL;
-                const char *n = de->d_name, *why = NULL;
+                const char *n = de->d_name;
                 size_t len = strlen(n);
 
                 if (n[0] == '.') {
@@ -479,61 +528,46 @@ static int load_records(Store *s) {
                         log_warning("Ignoring unexpected file records/%s", n);
                         continue;
                 }
+                r = record_names_add(&rn, n, de->d_ino);
+                if (r < 0)
+                        break;
+        }
+        closedir(d);
+        if (r >= 0)
+                r = record_names_index(&rn);
+        /* Cluster mode: other hosts write the records; no cache. */
+        if (r >= 0 && !s->shared)
+                r = record_cache_read(s, &rn, load_record, &n_cached);
+        if (r < 0)
+                return r;
 
+        for (size_t i = 0; i < rn.n; i++) {
+                struct json_object *o = NULL;
+                const char *n = rn.items[i].name, *why = NULL;
+
+                if (rn.items[i].loaded)
+                        continue;
                 r = record_read_why(s->records_fd, n, &o, &why);
                 if (r == -EPROTONOSUPPORT) {
                         log_error("Record %s/records/%s has a newer schema than this vdiskd understands (%d); "
                                   "refusing to start. Upgrade vdiskd.", s->path, n, RECORD_SCHEMA);
-                        break;
+                        return r;
                 }
                 if (r < 0) {
                         if (why)
                                 log_error("Record %s/records/%s cannot be read: %s; refusing to start", s->path, n, why);
                         else
                                 log_error_errno(r, "Record %s/records/%s cannot be read; refusing to start", s->path, n);
-                        break;
+                        return r;
                 }
-
-                if (strncmp(n, "layer-", 6) == 0) {
-                        Layer *l = NULL;
-                        char expect[64];
-
-                        r = layer_from_json(o, &l);
-                        if (r >= 0) {
-                                layer_record_name(l->id, expect);
-                                if (!streq(expect, n))
-                                        r = -EBADMSG;
-                        }
-                        if (r >= 0) {
-                                layers_changed(s);
-                                r = array_append((void ***) &s->layers, &s->n_layers, l);
-                        }
-                        if (r < 0)
-                                layer_free(l);
-                } else if (strncmp(n, "vm-", 3) == 0) {
-                        Vm *v = NULL;
-                        char expect[96];
-
-                        r = vm_from_json(o, &v);
-                        if (r >= 0) {
-                                vm_record_name(v->name, expect);
-                                if (!streq(expect, n))
-                                        r = -EBADMSG;
-                        }
-                        if (r >= 0)
-                                r = array_append((void ***) &s->vms, &s->n_vms, v);
-                        if (r < 0)
-                                vm_free(v);
-                } else
-                        log_warning("Ignoring unexpected record %s", n);
+                r = load_record(s, n, o);
                 json_object_put(o);
-                if (r < 0) {
-                        log_error_errno(r, "Record %s/records/%s is malformed; refusing to start", s->path, n);
-                        break;
-                }
+                if (r < 0)
+                        return log_error_errno(r, "Record %s/records/%s is malformed; refusing to start", s->path, n);
         }
-        closedir(d);
-        return r < 0 ? r : 0;
+        if (!s->shared)
+                log_info("Loaded %zu records, %zu of them from the start-up cache", rn.n, n_cached);
+        return 0;
 }
 
 static int store_open_full(const char *path, bool recover, Store **ret) {
@@ -580,6 +614,7 @@ static int store_open_full(const char *path, bool recover, Store **ret) {
         r = recover ? store_recover(s) : 0;
         if (r < 0)
                 return r;
+        s->loaded = true;
 
         *ret = TAKE_PTR(s);
         return 0;

@@ -43,6 +43,7 @@ typedef struct Store {
         /* Opened by store_open_shared() (cluster mode): no recovery at start, and no new entries in the
          * write-ahead logs (their lazy checkpoint is not designed for several hosts yet: docs/design.md). */
         bool shared;
+        bool loaded; /* opened completely: a stop writes the start-up cache of the records (store.c) */
 } Store;
 
 int store_open(const char *path, Store **ret);

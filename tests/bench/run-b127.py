@@ -534,6 +534,7 @@ def bench_b7_start(cfg):
                 os.sync()
                 with open("/proc/sys/vm/drop_caches", "w") as f:
                     f.write("3\n")
+            log_len = len(env.log_text())
             log_f = open(env.log, "a")
             p = subprocess.Popen([cfg.bench, "start", cfg.vdiskd, "--store", store, "--config", env.config],
                                  stdout=subprocess.PIPE, stderr=log_f, text=True)
@@ -545,6 +546,9 @@ def bench_b7_start(cfg):
             pid = res["pid"]
             mem = proc_status(pid)
             mem["cpu"] = proc_cpu(pid)  # idle once its name is owned: the CPU time its start took
+            # How many records came from the start-up cache (docs/design.md, "Start-up"); None: a build without it.
+            m = re.search(r"Loaded (\d+) records, (\d+) of them from the start-up cache", env.log_text()[log_len:])
+            mem["cached"] = int(m.group(2)) if m else None
             if store == env.store:
                 vms = env.call("ListVMs")
                 check(len(vms) == n, f"B7 start: ListVMs lists {n} VMs (got {len(vms)})")
@@ -576,7 +580,8 @@ def bench_b7_start(cfg):
                 "empty": med([r[1][0] for r in rounds]), "ratio": med([r[0][0] / r[1][0] for r in rounds]),
                 "cpu": med([r[0][1]["cpu"] for r in rounds]), "cpu_empty": med([r[1][1]["cpu"] for r in rounds]),
                 "rss": med([r[0][2]["VmRSS"] for r in rounds]), "hwm": max(r[0][2]["VmHWM"] for r in rounds),
-                "rss_empty": med([r[1][1]["VmRSS"] for r in rounds])}
+                "rss_empty": med([r[1][1]["VmRSS"] for r in rounds]),
+                "cached": [r[0][1]["cached"] for r in rounds]}
     finally:
         env.close()
 
@@ -601,7 +606,10 @@ def report_b7(cfg, ops, st, mem):
                  f"read in the child just before `execve`), {st['records']} VM records (one disk each: a private "
                  f"overlay on one catalog image, so {st['records'] + 1} layer records and image files), interleaved with "
                  f"starts on an empty store; page cache {'dropped before each start' if cfg.cold_start else 'warm'}; "
-                 f"median of {cfg.pairs} after one warm-up start of each.")
+                 f"median of {cfg.pairs} after one warm-up start of each. " +
+                 ("This vdiskd has no start-up cache of the records." if None in st["cached"] else
+                  f"Records read from the start-up cache (`records.cache`, written by the previous clean stop) in "
+                  f"the measured starts: {min(st['cached'])}–{max(st['cached'])} of {2 * st['records'] + 1}."))
         L.append("")
         L.append("| records | start ms (max) | empty store ms | ratio | vdiskd CPU ms (empty store) | VmRSS after ListVMs + Verify, VmHWM | target |")
         L.append("|---|---|---|---|---|---|---|")
