@@ -6,8 +6,19 @@
 #include <string.h>
 
 #include "cluster-lease.h"
+#include "lease.h"
 #include "live.h"
 #include "log.h"
+
+/* Disk leases are persistent (SANLK_RES_PERSISTENT), all of them: a lease object's (a read-write or
+ * read-only OpenDisk, an export) must outlive a vdiskd that dies or stops while the VM goes on using the
+ * disk, and sanlock wants every shared holder of a resource alike (a Snapshot shares the disk's lease
+ * with read-only holders). An operation's disk lease left by a vdiskd that died is released when the
+ * next vdiskd of this host joins (cluster_leases_adopt_when_joined). Catalog and VM record leases are
+ * never held beyond a call or a job, and go with vdiskd's connection. */
+static bool persistent_name(const char *name) {
+        return strncmp(name, "disk:", 5) == 0;
+}
 
 static int take(ClusterLeases *l, const char *name, bool exclusive, const char *what, OpError *err) {
         struct ClusterHeld *h;
@@ -25,7 +36,7 @@ static int take(ClusterLeases *l, const char *name, bool exclusive, const char *
         }
         l->held = h;
 
-        r = cluster_acquire(l->cluster, name, exclusive, &owner);
+        r = cluster_acquire(l->cluster, name, exclusive, persistent_name(name), &owner);
         if (r == -EHOSTDOWN) {
                 free(copy);
                 return op_error(err, r, "This host (cluster host %" PRIu64 ") has not joined the lockspace yet; retry in a "
@@ -82,13 +93,17 @@ int cluster_leases_vm(ClusterLeases *l, Store *s, const char *vm, bool exclusive
         return 0;
 }
 
+static void disk_lease_name(char name[static CLUSTER_NAME_MAX + 1], const char *vm, const char *disk) {
+        snprintf(name, CLUSTER_NAME_MAX + 1, "disk:%s/%s", vm, disk);
+}
+
 int cluster_leases_disk(ClusterLeases *l, const char *vm, const char *disk, bool exclusive, OpError *err) {
         char name[CLUSTER_NAME_MAX + 1], what[160];
         int r;
 
         if (!l->cluster)
                 return 0;
-        snprintf(name, sizeof(name), "disk:%s/%s", vm, disk);
+        disk_lease_name(name, vm, disk);
         snprintf(what, sizeof(what), "Disk '%s' of VM '%s'", disk, vm);
         r = take(l, name, exclusive, what, err);
         return r < 0 ? r : 0;
@@ -135,6 +150,94 @@ ClusterLeases *cluster_leases_free(ClusterLeases *l) {
         cluster_leases_release(l);
         free(l);
         return NULL;
+}
+
+ClusterLeases *cluster_leases_forget(ClusterLeases *l) {
+        if (!l)
+                return NULL;
+        for (size_t i = 0; i < l->n_held; i++)
+                free(l->held[i].name);
+        free(l->held);
+        free(l);
+        return NULL;
+}
+
+/* One process, one cluster: what the joined handler works on. */
+static struct {
+        Store *store;
+        LeaseRegistry *leases;
+} adoption;
+
+/* The disk lease of one lease found again after a restart: the orphan the previous vdiskd left, or, if
+ * there is none (this host's sanlock daemon restarted meanwhile), a fresh one if nobody took it since.
+ * 0, or -errno with the reason in `why`. */
+static int adopt_one(Cluster *c, Lease *l, char *why, size_t why_size) {
+        _cleanup_free_ ClusterLeases *n = NULL;
+        char name[CLUSTER_NAME_MAX + 1];
+        uint64_t owner = 0;
+        int r;
+
+        disk_lease_name(name, l->vm, l->disk);
+        n = malloc(sizeof(ClusterLeases));
+        if (!n)
+                return -ENOMEM;
+        *n = CLUSTER_LEASES_INIT(c);
+        n->held = malloc(sizeof(struct ClusterHeld));
+        if (!n->held || !(n->held[0].name = strdup(name))) {
+                free(n->held);
+                return -ENOMEM;
+        }
+        n->held[0].exclusive = !l->read_only;
+
+        r = cluster_adopt(c, name, !l->read_only);
+        if (r == -ENOENT) {
+                log_warning("Lease %s: no orphan cluster lease of disk '%s' of VM '%s' to adopt (sanlock restarted?); "
+                            "taking it again", l->id, l->disk, l->vm);
+                r = cluster_acquire(c, name, !l->read_only, true, &owner);
+        }
+        if (r < 0) {
+                free(n->held[0].name);
+                free(n->held);
+                if (r == -EBUSY && owner > 0)
+                        snprintf(why, why_size, "its cluster lease was lost and cluster host %" PRIu64 " holds the disk now", owner);
+                else
+                        snprintf(why, why_size, "its cluster lease cannot be adopted again (%s)", strerror(-r));
+                return r;
+        }
+        n->n_held = 1;
+        l->cluster = TAKE_PTR(n);
+        log_info("Lease %s: cluster lease of disk '%s' of VM '%s' adopted again (%s)", l->id, l->disk, l->vm,
+                 l->read_only ? "shared" : "exclusive");
+        return 0;
+}
+
+static void on_joined(Cluster *c, void *userdata) {
+        LeaseRegistry *reg = adoption.leases;
+
+        for (size_t i = 0; reg && i < reg->n_leases;) {
+                Lease *l = reg->leases[i];
+                char why[256];
+
+                if (!l->cluster && adopt_one(c, l, why, sizeof(why)) < 0) {
+                        /* Another host may write the disk now: this one's holder must stop (an export's helper
+                         * is stopped; the header check follows as at every end). */
+                        log_error("Lease %s of disk '%s' of VM '%s': %s; the lease ends", l->id, l->disk, l->vm, why);
+                        lease_end(adoption.store, reg, l, why); /* removes it from the array */
+                        continue;
+                }
+                i++;
+        }
+        /* What no lease found again names: leases of holders that left while vdiskd was away, operations
+         * a dead vdiskd did not finish. */
+        cluster_release_orphans(c);
+}
+
+void cluster_leases_adopt_when_joined(Cluster *c, Store *s, LeaseRegistry *leases) {
+        if (!c)
+                return;
+        adoption.store = s;
+        adoption.leases = leases;
+        cluster_set_joined_handler(c, on_joined, NULL);
 }
 
 struct LeasedJob {

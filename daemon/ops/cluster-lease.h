@@ -53,6 +53,15 @@ int cluster_leases_disk(ClusterLeases *l, const char *vm, const char *disk, bool
 int cluster_leases_vm_disks(ClusterLeases *l, Store *s, const char *vm, OpError *err);
 /* Releases everything held, last first. */
 void cluster_leases_release(ClusterLeases *l);
+/* Frees `l` without releasing anything: vdiskd stops, the lease objects it forgets go on (exports, fds
+ * handed out), and their persistent disk leases become orphans of this host when its connection closes. */
+ClusterLeases *cluster_leases_forget(ClusterLeases *l);
+/* After a restart: once the lockspace is joined, every lease of `leases` found again (exports) takes its
+ * disk's lease back from the orphans the previous vdiskd left (cluster_adopt); a lease whose cluster lease
+ * is lost to another host ends. Then every other orphan of this host is released (holders gone while
+ * vdiskd was away, operations it did not finish). Nothing with `c` NULL. */
+struct LeaseRegistry;
+void cluster_leases_adopt_when_joined(Cluster *c, Store *s, struct LeaseRegistry *leases);
 /* Moves the leases into a new ClusterLeases (for a lease object or a job); `l` holds nothing after. */
 int cluster_leases_move(ClusterLeases *l, ClusterLeases **ret);
 ClusterLeases *cluster_leases_free(ClusterLeases *l);
