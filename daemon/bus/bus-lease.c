@@ -72,6 +72,12 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
                         lease_end(m->store, &m->leases, l, "out of memory");
                         return r;
                 }
+                /* Found again by a restarted vdiskd (an export has its state.json). */
+                r = cluster_leases_record(m->config.exports.runtime_dir, l, &err);
+                if (r < 0) {
+                        lease_end(m->store, &m->leases, l, "its record could not be written");
+                        return bus_error_from_op(error, r, err.reason);
+                }
         }
 
         snprintf(path, sizeof(path), VDISK_LEASE_PREFIX "/%s", l->id);

@@ -1,14 +1,20 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cluster-lease.h"
 #include "lease.h"
 #include "live.h"
 #include "log.h"
+#include "vdisk-bus.h"
 
 /* Disk leases are persistent (SANLK_RES_PERSISTENT), all of them: a lease object's (a read-write or
  * read-only OpenDisk, an export) must outlive a vdiskd that dies or stops while the VM goes on using the
@@ -147,7 +153,13 @@ int cluster_leases_move(ClusterLeases *l, ClusterLeases **ret) {
 }
 
 ClusterLeases *cluster_leases_free(ClusterLeases *l) {
+        if (!l)
+                return NULL;
         cluster_leases_release(l);
+        /* After the release: a vdiskd that dies in between finds the lease again, and its orphan. */
+        if (l->record && unlink(l->record) < 0 && errno != ENOENT)
+                log_warning("Cannot remove %s: %m", l->record);
+        free(l->record);
         free(l);
         return NULL;
 }
@@ -158,8 +170,184 @@ ClusterLeases *cluster_leases_forget(ClusterLeases *l) {
         for (size_t i = 0; i < l->n_held; i++)
                 free(l->held[i].name);
         free(l->held);
+        free(l->record);
         free(l);
         return NULL;
+}
+
+#define LEASE_RECORDS "cluster-leases"
+#define LEASE_RECORD_MAX 4096
+
+static int records_dir(const char *runtime_dir, bool create, char **ret) {
+        if (asprintf(ret, "%s/" LEASE_RECORDS, runtime_dir) < 0)
+                return -ENOMEM;
+        if (create && ((mkdir(runtime_dir, 0700) < 0 && errno != EEXIST) || (mkdir(*ret, 0700) < 0 && errno != EEXIST))) {
+                int r = negative_errno();
+                free(*ret);
+                *ret = NULL;
+                return r;
+        }
+        return 0;
+}
+
+int cluster_leases_record(const char *runtime_dir, Lease *l, OpError *err) {
+        _cleanup_free_ char *dir = NULL, *path = NULL, *tmp = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        json_object *o;
+        const char *text;
+        int r;
+
+        if (!l->cluster || l->export)
+                return 0;
+        r = records_dir(runtime_dir, true, &dir);
+        if (r < 0)
+                return op_error(err, r, "Cannot create %s/" LEASE_RECORDS ": %s", runtime_dir, strerror(-r));
+        if (asprintf(&path, "%s/%s.json", dir, l->id) < 0 || asprintf(&tmp, "%s/.#%s.json", dir, l->id) < 0)
+                return op_error(err, -ENOMEM, "Out of memory");
+        o = json_object_new_object();
+        if (!o || json_object_object_add(o, "version", json_object_new_int(1)) < 0 ||
+            json_object_object_add(o, "vm", json_object_new_string(l->vm)) < 0 ||
+            json_object_object_add(o, "disk", json_object_new_string(l->disk)) < 0 ||
+            json_object_object_add(o, "read-only", json_object_new_boolean(l->read_only)) < 0 ||
+            json_object_object_add(o, "holder", json_object_new_string(l->holder)) < 0 ||
+            json_object_object_add(o, "holder-uid", json_object_new_int64(l->holder_uid)) < 0 ||
+            json_object_object_add(o, "holder-pid", json_object_new_int64(l->holder_pid)) < 0) {
+                json_object_put(o);
+                return op_error(err, -ENOMEM, "Out of memory");
+        }
+        text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+        fd = text ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600) : -ENOMEM;
+        r = fd < 0 ? (text ? negative_errno() : -ENOMEM) : 0;
+        if (r >= 0 && write(fd, text, strlen(text)) != (ssize_t) strlen(text))
+                r = -EIO;
+        if (r >= 0 && rename(tmp, path) < 0)
+                r = negative_errno();
+        json_object_put(o);
+        if (r < 0) {
+                (void) unlink(tmp);
+                return op_error(err, r, "Cannot write the lease's record %s: %s", path, strerror(-r));
+        }
+        l->cluster->record = TAKE_PTR(path);
+        return 0;
+}
+
+static const char *json_string(json_object *o, const char *key) {
+        json_object *v;
+        return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+}
+
+static bool json_int(json_object *o, const char *key, int64_t min, int64_t max, int64_t *ret) {
+        json_object *v;
+        if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
+                return false;
+        *ret = json_object_get_int64(v);
+        return *ret >= min && *ret <= max;
+}
+
+/* One record: a lease (no fds, no disk lease yet) with `path` as its record. */
+static int lease_from_record(Cluster *c, const char *path, const char *id, Lease **ret) {
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        json_object *o, *ro;
+        const char *vm, *disk, *holder;
+        int64_t version, uid, pid;
+        ssize_t n;
+        Lease *l;
+        int r = 0;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return negative_errno();
+        text = malloc(LEASE_RECORD_MAX + 1);
+        if (!text)
+                return -ENOMEM;
+        n = read(fd, text, LEASE_RECORD_MAX + 1);
+        if (n < 0 || n > LEASE_RECORD_MAX)
+                return n < 0 ? negative_errno() : -EFBIG;
+        text[n] = 0;
+        o = json_tokener_parse(text);
+        vm = o ? json_string(o, "vm") : NULL;
+        disk = o ? json_string(o, "disk") : NULL;
+        holder = o ? json_string(o, "holder") : NULL;
+        if (!o || !json_int(o, "version", 1, 1, &version) || !vm || !disk || !holder ||
+            !json_int(o, "holder-uid", 0, UINT32_MAX - 1, &uid) || !json_int(o, "holder-pid", 0, INT32_MAX, &pid) ||
+            !json_object_object_get_ex(o, "read-only", &ro) || !json_object_is_type(ro, json_type_boolean)) {
+                json_object_put(o);
+                return -EBADMSG;
+        }
+        l = calloc(1, sizeof(Lease));
+        if (l) {
+                *l = (Lease) { .vm = strdup(vm), .disk = strdup(disk), .holder = strdup(holder),
+                               .read_only = json_object_get_boolean(ro), .holder_uid = (uid_t) uid, .holder_pid = (pid_t) pid,
+                               .cluster = calloc(1, sizeof(ClusterLeases)) };
+                snprintf(l->id, sizeof(l->id), "%s", id);
+                if (l->cluster)
+                        *l->cluster = (ClusterLeases) { .cluster = c, .owner = (uid_t) -1, .record = strdup(path) };
+                if (!l->vm || !l->disk || !l->holder || !l->cluster || !l->cluster->record)
+                        r = -ENOMEM;
+        } else
+                r = -ENOMEM;
+        json_object_put(o);
+        if (r < 0) {
+                lease_free(l);
+                return r;
+        }
+        *ret = l;
+        return 0;
+}
+
+int cluster_leases_recover(Cluster *c, Store *s, const char *runtime_dir, LeaseRegistry *leases) {
+        _cleanup_free_ char *dir = NULL;
+        struct dirent *de;
+        DIR *d;
+        int r;
+
+        if (!c)
+                return 0;
+        r = records_dir(runtime_dir, false, &dir);
+        if (r < 0)
+                return r;
+        d = opendir(dir);
+        if (!d)
+                return errno == ENOENT ? 0 : log_error_errno(errno, "Failed to read %s", dir);
+        while ((de = readdir(d))) {
+                _cleanup_free_ char *path = NULL;
+                char id[LAYER_ID_LEN + 1];
+                size_t len = strlen(de->d_name);
+                Lease *l = NULL;
+
+                if (de->d_name[0] == '.') {
+                        if (!streq(de->d_name, ".") && !streq(de->d_name, ".."))
+                                (void) unlinkat(dirfd(d), de->d_name, 0); /* a record never renamed into place */
+                        continue;
+                }
+                if (asprintf(&path, "%s/%s", dir, de->d_name) < 0) {
+                        closedir(d);
+                        return -ENOMEM;
+                }
+                r = -EBADMSG;
+                if (len == LAYER_ID_LEN + 5 && streq(de->d_name + LAYER_ID_LEN, ".json")) {
+                        memcpy(id, de->d_name, LAYER_ID_LEN);
+                        id[LAYER_ID_LEN] = 0;
+                        if (layer_id_is_valid(id) && !lease_registry_find(leases, id))
+                                r = lease_from_record(c, path, id, &l);
+                }
+                if (r >= 0 && !store_find_vm(s, l->vm))
+                        r = -ENOENT;
+                if (r >= 0)
+                        r = lease_registry_add(leases, l);
+                if (r < 0) {
+                        log_warning("Lease record %s: %s; removed", path,
+                                    r == -ENOENT ? "its VM is gone" : r == -EBADMSG ? "not a lease record" : strerror(-r));
+                        lease_free(l);
+                        (void) unlink(path);
+                        continue;
+                }
+                log_info("Lease " VDISK_LEASE_PREFIX "/%s of disk '%s' of VM '%s' (fds held by pid %d) found again", l->id,
+                         l->disk, l->vm, (int) l->holder_pid);
+        }
+        closedir(d);
+        return 0;
 }
 
 /* One process, one cluster: what the joined handler works on. */
@@ -172,19 +360,23 @@ static struct {
  * there is none (this host's sanlock daemon restarted meanwhile), a fresh one if nobody took it since.
  * 0, or -errno with the reason in `why`. */
 static int adopt_one(Cluster *c, Lease *l, char *why, size_t why_size) {
-        _cleanup_free_ ClusterLeases *n = NULL;
+        _cleanup_free_ ClusterLeases *fresh = NULL;
+        ClusterLeases *n = l->cluster;
         char name[CLUSTER_NAME_MAX + 1];
         uint64_t owner = 0;
         int r;
 
         disk_lease_name(name, l->vm, l->disk);
-        n = malloc(sizeof(ClusterLeases));
-        if (!n)
-                return -ENOMEM;
-        *n = CLUSTER_LEASES_INIT(c);
+        if (!n) {
+                n = fresh = malloc(sizeof(ClusterLeases));
+                if (!n)
+                        return -ENOMEM;
+                *n = CLUSTER_LEASES_INIT(c);
+        }
         n->held = malloc(sizeof(struct ClusterHeld));
         if (!n->held || !(n->held[0].name = strdup(name))) {
                 free(n->held);
+                n->held = NULL;
                 return -ENOMEM;
         }
         n->held[0].exclusive = !l->read_only;
@@ -198,6 +390,7 @@ static int adopt_one(Cluster *c, Lease *l, char *why, size_t why_size) {
         if (r < 0) {
                 free(n->held[0].name);
                 free(n->held);
+                n->held = NULL;
                 if (r == -EBUSY && owner > 0)
                         snprintf(why, why_size, "its cluster lease was lost and cluster host %" PRIu64 " holds the disk now", owner);
                 else
@@ -205,7 +398,8 @@ static int adopt_one(Cluster *c, Lease *l, char *why, size_t why_size) {
                 return r;
         }
         n->n_held = 1;
-        l->cluster = TAKE_PTR(n);
+        if (fresh)
+                l->cluster = TAKE_PTR(fresh);
         log_info("Lease %s: cluster lease of disk '%s' of VM '%s' adopted again (%s)", l->id, l->disk, l->vm,
                  l->read_only ? "shared" : "exclusive");
         return 0;
@@ -218,7 +412,7 @@ static void on_joined(Cluster *c, void *userdata) {
                 Lease *l = reg->leases[i];
                 char why[256];
 
-                if (!l->cluster && adopt_one(c, l, why, sizeof(why)) < 0) {
+                if ((!l->cluster || l->cluster->n_held == 0) && adopt_one(c, l, why, sizeof(why)) < 0) {
                         /* Another host may write the disk now: this one's holder must stop (an export's helper
                          * is stopped; the header check follows as at every end). */
                         log_error("Lease %s of disk '%s' of VM '%s': %s; the lease ends", l->id, l->disk, l->vm, why);

@@ -13,8 +13,10 @@ long-lived holds are persistent (SANLK_RES_PERSISTENT) and a restarted vdiskd ad
   host 1's is down, adopts only its own orphans (ORPHAN_ONLY is per host) and still answers InUse
   naming host 1;
 - a clean stop (SIGTERM) keeps the lease too, and a shared (read-only) export's lease is adopted shared;
-- an operation's disk lease left by a killed vdiskd (a read-write fd-mode OpenDisk, whose lease is not
-  found again after a restart) is released when that host's vdiskd joins again.
+- fd-mode leases (no export) are written down under the runtime directory (cluster-leases/ID.json), found
+  again after a restart and adopted the same way: host 2 gets InUse until host 1's Release; one whose
+  holder left while vdiskd was down ends at the restart and host 2 gets the disk; a record that cannot
+  be read is removed.
 Each ends with Verify clean on both hosts and no orphan files."""
 
 import os
@@ -171,14 +173,38 @@ def main():
         wait_for("the restarted vdiskd stops the helper of the lease whose holder left", lambda: not vdisktest.alive(pid))
         opens_on_host2(h2, "e", "host 2 then opens the disk (the orphan released)")
 
-        # ---- an fd-mode lease is not found again after a restart: its orphan is released ----
+        # ---- fd-mode leases: written down, found again after a restart, adopted ----
         path, _, fds = h1.call("OpenDisk", "vm", "d", opts())
         for fd in fds:
             os.close(fd.take())
+        records = os.path.join(h1.env.runtime_dir, "cluster-leases")
+        check_eq(os.listdir(records), [path.rsplit("/", 1)[1] + ".json"], "the fd-mode lease is written down")
+        bus2 = dbus.bus.BusConnection(h1.env.address)
+        path_e, _, fds = manager(bus2).OpenDisk("vm", "e", opts())
+        for fd in fds:
+            os.close(fd.take())
         kill_vdiskd(h1)
+        bus2.close()  # the holder of disk 'e' goes while host 1's vdiskd is down
         refused_by_host1(c, h2, "d", "while host 1's vdiskd (fd-mode lease) is down")
+        refused_by_host1(c, h2, "e", "while host 1's vdiskd is down (the holder left, its fds may live on)")
+        # A record that is not one (bad input under the runtime directory): removed, no lease made of it.
+        junk = os.path.join(records, "0123456789abcdef0123456789abcdef.json")
+        with open(junk, "w") as f:
+            f.write('{"version": 1, "vm": 7}')
         restart(h1)
-        opens_on_host2(h2, "d", "after host 1's restart, the orphan of its fd-mode lease is released")
+        check(not os.path.exists(junk), "a record that cannot be read is removed at the start")
+        check("0123456789abcdef0123456789abcdef.json: not a lease record; removed" in h1.env.log_text(),
+              "and the log says why")
+        wait_for("the fd-mode lease is adopted again",
+                 lambda: f"Lease {path.rsplit('/', 1)[1]}: cluster lease of disk 'd' of VM 'vm' adopted again (exclusive)"
+                 in h1.env.log_text())
+        refused_by_host1(c, h2, "d", "after host 1's restart (its fd-mode lease found again)")
+        opens_on_host2(h2, "e", "the fd-mode lease whose holder left is ended at the restart, its orphan released")
+        err, msg = h1.try_call("OpenDisk", "vm", "d", opts())
+        check_eq(err, IN_USE, f"on host 1 too, the lease found again excludes another writer ({msg})")
+        lease(h1.env.bus, path).Release()
+        check_eq(os.listdir(records), [], "Release removes the record")
+        opens_on_host2(h2, "d", "after host 1's Release of the lease found again, host 2 opens the disk")
 
         c.check_clean(["vm"])
     finally:
