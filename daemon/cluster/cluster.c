@@ -426,6 +426,64 @@ int cluster_acquire(Cluster *c, const char *name, bool exclusive, bool persisten
         return 1;
 }
 
+int cluster_acquire_version(Cluster *c, const char *name, uint64_t version, uint64_t *ret_owner) {
+        struct sanlk_resource *list[1];
+        Resource res;
+        uint64_t offset;
+        int r;
+
+        if (ret_owner)
+                *ret_owner = 0;
+        if (!c->joined)
+                return -EHOSTDOWN;
+        if (strlen(name) > CLUSTER_NAME_MAX || version == 0)
+                return -EINVAL;
+        if (held_find(c, name))
+                return -EBUSY; /* a local user holds it: not a hand-over */
+        r = resource_offset(c, name, &offset);
+        if (r < 0)
+                return r;
+        resource_init(c, &res, name, offset, false, true);
+        res.res.flags |= SANLK_RES_LVER;
+        res.res.lver = version;
+        list[0] = &res.res;
+        r = sanlock_acquire(c->sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, list, NULL);
+        if (r == SANLK_ACQUIRE_LVER)
+                return -ESTALE;
+        if (r < 0)
+                return sanlock_failed(c, "acquire (hand-over) the", name, r, offset, ret_owner);
+        r = held_add(c, name, offset, true, true);
+        if (r < 0) {
+                (void) sanlock_release(c->sock, -1, 0, 1, list);
+                return r;
+        }
+        return 1;
+}
+
+int cluster_version(Cluster *c, const char *name, uint64_t *ret) {
+        Resource res;
+        uint64_t offset;
+        Held *h;
+        int r;
+
+        if (!c->joined)
+                return -EHOSTDOWN;
+        h = held_find(c, name);
+        if (h)
+                offset = h->offset;
+        else {
+                r = resource_offset(c, name, &offset);
+                if (r < 0)
+                        return r;
+        }
+        resource_init(c, &res, name, offset, false, false);
+        r = sanlock_read_resource(&res.res, 0);
+        if (r < 0)
+                return log_error_errno(EIO, "Cannot read lease %s: %s (%d)", name, r < -200 ? sanlock_strerror(r) : strerror(-r), r);
+        *ret = res.res.lver;
+        return 0;
+}
+
 int cluster_adopt(Cluster *c, const char *name, bool exclusive) {
         struct sanlk_resource *list[1];
         Resource res;
@@ -543,6 +601,14 @@ int cluster_acquire(Cluster *c, const char *name, bool exclusive, bool persisten
 }
 
 int cluster_adopt(Cluster *c, const char *name, bool exclusive) {
+        return -EHOSTDOWN;
+}
+
+int cluster_acquire_version(Cluster *c, const char *name, uint64_t version, uint64_t *ret_owner) {
+        return -EHOSTDOWN;
+}
+
+int cluster_version(Cluster *c, const char *name, uint64_t *ret) {
         return -EHOSTDOWN;
 }
 

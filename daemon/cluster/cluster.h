@@ -84,6 +84,14 @@ int cluster_acquire(Cluster *c, const char *name, bool exclusive, bool persisten
  * 1: adopted; 0: this host holds it already (another local user adopted it); -ENOENT: there is no such
  * orphan; -EBUSY: held here in another mode; -EHOSTDOWN: not joined; -EIO (logged): sanlock failed. */
 int cluster_adopt(Cluster *c, const char *name, bool exclusive);
+/* Migration: takes `name` exclusively and persistently only if its lease version (sanlock's lver, bumped
+ * by every acquire) is still `version`, the one the source held when it released it at the switch-over
+ * (SANLK_RES_LVER). 1: taken; -ESTALE: another host took it since (SANLK_ACQUIRE_LVER); -EBUSY: held
+ * (by another host: `*ret_owner`; or by a local user); -EHOSTDOWN, -EIO as cluster_acquire(). */
+int cluster_acquire_version(Cluster *c, const char *name, uint64_t version, uint64_t *ret_owner);
+/* The lease version of `name` as the lease area says now (sanlock_read_resource): while this host holds
+ * it, the version it was acquired with. */
+int cluster_version(Cluster *c, const char *name, uint64_t *ret);
 /* Releases every orphan lease of this host in the lockspace (those no local user adopted). Asynchronous
  * in sanlock: another host may see one held for a moment longer. */
 void cluster_release_orphans(Cluster *c);

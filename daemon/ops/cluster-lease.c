@@ -211,7 +211,8 @@ int cluster_leases_record(const char *runtime_dir, Lease *l, OpError *err) {
             json_object_object_add(o, "read-only", json_object_new_boolean(l->read_only)) < 0 ||
             json_object_object_add(o, "holder", json_object_new_string(l->holder)) < 0 ||
             json_object_object_add(o, "holder-uid", json_object_new_int64(l->holder_uid)) < 0 ||
-            json_object_object_add(o, "holder-pid", json_object_new_int64(l->holder_pid)) < 0) {
+            json_object_object_add(o, "holder-pid", json_object_new_int64(l->holder_pid)) < 0 ||
+            json_object_object_add(o, "incoming", json_object_new_boolean(l->cluster->incoming)) < 0) {
                 json_object_put(o);
                 return op_error(err, -ENOMEM, "Out of memory");
         }
@@ -227,6 +228,7 @@ int cluster_leases_record(const char *runtime_dir, Lease *l, OpError *err) {
                 (void) unlink(tmp);
                 return op_error(err, r, "Cannot write the lease's record %s: %s", path, strerror(-r));
         }
+        free(l->cluster->record);
         l->cluster->record = TAKE_PTR(path);
         return 0;
 }
@@ -248,7 +250,7 @@ static bool json_int(json_object *o, const char *key, int64_t min, int64_t max, 
 static int lease_from_record(Cluster *c, const char *path, const char *id, Lease **ret) {
         _cleanup_free_ char *text = NULL;
         _cleanup_close_ int fd = -EBADF;
-        json_object *o, *ro;
+        json_object *o, *ro, *incoming;
         const char *vm, *disk, *holder;
         int64_t version, uid, pid;
         ssize_t n;
@@ -282,7 +284,9 @@ static int lease_from_record(Cluster *c, const char *path, const char *id, Lease
                                .cluster = calloc(1, sizeof(ClusterLeases)) };
                 snprintf(l->id, sizeof(l->id), "%s", id);
                 if (l->cluster)
-                        *l->cluster = (ClusterLeases) { .cluster = c, .owner = (uid_t) -1, .record = strdup(path) };
+                        *l->cluster = (ClusterLeases) { .cluster = c, .owner = (uid_t) -1, .record = strdup(path),
+                                                        .incoming = json_object_object_get_ex(o, "incoming", &incoming) &&
+                                                                    json_object_get_boolean(incoming) };
                 if (!l->vm || !l->disk || !l->holder || !l->cluster || !l->cluster->record)
                         r = -ENOMEM;
         } else
@@ -412,7 +416,9 @@ static void on_joined(Cluster *c, void *userdata) {
                 Lease *l = reg->leases[i];
                 char why[256];
 
-                if ((!l->cluster || l->cluster->n_held == 0) && adopt_one(c, l, why, sizeof(why)) < 0) {
+                /* An incoming lease has no disk lease to adopt: it takes one at the switch-over. */
+                if ((!l->cluster || (l->cluster->n_held == 0 && !l->cluster->incoming)) &&
+                    adopt_one(c, l, why, sizeof(why)) < 0) {
                         /* Another host may write the disk now: this one's holder must stop (an export's helper
                          * is stopped; the header check follows as at every end). */
                         log_error("Lease %s of disk '%s' of VM '%s': %s; the lease ends", l->id, l->disk, l->vm, why);
@@ -490,5 +496,61 @@ int leased_job_new(const JobOps *inner, void *op, ClusterLeases *leases, LeasedJ
         *leases = (ClusterLeases) { .cluster = j->leases.cluster, .owner = j->leases.owner };
         *ret = j;
         *ret_ops = &leased_job_ops[inner->wait_usec != 0];
+        return 0;
+}
+
+int cluster_leases_take_over(const char *runtime_dir, Lease *l, uint64_t version, OpError *err) {
+        ClusterLeases *cl = l->cluster;
+        struct ClusterHeld *h;
+        char name[CLUSTER_NAME_MAX + 1];
+        uint64_t owner = 0;
+        char *copy;
+        int r;
+
+        if (!cl || !cl->incoming)
+                return op_error(err, -EINVAL, "Lease %s was not opened for an incoming VM (OpenDisk's 'incoming')", l->id);
+        if (version == 0)
+                return op_error(err, -EINVAL, "The lease version must be the source's Lease.LeaseVersion (not 0)");
+        disk_lease_name(name, l->vm, l->disk);
+        copy = strdup(name);
+        h = copy ? reallocarray(cl->held, cl->n_held + 1, sizeof(*h)) : NULL;
+        if (!h) {
+                free(copy);
+                return op_error(err, -ENOMEM, "Out of memory");
+        }
+        cl->held = h;
+        r = cluster_acquire_version(cl->cluster, name, version, &owner);
+        if (r < 0)
+                free(copy);
+        if (r == -EHOSTDOWN)
+                return op_error(err, r, "This host (cluster host %" PRIu64 ") has not joined the lockspace yet; retry in a "
+                                "few seconds", cluster_host_id(cl->cluster));
+        if (r == -ESTALE)
+                return op_error(err, -EBUSY, "Disk '%s' of VM '%s' changed hands after lease version %" PRIu64
+                                " (another host took it since the source released it): the hand-over fails", l->disk, l->vm,
+                                version);
+        if (r == -EBUSY && owner > 0)
+                return op_error(err, r, "Disk '%s' of VM '%s' is in use by cluster host %" PRIu64 " (has the source released it?)",
+                                l->disk, l->vm, owner);
+        if (r == -EBUSY)
+                return op_error(err, r, "Disk '%s' of VM '%s' is in use", l->disk, l->vm);
+        if (r < 0)
+                return op_error(err, r == -EIO ? -EIO : r, "Cannot take the cluster lease of disk '%s' of VM '%s' (sanlock failed)",
+                                l->disk, l->vm);
+        cl->held[cl->n_held++] = (struct ClusterHeld) { .name = copy, .exclusive = true };
+        cl->incoming = false;
+        log_info("Lease %s: disk '%s' of VM '%s' taken over at lease version %" PRIu64, l->id, l->disk, l->vm, version);
+        /* A restart from now on adopts it; if the record cannot say so, the lease still holds it now. */
+        r = cluster_leases_record(runtime_dir, l, err);
+        if (r < 0)
+                log_warning("Lease %s: %s", l->id, err->reason);
+        return 0;
+}
+
+int cluster_leases_version(ClusterLeases *l, uint64_t *ret) {
+        *ret = 0;
+        for (size_t i = 0; l && i < l->n_held; i++)
+                if (persistent_name(l->held[i].name))
+                        return cluster_version(l->cluster, l->held[i].name, ret);
         return 0;
 }

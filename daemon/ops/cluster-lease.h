@@ -38,6 +38,9 @@ typedef struct ClusterLeases {
         /* A lease object's fd-mode disk lease: its record under the runtime directory, so that a
          * restarted vdiskd finds the lease again (cluster_leases_record); removed when the lease ends. */
         char *record;
+        /* Migration: a read-write lease opened for an incoming VM, its disk lease not taken yet
+         * (cluster_leases_take_over at the switch-over). */
+        bool incoming;
 } ClusterLeases;
 
 #define CLUSTER_LEASES_INIT(c) ((ClusterLeases) { .cluster = (c), .owner = (uid_t) -1 })
@@ -76,6 +79,13 @@ int cluster_leases_record(const char *runtime_dir, struct Lease *l, OpError *err
  * is joined (cluster_leases_adopt_when_joined). A record that cannot be read, or of a VM that is gone,
  * is removed (its orphan, if any, is released once joined). Nothing with `c` NULL. */
 int cluster_leases_recover(Cluster *c, Store *s, const char *runtime_dir, struct LeaseRegistry *leases);
+/* Migration, the destination: lease `l` (opened with OpenDisk's "incoming", `l->cluster->incoming`) takes
+ * its disk lease exclusively with the version the source held (Lease.LeaseVersion there), so that a host
+ * that took the disk after the source released it makes the hand-over fail: -EBUSY (InUse) naming it, or
+ * saying that the disk changed hands. -EINVAL if `l` is not incoming. Its record is written again. */
+int cluster_leases_take_over(const char *runtime_dir, struct Lease *l, uint64_t version, OpError *err);
+/* The version of the disk lease `l` holds (0 if none: local mode, an incoming lease). */
+int cluster_leases_version(ClusterLeases *l, uint64_t *ret);
 /* Moves the leases into a new ClusterLeases (for a lease object or a job); `l` holds nothing after. */
 int cluster_leases_move(ClusterLeases *l, ClusterLeases **ret);
 ClusterLeases *cluster_leases_free(ClusterLeases *l);
