@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cluster-lease.h"
 #include "log.h"
 #include "manager.h"
 #include "cluster-recover.h"
@@ -81,6 +82,10 @@ int manager_recover_exports(Manager *m) {
         int r;
 
         r = export_recover(c.settings, m->store, &m->leases, m->event, c.gone, c.userdata);
+        if (r >= 0) /* cluster mode: fd-mode leases too; all take their disk leases back once joined */
+                r = cluster_leases_recover(m->cluster, m->store, m->config.exports.runtime_dir, &m->leases);
+        if (r >= 0)
+                cluster_leases_adopt_when_joined(m->cluster, m->store, &m->leases);
         if (r >= 0)
                 r = export_spares_new(&m->config.exports, &m->leases, m->event, &m->spares);
         return r;

@@ -49,6 +49,7 @@ const AuthEntry auth_table[] = {
         { JOB, PROPERTIES, AUTH_JOB_OWNER, "a job's properties name VMs, disks and errors" },
         { LEASE, "GetFds", AUTH_LEASE_HOLDER, "the fds are the holder's alone" },
         { LEASE, "Release", AUTH_LEASE_HOLDER },
+        { LEASE, "TakeOver", AUTH_LEASE_HOLDER },
         { LEASE, PROPERTIES, AUTH_LEASE_READER },
 };
 const size_t auth_table_size = ELEMENTSOF(auth_table);

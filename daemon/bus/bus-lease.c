@@ -39,6 +39,7 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
         OpenDiskRequest req = { .holder_uid = c->uid, .holder_pid = c->pid };
         ExportContext ectx = manager_export_context(m);
         const char *export = NULL;
+        int incoming = false;
         char path[sizeof(VDISK_LEASE_PREFIX) + LAYER_ID_LEN + 1];
         OpError err = {};
         size_t first_count;
@@ -46,7 +47,8 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
         int r;
 
         CHECK(sd_bus_message_read(msg, "ss", &req.vm, &req.disk));
-        CHECK(bus_read_options(msg, (const OptionSpec[]) { { "read_only", 'b', &req.read_only }, { "export", 's', &export }, {} },
+        CHECK(bus_read_options(msg, (const OptionSpec[]) { { "read_only", 'b', &req.read_only }, { "export", 's', &export },
+                                                           { "incoming", 'b', &incoming }, {} },
                                error));
         if (export_type_from_string(export, &req.export) < 0)
                 return bus_errorf(error, -EINVAL, "Unknown export type: the option 'export' is vhost-user-blk or nbd");
@@ -56,9 +58,16 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
         if (!req.holder)
                 return bus_errorf(error, -EACCES, "Cannot identify the caller");
 
+        /* Migration (cluster mode): the destination opens the disk for an incoming VM without taking it
+         * over; Lease.TakeOver() takes its lease at the switch-over. */
+        if (incoming && !m->cluster)
+                return bus_errorf(error, -EOPNOTSUPP, "The option 'incoming' is for cluster mode ([Cluster] Mode=sanlock)");
+        if (incoming && (req.read_only || req.export != EXPORT_NONE))
+                return bus_errorf(error, -EINVAL, "The option 'incoming' is for a read-write OpenDisk without 'export'");
+
         /* Cluster mode: the disk for the lease's life (exclusive unless read-only), the VM's record shared
          * while the chain is read. */
-        r = cluster_leases_disk(&disk_lease, req.vm, req.disk, !req.read_only, &err);
+        r = incoming ? 0 : cluster_leases_disk(&disk_lease, req.vm, req.disk, !req.read_only, &err);
         if (r >= 0)
                 r = cluster_leases_vm(&record, m->store, req.vm, false, &err);
         if (r >= 0)
@@ -71,6 +80,13 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
                 if (r < 0) {
                         lease_end(m->store, &m->leases, l, "out of memory");
                         return r;
+                }
+                l->cluster->incoming = incoming;
+                /* Found again by a restarted vdiskd (an export has its state.json). */
+                r = cluster_leases_record(m->config.exports.runtime_dir, l, &err);
+                if (r < 0) {
+                        lease_end(m->store, &m->leases, l, "its record could not be written");
+                        return bus_error_from_op(error, r, err.reason);
                 }
         }
 
@@ -136,6 +152,23 @@ static int method_release(sd_bus_message *msg, Manager *m, const Caller *c, sd_b
         return r;
 }
 
+static int method_take_over(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_error *error) {
+        Lease *l = bus_lease_from_path(m, sd_bus_message_get_path(msg));
+        OpError err = {};
+        uint64_t version;
+        int r;
+
+        if (!l)
+                return bus_errorf(error, -ENOENT, "No such lease");
+        r = sd_bus_message_read(msg, "t", &version);
+        if (r < 0)
+                return r;
+        r = cluster_leases_take_over(m->config.exports.runtime_dir, l, version, &err);
+        if (r < 0)
+                return bus_error_from_op(error, r, err.reason);
+        return sd_bus_reply_method_return(msg, NULL);
+}
+
 static int property_get(sd_bus *bus, const char *path, const char *interface, const char *property, sd_bus_message *reply,
                         void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
@@ -150,11 +183,18 @@ static int property_get(sd_bus *bus, const char *path, const char *interface, co
                 return sd_bus_message_append(reply, "s", l->disk);
         if (streq(property, "ReadOnly"))
                 return sd_bus_message_append(reply, "b", l->read_only);
+        if (streq(property, "LeaseVersion")) {
+                uint64_t version = 0;
+                if (l->cluster && cluster_leases_version(l->cluster, &version) < 0)
+                        return bus_errorf(error, -EIO, "Cannot read the version of the disk's cluster lease");
+                return sd_bus_message_append(reply, "t", version);
+        }
         return sd_bus_message_append(reply, "u", (uint32_t) l->n_fds);
 }
 
 BUS_AUTHORIZED(authorized_get_fds, method_get_fds)
 BUS_AUTHORIZED(authorized_release, method_release)
+BUS_AUTHORIZED(authorized_take_over, method_take_over)
 
 static const sd_bus_vtable lease_vtable[] = {
         SD_BUS_VTABLE_START(0),
@@ -165,6 +205,9 @@ static const sd_bus_vtable lease_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("GetFds", SD_BUS_ARGS("u", first, "u", count), SD_BUS_RESULT("ah", fds), authorized_get_fds,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Release", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT, authorized_release, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_PROPERTY("LeaseVersion", "t", property_get, 0, 0),
+        SD_BUS_METHOD_WITH_ARGS("TakeOver", SD_BUS_ARGS("t", version), SD_BUS_NO_RESULT, authorized_take_over,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
 

@@ -103,7 +103,8 @@ typedef struct Held {
         char name[CLUSTER_NAME_MAX + 1];
         uint64_t offset;
         unsigned n_shared, n_exclusive;
-        bool exclusive; /* the mode sanlock holds it in */
+        bool exclusive;  /* the mode sanlock holds it in */
+        bool persistent; /* SANLK_RES_PERSISTENT: an orphan, not released, when vdiskd's connection closes */
 } Held;
 
 typedef struct Offset {
@@ -121,6 +122,8 @@ struct Cluster {
         bool joined;
         bool join_logged;
         sd_event_source *join_timer;
+        ClusterJoinedHandler joined_handler;
+        void *joined_userdata;
         Held *held;
         size_t n_held;
         Offset *offsets; /* resource offsets found in the index: they never move while the name is in it */
@@ -151,12 +154,12 @@ static void sanlock_name(const char *name, char out[static SANLK_NAME_LEN]) {
                  fnv1a(name, UINT64_C(0x84222325cbf29ce4)));
 }
 
-static void resource_init(const Cluster *c, Resource *r, const char *name, uint64_t offset, bool shared) {
+static void resource_init(const Cluster *c, Resource *r, const char *name, uint64_t offset, bool shared, bool persistent) {
         *r = (Resource) {};
         memcpy(r->res.lockspace_name, c->lockspace_name, SANLK_NAME_LEN);
         sanlock_name(name, r->res.name);
         r->res.num_disks = 1;
-        r->res.flags = shared ? SANLK_RES_SHARED : 0;
+        r->res.flags = (shared ? SANLK_RES_SHARED : 0) | (persistent ? SANLK_RES_PERSISTENT : 0);
         memcpy(r->disk.path, c->leases_path, SANLK_PATH_LEN);
         r->disk.offset = offset;
 }
@@ -177,7 +180,10 @@ static int join_poll(sd_event_source *s, uint64_t usec, void *userdata) {
         if (r == 0) {
                 c->joined = true;
                 log_info("Joined lockspace %s as host %" PRIu64 " (sanlock)", c->lockspace_name, c->host_id);
-                return sd_event_source_set_enabled(s, SD_EVENT_OFF);
+                r = sd_event_source_set_enabled(s, SD_EVENT_OFF);
+                if (c->joined_handler)
+                        c->joined_handler(c, c->joined_userdata);
+                return r;
         }
         if (r == -ENOENT) {
                 /* Not being added (any more): the add failed, e.g. the host id is another live host's. Try
@@ -251,6 +257,15 @@ bool cluster_joined(const Cluster *c) {
         return c && c->joined;
 }
 
+void cluster_set_joined_handler(Cluster *c, ClusterJoinedHandler handler, void *userdata) {
+        if (!c)
+                return;
+        c->joined_handler = handler;
+        c->joined_userdata = userdata;
+        if (c->joined && handler)
+                handler(c, userdata);
+}
+
 uint64_t cluster_host_id(const Cluster *c) {
         return c ? c->host_id : 0;
 }
@@ -316,7 +331,7 @@ static uint64_t resource_owner(Cluster *c, const char *name, uint64_t offset) {
         uint64_t owner = 0;
         int n = 0;
 
-        resource_init(c, &res, name, offset, false);
+        resource_init(c, &res, name, offset, false, false);
         if (sanlock_read_resource_owners(&res.res, 0, &hosts, &n) < 0)
                 return 0;
         for (int i = 0; i < n; i++)
@@ -352,7 +367,20 @@ static int sanlock_failed(Cluster *c, const char *what, const char *name, int r,
         return log_error_errno(EIO, "Cannot %s lease %s: %s (%d)", what, name, r < -200 ? sanlock_strerror(r) : strerror(-r), r);
 }
 
-int cluster_acquire(Cluster *c, const char *name, bool exclusive, uint64_t *ret_owner) {
+static int held_add(Cluster *c, const char *name, uint64_t offset, bool exclusive, bool persistent) {
+        Held *h = reallocarray(c->held, c->n_held + 1, sizeof(Held));
+
+        if (!h)
+                return -ENOMEM;
+        c->held = h;
+        h = &c->held[c->n_held++];
+        *h = (Held) { .offset = offset, .exclusive = exclusive, .persistent = persistent, .n_exclusive = exclusive,
+                      .n_shared = !exclusive };
+        snprintf(h->name, sizeof(h->name), "%s", name);
+        return 0;
+}
+
+int cluster_acquire(Cluster *c, const char *name, bool exclusive, bool persistent, uint64_t *ret_owner) {
         struct sanlk_resource *list[1];
         Resource res;
         Held *h;
@@ -369,7 +397,7 @@ int cluster_acquire(Cluster *c, const char *name, bool exclusive, uint64_t *ret_
         h = held_find(c, name);
         if (h) {
                 if (exclusive && !h->exclusive) {
-                        resource_init(c, &res, name, h->offset, false);
+                        resource_init(c, &res, name, h->offset, false, h->persistent);
                         r = sanlock_convert(c->sock, -1, SANLK_CONVERT_OWNER_NOWAIT, &res.res);
                         if (r < 0)
                                 return sanlock_failed(c, "convert to exclusive the", name, r, h->offset, ret_owner);
@@ -385,22 +413,133 @@ int cluster_acquire(Cluster *c, const char *name, bool exclusive, uint64_t *ret_
         r = resource_offset(c, name, &offset);
         if (r < 0)
                 return r;
-        resource_init(c, &res, name, offset, !exclusive);
+        resource_init(c, &res, name, offset, !exclusive, persistent);
         list[0] = &res.res;
         r = sanlock_acquire(c->sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, list, NULL);
         if (r < 0)
                 return sanlock_failed(c, "acquire", name, r, offset, ret_owner);
-
-        h = reallocarray(c->held, c->n_held + 1, sizeof(Held));
-        if (!h) {
+        r = held_add(c, name, offset, exclusive, persistent);
+        if (r < 0) {
                 (void) sanlock_release(c->sock, -1, 0, 1, list);
-                return -ENOMEM;
+                return r;
         }
-        c->held = h;
-        h = &c->held[c->n_held++];
-        *h = (Held) { .offset = offset, .exclusive = exclusive, .n_exclusive = exclusive, .n_shared = !exclusive };
-        snprintf(h->name, sizeof(h->name), "%s", name);
         return 1;
+}
+
+int cluster_acquire_version(Cluster *c, const char *name, uint64_t version, uint64_t *ret_owner) {
+        struct sanlk_resource *list[1];
+        Resource res;
+        uint64_t offset;
+        int r;
+
+        if (ret_owner)
+                *ret_owner = 0;
+        if (!c->joined)
+                return -EHOSTDOWN;
+        if (strlen(name) > CLUSTER_NAME_MAX || version == 0)
+                return -EINVAL;
+        if (held_find(c, name))
+                return -EBUSY; /* a local user holds it: not a hand-over */
+        r = resource_offset(c, name, &offset);
+        if (r < 0)
+                return r;
+        resource_init(c, &res, name, offset, false, true);
+        res.res.flags |= SANLK_RES_LVER;
+        res.res.lver = version;
+        list[0] = &res.res;
+        r = sanlock_acquire(c->sock, -1, SANLK_ACQUIRE_OWNER_NOWAIT, 1, list, NULL);
+        if (r == SANLK_ACQUIRE_LVER)
+                return -ESTALE;
+        if (r < 0)
+                return sanlock_failed(c, "acquire (hand-over) the", name, r, offset, ret_owner);
+        r = held_add(c, name, offset, true, true);
+        if (r < 0) {
+                (void) sanlock_release(c->sock, -1, 0, 1, list);
+                return r;
+        }
+        return 1;
+}
+
+int cluster_version(Cluster *c, const char *name, uint64_t *ret) {
+        Resource res;
+        uint64_t offset;
+        Held *h;
+        int r;
+
+        if (!c->joined)
+                return -EHOSTDOWN;
+        h = held_find(c, name);
+        if (h)
+                offset = h->offset;
+        else {
+                r = resource_offset(c, name, &offset);
+                if (r < 0)
+                        return r;
+        }
+        resource_init(c, &res, name, offset, false, false);
+        r = sanlock_read_resource(&res.res, 0);
+        if (r < 0)
+                return log_error_errno(EIO, "Cannot read lease %s: %s (%d)", name, r < -200 ? sanlock_strerror(r) : strerror(-r), r);
+        *ret = res.res.lver;
+        return 0;
+}
+
+int cluster_adopt(Cluster *c, const char *name, bool exclusive) {
+        struct sanlk_resource *list[1];
+        Resource res;
+        Held *h;
+        uint64_t offset;
+        int r;
+
+        if (!c->joined)
+                return -EHOSTDOWN;
+        if (strlen(name) > CLUSTER_NAME_MAX)
+                return -EINVAL;
+        h = held_find(c, name);
+        if (h) {
+                /* Another lease of this host adopted it already (read-only leases of one disk share it). */
+                if (exclusive != h->exclusive || !h->persistent)
+                        return -EBUSY;
+                if (exclusive)
+                        h->n_exclusive++;
+                else
+                        h->n_shared++;
+                return 0;
+        }
+        r = resource_offset(c, name, &offset);
+        if (r < 0)
+                return r;
+        resource_init(c, &res, name, offset, !exclusive, true);
+        list[0] = &res.res;
+        /* Only an orphan of this host's sanlock daemon (held by the connection of a vdiskd that is gone)
+         * is taken over: never a lease free on disk, never one of another host. */
+        r = sanlock_acquire(c->sock, -1, SANLK_ACQUIRE_ORPHAN_ONLY, 1, list, NULL);
+        if (r == -ENOENT)
+                return -ENOENT;
+        if (r < 0)
+                return log_error_errno(EIO, "Cannot adopt the orphan lease %s: %s (%d)", name,
+                                       r < -200 ? sanlock_strerror(r) : strerror(-r), r);
+        r = held_add(c, name, offset, exclusive, true);
+        if (r < 0) {
+                (void) sanlock_release(c->sock, -1, 0, 1, list);
+                return r;
+        }
+        return 1;
+}
+
+void cluster_release_orphans(Cluster *c) {
+        struct sanlk_resource *list[1];
+        Resource res = {};
+        int r;
+
+        if (!c->joined)
+                return;
+        /* An empty resource name: every orphan of this lockspace on this host. */
+        memcpy(res.res.lockspace_name, c->lockspace_name, SANLK_NAME_LEN);
+        list[0] = &res.res;
+        r = sanlock_release(c->sock, -1, SANLK_REL_ORPHAN, 1, list);
+        if (r < 0 && r != -ENOENT)
+                log_warning("Cannot release the orphan leases of lockspace %s (%d)", c->lockspace_name, r);
 }
 
 void cluster_release(Cluster *c, const char *name, bool exclusive) {
@@ -416,10 +555,10 @@ void cluster_release(Cluster *c, const char *name, bool exclusive) {
         else if (!exclusive && h->n_shared > 0)
                 h->n_shared--;
 
-        resource_init(c, &res, name, h->offset, false);
+        resource_init(c, &res, name, h->offset, false, h->persistent);
         if (h->n_exclusive + h->n_shared > 0) {
                 if (h->exclusive && h->n_exclusive == 0) {
-                        res.res.flags = SANLK_RES_SHARED;
+                        res.res.flags |= SANLK_RES_SHARED;
                         r = sanlock_convert(c->sock, -1, 0, &res.res);
                         if (r < 0)
                                 log_warning("Cannot convert lease %s to shared (%d); it stays exclusive", name, r);
@@ -454,8 +593,26 @@ uint64_t cluster_host_id(const Cluster *c) {
         return 0;
 }
 
-int cluster_acquire(Cluster *c, const char *name, bool exclusive, uint64_t *ret_owner) {
+void cluster_set_joined_handler(Cluster *c, ClusterJoinedHandler handler, void *userdata) {
+}
+
+int cluster_acquire(Cluster *c, const char *name, bool exclusive, bool persistent, uint64_t *ret_owner) {
         return -EHOSTDOWN;
+}
+
+int cluster_adopt(Cluster *c, const char *name, bool exclusive) {
+        return -EHOSTDOWN;
+}
+
+int cluster_acquire_version(Cluster *c, const char *name, uint64_t version, uint64_t *ret_owner) {
+        return -EHOSTDOWN;
+}
+
+int cluster_version(Cluster *c, const char *name, uint64_t *ret) {
+        return -EHOSTDOWN;
+}
+
+void cluster_release_orphans(Cluster *c) {
 }
 
 void cluster_release(Cluster *c, const char *name, bool exclusive) {

@@ -63,12 +63,38 @@ Cluster *cluster_free(Cluster *c);
 bool cluster_joined(const Cluster *c);
 uint64_t cluster_host_id(const Cluster *c);
 
+/* Called once, from the event loop, when the lockspace is joined (at once if it is already): where a
+ * restarted vdiskd adopts its orphan leases (cluster_adopt) and releases the rest (cluster_release_orphans). */
+typedef void (*ClusterJoinedHandler)(Cluster *c, void *userdata);
+void cluster_set_joined_handler(Cluster *c, ClusterJoinedHandler handler, void *userdata);
+
 /* Takes resource `name` (at most CLUSTER_NAME_MAX bytes) for one local user, shared or exclusive.
+ * `persistent` (SANLK_RES_PERSISTENT): when vdiskd's connection closes (vdiskd stops or dies) the lease is
+ * not released but kept by this host's sanlock daemon as an orphan, until a vdiskd adopts it again
+ * (cluster_adopt) or releases it (cluster_release_orphans); other hosts see it held all along. A name is
+ * always taken with one persistence (sanlock wants all the shared holders of a resource alike): the
+ * first local user's counts.
  * 1: acquired from sanlock now (what it protects may have been changed by another host: re-read it);
  * 0: this host held it already, in this mode or a stronger one (or was converted to exclusive);
  * -EHOSTDOWN: the lockspace is not joined yet; -EBUSY: another host holds it (`*ret_owner`: its host id,
  * 0 if sanlock cannot tell); -EIO (logged): sanlock failed otherwise. */
-int cluster_acquire(Cluster *c, const char *name, bool exclusive, uint64_t *ret_owner);
+int cluster_acquire(Cluster *c, const char *name, bool exclusive, bool persistent, uint64_t *ret_owner);
+/* Takes over, for one local user, the orphan `name` a previous vdiskd of this host left held in this mode
+ * (SANLK_ACQUIRE_ORPHAN_ONLY: only this host's orphans, never a lease free on disk or another host's).
+ * 1: adopted; 0: this host holds it already (another local user adopted it); -ENOENT: there is no such
+ * orphan; -EBUSY: held here in another mode; -EHOSTDOWN: not joined; -EIO (logged): sanlock failed. */
+int cluster_adopt(Cluster *c, const char *name, bool exclusive);
+/* Migration: takes `name` exclusively and persistently only if its lease version (sanlock's lver, bumped
+ * by every acquire) is still `version`, the one the source held when it released it at the switch-over
+ * (SANLK_RES_LVER). 1: taken; -ESTALE: another host took it since (SANLK_ACQUIRE_LVER); -EBUSY: held
+ * (by another host: `*ret_owner`; or by a local user); -EHOSTDOWN, -EIO as cluster_acquire(). */
+int cluster_acquire_version(Cluster *c, const char *name, uint64_t version, uint64_t *ret_owner);
+/* The lease version of `name` as the lease area says now (sanlock_read_resource): while this host holds
+ * it, the version it was acquired with. */
+int cluster_version(Cluster *c, const char *name, uint64_t *ret);
+/* Releases every orphan lease of this host in the lockspace (those no local user adopted). Asynchronous
+ * in sanlock: another host may see one held for a moment longer. */
+void cluster_release_orphans(Cluster *c);
 /* One local user lets go; the last one releases it to sanlock (an exclusive holder that leaves while
  * shared users remain converts it back to shared). */
 void cluster_release(Cluster *c, const char *name, bool exclusive);

@@ -35,6 +35,12 @@ typedef struct ClusterLeases {
                 bool exclusive;
         } *held;
         size_t n_held;
+        /* A lease object's fd-mode disk lease: its record under the runtime directory, so that a
+         * restarted vdiskd finds the lease again (cluster_leases_record); removed when the lease ends. */
+        char *record;
+        /* Migration: a read-write lease opened for an incoming VM, its disk lease not taken yet
+         * (cluster_leases_take_over at the switch-over). */
+        bool incoming;
 } ClusterLeases;
 
 #define CLUSTER_LEASES_INIT(c) ((ClusterLeases) { .cluster = (c), .owner = (uid_t) -1 })
@@ -53,6 +59,33 @@ int cluster_leases_disk(ClusterLeases *l, const char *vm, const char *disk, bool
 int cluster_leases_vm_disks(ClusterLeases *l, Store *s, const char *vm, OpError *err);
 /* Releases everything held, last first. */
 void cluster_leases_release(ClusterLeases *l);
+/* Frees `l` without releasing anything: vdiskd stops, the lease objects it forgets go on (exports, fds
+ * handed out), and their persistent disk leases become orphans of this host when its connection closes. */
+ClusterLeases *cluster_leases_forget(ClusterLeases *l);
+/* After a restart: once the lockspace is joined, every lease of `leases` found again (exports) takes its
+ * disk's lease back from the orphans the previous vdiskd left (cluster_adopt); a lease whose cluster lease
+ * is lost to another host ends. Then every other orphan of this host is released (holders gone while
+ * vdiskd was away, operations it did not finish). Nothing with `c` NULL. */
+struct Lease;
+struct LeaseRegistry;
+void cluster_leases_adopt_when_joined(Cluster *c, Store *s, struct LeaseRegistry *leases);
+/* A lease whose fds are handed out (no export: an export has its own state.json) is written down as
+ * <runtime_dir>/cluster-leases/<id>.json (VM, disk, mode, holder), so that a restarted vdiskd finds it
+ * again (cluster_leases_recover), adopts its disk lease and ends it when its holder goes; the record goes
+ * when the lease ends (cluster_leases_free). Nothing in local mode (`l->cluster` NULL). */
+int cluster_leases_record(const char *runtime_dir, struct Lease *l, OpError *err);
+/* At a start, before the holders are checked: the leases of the records a previous vdiskd left, without
+ * their fds (those not fetched then are gone with it) and without their disk lease until the lockspace
+ * is joined (cluster_leases_adopt_when_joined). A record that cannot be read, or of a VM that is gone,
+ * is removed (its orphan, if any, is released once joined). Nothing with `c` NULL. */
+int cluster_leases_recover(Cluster *c, Store *s, const char *runtime_dir, struct LeaseRegistry *leases);
+/* Migration, the destination: lease `l` (opened with OpenDisk's "incoming", `l->cluster->incoming`) takes
+ * its disk lease exclusively with the version the source held (Lease.LeaseVersion there), so that a host
+ * that took the disk after the source released it makes the hand-over fail: -EBUSY (InUse) naming it, or
+ * saying that the disk changed hands. -EINVAL if `l` is not incoming. Its record is written again. */
+int cluster_leases_take_over(const char *runtime_dir, struct Lease *l, uint64_t version, OpError *err);
+/* The version of the disk lease `l` holds (0 if none: local mode, an incoming lease). */
+int cluster_leases_version(ClusterLeases *l, uint64_t *ret);
 /* Moves the leases into a new ClusterLeases (for a lease object or a job); `l` holds nothing after. */
 int cluster_leases_move(ClusterLeases *l, ClusterLeases **ret);
 ClusterLeases *cluster_leases_free(ClusterLeases *l);

@@ -22,7 +22,7 @@ Lease *lease_free(Lease *l) {
                 safe_close(l->fds[i].fd);
         free(l->fds);
         export_free(l->export); /* the helper keeps serving: vdiskd may be stopping, not the lease */
-        cluster_leases_free(l->cluster);
+        cluster_leases_forget(l->cluster); /* likewise: its persistent disk lease stays this host's (an orphan) */
         free(l->vm);
         free(l->disk);
         free(l->holder);
@@ -212,6 +212,7 @@ void lease_end(Store *s, LeaseRegistry *reg, Lease *l, const char *why) {
         snprintf(ended->why, sizeof(ended->why), "%s", why);
         ended->job_completed = r > 0;
         lease_registry_remove(reg, l);
+        l->cluster = cluster_leases_free(l->cluster); /* the lease ends: its cluster lease goes, last */
         lease_free(l);
 }
 

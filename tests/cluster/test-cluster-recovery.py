@@ -181,6 +181,12 @@ def main():
             before, content = chain(h2, vm), guest_hash(c, h2, vm)
             crash(h1, f"commit:{point}", lambda: h1.call("Commit", vm, "vda", mid, opts()),
                   env={"VDISKD_TEST_STEP_BYTES": "65536"})
+            # The Commit's exclusive disk lease is persistent: an orphan of host 1 until its vdiskd is back.
+            err, msg = h2.try_call("Snapshot", vm, "vda", opts())
+            check(err == "org.vdisk1.Error.InUse" and "cluster host 1" in str(msg),
+                  f"commit:{point}: while host 1's vdiskd is down, its disk lease keeps the disk ({err}: {msg})")
+            h1.start_vdiskd()
+            h1.wait_joined()
             new = str(call_after_crash(h2, "Snapshot", vm, "vda", opts()))
             after = chain(h2, vm)
             committed = point == "after-commit"
@@ -190,8 +196,6 @@ def main():
             check_eq(list(h2.call("Verify", vm)), [], f"commit:{point}: Verify is clean")
             check_eq(journal(c), [], f"commit:{point}: no journal entry is left")
             check_eq(c.orphans(), [], f"commit:{point}: no orphan")
-            h1.start_vdiskd()
-            h1.wait_joined()
 
         # Nobody touches the VM: the restarted host's periodic scan recovers its own entry.
         vm = "vm-scan"

@@ -93,6 +93,7 @@ static void test_rows(void) {
         CHECK_EQ_INT(rule_of(VDISK_JOB_INTERFACE, "(properties)"), AUTH_JOB_OWNER);
         CHECK_EQ_INT(rule_of(VDISK_LEASE_INTERFACE, "GetFds"), AUTH_LEASE_HOLDER);
         CHECK_EQ_INT(rule_of(VDISK_LEASE_INTERFACE, "Release"), AUTH_LEASE_HOLDER);
+        CHECK_EQ_INT(rule_of(VDISK_LEASE_INTERFACE, "TakeOver"), AUTH_LEASE_HOLDER);
         CHECK_EQ_INT(rule_of(VDISK_LEASE_INTERFACE, "(properties)"), AUTH_LEASE_READER);
         /* Every open row says why it is open. */
         for (size_t i = 0; i < auth_table_size; i++)
