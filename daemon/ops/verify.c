@@ -25,8 +25,11 @@
  * gives a newer ctime, provided the one seen was already older than the clock's and the filesystem's
  * granularity (VERIFY_MEMO_SETTLE_NSEC: files changed just before a check are not remembered). The
  * fingerprint is SipHash-2-4 under a key drawn at the first use: nobody without the key can make two
- * states collide. The top layer, the one a guest writes, is always read. Not in cluster mode, where
- * another host's writes reach this one's attributes through caches. */
+ * states collide. The top layer, the one a guest writes, is always read. A remembered check is at most
+ * VERIFY_MEMO_MAX_AGE_NSEC old: what leaves no ctime behind (root writing the block device, stores
+ * through a shared writable mapping made before the check, which the kernel times only at the first
+ * write fault) is found within that time. Not in cluster mode, where another host's writes reach this
+ * one's attributes through caches. */
 
 #define VERIFY_MEMO_SLOTS 1024U                             /* disks remembered (direct-mapped) */
 #define VERIFY_MEMO_SETTLE_NSEC (UINT64_C(1000000000))       /* ctime older than this before the check */
