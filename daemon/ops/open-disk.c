@@ -12,13 +12,48 @@
 #include "util.h"
 #include "vdisk-bus.h"
 
+/* What snprintf(ret, size, "%s", src) writes, and what snprintf(ret, size, "%s%zu", prefix, n) writes: a
+ * 100-layer OpenDisk formats about a thousand node names and fd paths, and snprintf() was a tenth of its
+ * CPU time (B6). */
+static void copy_bounded(char *ret, size_t size, const char *src) {
+        size_t n = strnlen(src, size - 1);
+
+        memcpy(ret, src, n);
+        ret[n] = 0;
+}
+
+static void prefix_number(char *ret, size_t size, const char *prefix, size_t n) {
+        char digits[24];
+        size_t i = sizeof(digits), len;
+
+        do
+                digits[--i] = (char) ('0' + n % 10);
+        while ((n /= 10) > 0);
+        copy_bounded(ret, size, prefix);
+        len = strlen(ret);
+        for (; i < sizeof(digits) && len + 1 < size; i++)
+                ret[len++] = digits[i];
+        ret[len] = 0;
+}
+
+/* The records of the disk's layers, top first (NULL where one is missing: the caller says so when it
+ * matters), looked up once for all the passes below. */
+static int chain_layers(Store *s, const Disk *d, Layer ***ret) {
+        Layer **layers = calloc(MAX(d->n_chain, (size_t) 1), sizeof(Layer *));
+
+        if (!layers)
+                return -ENOMEM;
+        for (size_t k = 0; k < d->n_chain; k++)
+                layers[k] = store_find_layer(s, d->chain[k]);
+        *ret = layers;
+        return 0;
+}
+
 /* The fds a lease of the disk opens: one per layer, and one per data file. */
-static size_t chain_fd_count(Store *s, const Disk *d) {
+static size_t chain_fd_count(const Disk *d, Layer *const *layers) {
         size_t n = 0;
-        for (size_t k = 0; k < d->n_chain; k++) {
-                Layer *layer = store_find_layer(s, d->chain[k]);
-                n += layer && layer->data_file ? 2 : 1;
-        }
+        for (size_t k = 0; k < d->n_chain; k++)
+                n += layers[k] && layers[k]->data_file ? 2 : 1;
         return n;
 }
 
@@ -54,7 +89,7 @@ static struct json_object *file_node(const char *name, size_t fdset, bool ro, bo
 
         if (!o)
                 return NULL;
-        snprintf(path, sizeof(path), "/dev/fdset/%zu", fdset);
+        prefix_number(path, sizeof(path), "/dev/fdset/", fdset);
         if (add_member(o, "node-name", json_object_new_string(name)) < 0 ||
             add_member(o, "driver", json_object_new_string("file")) < 0 ||
             add_member(o, "filename", json_object_new_string(path)) < 0 || add_mode(o, ro, reopenable) < 0)
@@ -82,21 +117,20 @@ static void node_names(const Disk *d, size_t k, bool for_export, char name[stati
                 return;
         }
         if (k == 0)
-                snprintf(name, 48, "%s", d->name);
+                copy_bounded(name, 48, d->name);
         else
-                snprintf(name, 48, "vdisk-layer-%zu", k);
-        snprintf(file, 48, "vdisk-file-%zu", k);
-        snprintf(data, 48, "vdisk-data-%zu", k);
-        snprintf(below, 48, "vdisk-layer-%zu", k + 1);
+                prefix_number(name, 48, "vdisk-layer-", k);
+        prefix_number(file, 48, "vdisk-file-", k);
+        prefix_number(data, 48, "vdisk-data-", k);
+        prefix_number(below, 48, "vdisk-layer-", k + 1);
 }
 
-static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, bool ro, bool for_export) {
+static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, bool ro, const char *name,
+                                       const char *file, const char *data, const char *below) {
         struct json_object *o = json_object_new_object();
-        char name[48], file[48], below[48], data[48];
 
         if (!o)
                 return NULL;
-        node_names(d, k, for_export, name, file, data, below);
         if (add_member(o, "node-name", json_object_new_string(name)) < 0 ||
             add_member(o, "driver", json_object_new_string(image_format_to_string(l->format))) < 0 ||
             add_member(o, "file", json_object_new_string(file)) < 0)
@@ -114,7 +148,7 @@ static struct json_object *format_node(const Disk *d, const Layer *l, size_t k, 
         return o;
 }
 
-int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export, char **ret) {
+static int chain_blockdev(const Disk *d, Layer *const *layers, bool read_only, bool for_export, char **ret) {
         _cleanup_free_ size_t *fd_index = NULL;
         struct json_object *nodes;
         const char *text;
@@ -122,22 +156,21 @@ int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export,
         int r = 0;
 
         /* fds are top first, each layer's data file right after it. */
-        fd_index = calloc(d->n_chain, sizeof(size_t));
+        fd_index = calloc(MAX(d->n_chain, (size_t) 1), sizeof(size_t));
         if (!fd_index)
                 return -ENOMEM;
         for (size_t k = 0; k < d->n_chain; k++) {
-                Layer *l = store_find_layer(s, d->chain[k]);
-                if (!l)
+                if (!layers[k])
                         return -EBADMSG;
                 fd_index[k] = n;
-                n += l->data_file ? 2 : 1;
+                n += layers[k]->data_file ? 2 : 1;
         }
 
         nodes = json_object_new_array();
         if (!nodes)
                 return -ENOMEM;
         for (size_t k = d->n_chain; r >= 0 && k-- > 0;) {
-                Layer *l = store_find_layer(s, d->chain[k]);
+                const Layer *l = layers[k];
                 bool ro = k > 0 || read_only;
                 bool reopenable = for_export && !read_only && k > 0;
                 char name[48], file[48], data[48], below[48];
@@ -147,7 +180,7 @@ int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export,
                 if (r >= 0 && l->data_file)
                         r = add_node(nodes, file_node(data, fd_index[k] + 2, ro, reopenable));
                 if (r >= 0)
-                        r = add_node(nodes, format_node(d, l, k, ro, for_export));
+                        r = add_node(nodes, format_node(d, l, k, ro, name, file, data, below));
         }
         text = r >= 0 ? json_object_to_json_string_ext(nodes, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE) : NULL;
         *ret = text ? strdup(text) : NULL;
@@ -155,6 +188,16 @@ int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export,
         if (r < 0)
                 return r;
         return *ret ? 0 : -ENOMEM;
+}
+
+int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export, char **ret) {
+        _cleanup_free_ Layer **layers = NULL;
+        int r;
+
+        r = chain_layers(s, d, &layers);
+        if (r < 0)
+                return r;
+        return chain_blockdev(d, layers, read_only, for_export, ret);
 }
 
 /* Refusals that need no file opened: quarantine, jobs, limits, the one-writer rule. */
@@ -198,9 +241,9 @@ static int check_admissible(const Limits *lim, const LeaseRegistry *leases, cons
 
 /* Which file of which layer each fd of the lease is, and its mode; nothing is opened yet. Every layer's
  * record must be there now, not only those of the first page. */
-static int plan_fds(Store *s, const OpenDiskRequest *req, const Disk *d, Lease *l, OpError *err) {
+static int plan_fds(const OpenDiskRequest *req, const Disk *d, Layer *const *layers, Lease *l, OpError *err) {
         for (size_t k = 0; k < d->n_chain; k++) {
-                Layer *layer = store_find_layer(s, d->chain[k]);
+                const Layer *layer = layers[k];
                 bool writable = k == 0 && !req->read_only;
 
                 if (!layer)
@@ -209,7 +252,7 @@ static int plan_fds(Store *s, const OpenDiskRequest *req, const Disk *d, Lease *
                         LeaseFd *f = &l->fds[l->n_fds++];
 
                         *f = (LeaseFd) { .data_file = data, .writable = writable, .fd = -EBADF };
-                        snprintf(f->layer, sizeof(f->layer), "%s", d->chain[k]);
+                        copy_bounded(f->layer, sizeof(f->layer), d->chain[k]);
                 }
         }
         return 0;
@@ -298,6 +341,7 @@ static int open_rest(Store *s, Lease *l, OpError *err) {
 int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRegistry *jobs, const ExportContext *ectx,
                  const OpenDiskRequest *req, Lease **ret, char **ret_blockdev, OpError *err) {
         _cleanup_free_ char *blockdev = NULL, *problem = NULL;
+        _cleanup_free_ Layer **layers = NULL;
         Lease *l;
         Disk *d;
         size_t n_fds;
@@ -308,7 +352,10 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
         r = op_find_disk(s, req->vm, req->disk, NULL, &d, err);
         if (r < 0)
                 return r;
-        n_fds = chain_fd_count(s, d);
+        r = chain_layers(s, d, &layers);
+        if (r < 0)
+                return r;
+        n_fds = chain_fd_count(d, layers);
         r = check_admissible(lim, leases, jobs, req, d, req->export != EXPORT_NONE ? 1 : n_fds, err);
         if (r < 0)
                 return r;
@@ -329,7 +376,7 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
                 lease_free(l);
                 return -ENOMEM;
         }
-        r = plan_fds(s, req, d, l, err);
+        r = plan_fds(req, d, layers, l, err);
         if (r >= 0)
                 r = layer_id_new(l->id);
         if (r >= 0)
@@ -346,7 +393,7 @@ int op_open_disk(Store *s, const Limits *lim, LeaseRegistry *leases, const JobRe
         if (r >= 0 && problem)
                 r = op_error(err, -EBADMSG, "Disk '%s' of VM '%s' differs from its records: %s", req->disk, req->vm, problem);
         if (r >= 0 && req->export == EXPORT_NONE)
-                r = open_disk_blockdev(s, d, req->read_only, false, &blockdev);
+                r = chain_blockdev(d, layers, req->read_only, false, &blockdev);
         if (r >= 0 && req->export != EXPORT_NONE)
                 r = open_rest(s, l, err);
         if (r >= 0 && req->export != EXPORT_NONE)

@@ -207,6 +207,18 @@ p = run("adopt", "vm1", "/nonexistent/vdisk-test.xml")
 check(p.returncode == 4 and "Failed to read '/nonexistent/vdisk-test.xml'" in p.stderr,
       "adopt of a missing file exits 4 and says which file", p)
 
+# --- start-up ---------------------------------------------------------------------------------------
+
+# libvirt and libxml2 (with ICU, GnuTLS, GLib: some forty libraries) are loaded by "vdiskctl libvirt"
+# only: loaded at every start they made each vdiskctl process several times slower (B1). The dynamic
+# loader lists what it loads at start without running the program.
+p = run(env={"LD_TRACE_LOADED_OBJECTS": "1"})
+loaded = [l.split()[0] for l in p.stdout.splitlines() if l.strip()]
+check(p.returncode == 0 and any(n.startswith("libsystemd.so") for n in loaded),
+      "the dynamic loader lists what vdiskctl loads at start", p)
+check(not any(n.startswith(("libvirt", "libxml2", "libicu", "libgnutls", "libglib")) for n in loaded),
+      f"vdiskctl loads no libvirt, libxml2, ICU, GnuTLS or GLib at start (loads {loaded})", p)
+
 if failures:
     for f in failures:
         print("FAIL:", f)
