@@ -41,6 +41,7 @@ Then the cost of an export, per export mode:
 
 Usage: run-b8.py VDISKD VDISKCTL [--modes fd,vhost-user-blk,nbd] [--pairs N] [--seconds S] [--size-mib N]
                  [--opens N] [--snapshots N] [--quick] [--results FILE] [--json FILE] [--opens-only]
+                 [--helper PATH]
 Exits 77 when no guest can run here."""
 
 import argparse
@@ -455,10 +456,15 @@ START_LINE = re.compile(r"exported over (\S+) by helper pid \d+ \(uid \d+\) in (
                         r"([0-9.]+) ms, chain ([0-9.]+) ms, export ([0-9.]+) ms")
 
 
+def helper_config(cfg):
+    """[Exports] Helper= for --helper (vdiskd's default otherwise)."""
+    return f"[Exports]\nHelper={cfg.helper}\n" if cfg.helper else ""
+
+
 def opens_only(cfg, modes):
     """The helper start rows alone: OpenDisk series of every mode as in a full run (after a wait for the
     spares to start, as the guest rounds give them in a full run), each export's start as vdiskd logs it."""
-    env = Env(cfg.vdiskd, spares=True)
+    env = Env(cfg.vdiskd, helper_config(cfg), spares=True)
     load = os.getloadavg()[0]
     try:
         env.start()
@@ -496,6 +502,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s on a 64 MiB disk, 5 opens, 2 snapshots")
     ap.add_argument("--results", default=None, help="append the Markdown report to this file")
     ap.add_argument("--json", default=None, help="write every round's raw figures here")
+    ap.add_argument("--helper", default=None,
+                    help="[Exports] Helper= for vdiskd (another QEMU, or a wrapper that execs one with another "
+                         "environment: it runs as a helper uid, so it must be readable and executable by any)")
     ap.add_argument("--opens-only", action="store_true",
                     help="no guest: only the OpenDisk series of each mode (--opens calls, back to back) on a chain "
                          "made through the API, with vdiskd's account of each export's start")
@@ -520,7 +529,7 @@ def main():
         return opens_only(cfg, modes)
     # vdiskd's own settings for exports, its two spare helpers included (the test harness turns them off
     # unless asked: runs between c6a53f4 and session 4 measured the start without spares).
-    env = Env(cfg.vdiskd, spares=True)
+    env = Env(cfg.vdiskd, helper_config(cfg), spares=True)
     rounds, skipped, checks = [], {}, []
     costs = {"open": {}, "live": {}, "commit": {}}
     try:
