@@ -11,6 +11,8 @@
  *
  * The pool refills itself from the event loop: one start at a time, the fork and exec in the loop (a
  * few ms) and the wait for QEMU's greeting an I/O source, so the loop never waits for QEMU. A spare that
+ * OpenDisk takes is replaced at once, from OpenDisk itself and whether or not another is starting (the
+ * fork and exec only; its QEMU starts while OpenDisk hands the chain to the spare taken). A spare that
  * dies is replaced (after a growing delay if they keep dying); a spare that is still starting when
  * OpenDisk wants one is waited for (less than starting another).
  *
@@ -360,13 +362,23 @@ int export_spares_take(ExportSpares *p, const char *exports_dir, Helper **ret_he
                         spare_discard(s, 0);
                         continue;
                 }
+                /* Its replacement starts now, before this OpenDisk hands over its chain: a series of
+                 * OpenDisk calls (B8 measures 11 back to back) then finds each next spare started one
+                 * call earlier, where starting it from the event loop after the answer left it half
+                 * started for the next call (65 ms instead of 30 in B8). Started while the spare taken
+                 * is still in the pool, so that its uid is not picked again before the lease with it
+                 * is registered; not counted against SpareHelpers= with it, and whatever else starts
+                 * (one start at a time otherwise). Its fork and exec (a few ms) are this call's. */
+                r = spare_start(p);
+                if (r == -E2BIG)
+                        log_debug("No helper uid is free for a spare helper");
+                else if (r < 0)
+                        log_error_errno(r, "Cannot start a spare helper in place of the one taken");
                 /* Its own from here on, whatever happens: never handed to a second lease. */
                 pool_remove(p, s);
-                /* The next one starts from the event loop once this OpenDisk has answered (and its
-                 * lease, with this spare's uid, is registered): starting it now would add its fork and
-                 * exec (2-8 ms) and its QEMU's start competing for the CPU to this call. */
                 p->retry_usec = 0;
-                schedule(p, 0);
+                if (r < 0)
+                        schedule(p, 0); /* from the event loop, once this OpenDisk has answered */
 
                 /* Without spare.json first: a vdiskd that dies between the two steps leaves a directory
                  * without state under exports/ or spares/, whose helper is stopped at the next start. */

@@ -40,7 +40,8 @@ Then the cost of an export, per export mode:
   snapshot's target, ≤ 50 ms, applied); writer-verify and a guest-io check of every fill follow.
 
 Usage: run-b8.py VDISKD VDISKCTL [--modes fd,vhost-user-blk,nbd] [--pairs N] [--seconds S] [--size-mib N]
-                 [--opens N] [--snapshots N] [--quick] [--results FILE] [--json FILE]
+                 [--opens N] [--snapshots N] [--quick] [--results FILE] [--json FILE] [--opens-only]
+                 [--helper PATH]
 Exits 77 when no guest can run here."""
 
 import argparse
@@ -48,6 +49,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -450,6 +452,43 @@ def render(cfg, modes, skipped, rounds, checks, machine, costs=None):
     return "\n".join(L)
 
 
+START_LINE = re.compile(r"exported over (\S+) by helper pid \d+ \(uid \d+\) in ([0-9.]+) ms: (spare|new) helper "
+                        r"([0-9.]+) ms, chain ([0-9.]+) ms, export ([0-9.]+) ms")
+
+
+def helper_config(cfg):
+    """[Exports] Helper= for --helper (vdiskd's default otherwise)."""
+    return f"[Exports]\nHelper={cfg.helper}\n" if cfg.helper else ""
+
+
+def opens_only(cfg, modes):
+    """The helper start rows alone: OpenDisk series of every mode as in a full run (after a wait for the
+    spares to start, as the guest rounds give them in a full run), each export's start as vdiskd logs it."""
+    env = Env(cfg.vdiskd, helper_config(cfg), spares=True)
+    load = os.getloadavg()[0]
+    try:
+        env.start()
+        env.call("CreateImage", "b8base", "qcow2", dbus.UInt64(cfg.size_mib * MiB), opts())
+        env.call("CreateVM", "vm", dbus.UInt32(0), opts())
+        env.call("CreateDisk", "vm", "d", "b8base", dbus.UInt64(0), opts())
+        env.call("Snapshot", "vm", "d", opts())
+        time.sleep(3)  # the spares start 1 s after vdiskd
+        b = Bench(cfg, env)
+        for m in modes:
+            times, _rss = b.measure_open(m)
+            print(f"{m}: median {statistics.median(times):.1f} ms, max {max(times):.1f} ms; "
+                  + ", ".join(f"{t:.0f}" for t in times))
+        for m in modes:
+            if m == "fd":
+                continue
+            starts = [x for x in START_LINE.findall(env.log_text()) if x[0] == m]
+            print(f"{m} as vdiskd logs it (total, spare/new, helper, chain, export ms): "
+                  + "; ".join(f"{float(t):.0f} {k} {float(h):.0f}/{float(c):.0f}/{float(e):.0f}" for _, t, k, h, c, e in starts))
+    finally:
+        env.close()
+    print(f"load {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("vdiskd")
@@ -463,6 +502,12 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s on a 64 MiB disk, 5 opens, 2 snapshots")
     ap.add_argument("--results", default=None, help="append the Markdown report to this file")
     ap.add_argument("--json", default=None, help="write every round's raw figures here")
+    ap.add_argument("--helper", default=None,
+                    help="[Exports] Helper= for vdiskd (another QEMU, or a wrapper that execs one with another "
+                         "environment: it runs as a helper uid, so it must be readable and executable by any)")
+    ap.add_argument("--opens-only", action="store_true",
+                    help="no guest: only the OpenDisk series of each mode (--opens calls, back to back) on a chain "
+                         "made through the API, with vdiskd's account of each export's start")
     cfg = ap.parse_args()
     cfg.vdiskd, cfg.vdiskctl = os.path.abspath(cfg.vdiskd), os.path.abspath(cfg.vdiskctl)
     if cfg.quick:
@@ -480,7 +525,11 @@ def main():
                f"{subprocess.run([guest.QEMU, '--version'], capture_output=True, text=True).stdout.splitlines()[0]}, "
                f"load {os.getloadavg()[0]:.1f}")
 
-    env = Env(cfg.vdiskd)
+    if cfg.opens_only:
+        return opens_only(cfg, modes)
+    # vdiskd's own settings for exports, its two spare helpers included (the test harness turns them off
+    # unless asked: runs between c6a53f4 and session 4 measured the start without spares).
+    env = Env(cfg.vdiskd, helper_config(cfg), spares=True)
     rounds, skipped, checks = [], {}, []
     costs = {"open": {}, "live": {}, "commit": {}}
     try:

@@ -239,6 +239,49 @@ def case_uid_range(vdiskd):
         env.close()
 
 
+def case_replaced_before_handover(vdiskd):
+    """The spare OpenDisk takes is replaced before OpenDisk hands it the chain (so that the next OpenDisk
+    of a series finds a spare started one call earlier): vdiskd killed right after the hand-over
+    (VDISKD_CRASH_AT, a -Dtest_hooks=true build) has already started the replacement."""
+    if not require_hooks(vdiskd):
+        return
+    env = Env(vdiskd, "[Exports]\nSpareHelpers=1\n")
+    try:
+        env.start()
+        setup_disks(env)
+        env.stop()
+        env.start({"VDISKD_CRASH_AT": "export:after-handover"})
+        sid, spid = one_spare(env, "a spare runs")
+        if not spid:
+            return
+        err, res = env.error("OpenDisk", "vm", "d", opts(export="nbd"))
+        check_eq(err, "org.freedesktop.DBus.Error.NoReply", f"vdiskd dies in OpenDisk, after the hand-over ({res})")
+        env.daemon.wait(timeout=20)
+        exports = os.listdir(os.path.join(env.runtime_dir, "exports"))
+        check_eq(exports, [sid], "the spare taken is the export's helper")
+        left = spares(env)
+        check_eq(len(left), 1, f"a replacement spare was started before the hand-over ({spare_dirs(env)})")
+        check(spid not in left.values() and sid not in left, "another helper than the one taken")
+        if left and os.geteuid() == 0:
+            check(uid_of(next(iter(left.values()))) != uid_of(spid), "with another uid than the one taken")
+        env.start()
+        wait_for("the next start stops the interrupted export's helper", lambda: not alive(spid))
+        for pid in left.values():
+            wait_for("and the spare the previous vdiskd left", lambda: not alive(pid))
+        env.stop()
+    finally:
+        env.close()
+
+
+def require_hooks(vdiskd):
+    """Whether vdiskd was built with -Dtest_hooks=true (it names VDISKD_CRASH_AT in its binary)."""
+    with open(vdiskd, "rb") as f:
+        if b"VDISKD_CRASH_AT" in f.read():
+            return True
+    print("# SKIP case_replaced_before_handover: vdiskd built without -Dtest_hooks=true")
+    return False
+
+
 def case_config(vdiskd):
     env = Env(vdiskd, "[Exports]\nSpareHelpers=0\n")
     try:
@@ -301,6 +344,7 @@ def main():
     finally:
         env.close()
     case_uid_range(vdiskd)
+    case_replaced_before_handover(vdiskd)
     case_config(vdiskd)
     finish()
 
