@@ -36,7 +36,15 @@
 #define HELPER_PR_SET_MDWE 65              /* PR_SET_MDWE, Linux 6.3 */
 #define HELPER_PR_MDWE_REFUSE_EXEC_GAIN 1U /* PR_MDWE_REFUSE_EXEC_GAIN */
 
-static const char *const helper_environment[] = { "LC_ALL=C", NULL };
+/* glibc's malloc gives buffers of 128 KiB and more their own mapping and unmaps them when freed; QEMU
+ * 7.2's NBD server allocates (and so maps, zero-fills and unmaps) a buffer per request, 1 MiB for
+ * sequential I/O. A higher threshold keeps those in the heap (B8: 300 × 1 MiB writes 1.85 s → 0.76 s,
+ * no munmap; the helper's RSS stays at about 32 MB). */
+static const char *const helper_environment[] = {
+        "LC_ALL=C",
+        "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=8388608",
+        NULL,
+};
 
 static const char *const helper_args[] = {
         "-nodefaults", "-no-user-config", "-nographic", "-machine", "none", "-accel", "tcg,split-wx=on,tb-size=1",
