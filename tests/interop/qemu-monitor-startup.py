@@ -57,6 +57,16 @@ def start(mode, tmp, i):
 
 def run(mode, tmp, i):
     p, c = start(mode, tmp, i)
+    try:
+        return talk(p, c)
+    finally:
+        c.close()
+        if p.poll() is None:  # a start that went wrong may never quit: it is ours to end
+            p.kill()
+            p.wait()
+
+
+def talk(p, c):
     c.settimeout(10)
     f = c.makefile("rwb")
     msgs = []
@@ -89,7 +99,6 @@ def run(mode, tmp, i):
     except (EOFError, OSError, ValueError):
         pass
     p.wait(10)
-    c.close()
     return bad
 
 if __name__ == "__main__":
