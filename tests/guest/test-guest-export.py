@@ -31,7 +31,7 @@ test SIGKILLs the storage helper (its pid from the lease's state.json). Observed
 is acknowledged after the kill; with nbd the guest's write fails with EIO (the writer exits with its
 I/O error), with vhost-user-blk (QEMU 7.2) the guest's write never completes (the writer stays blocked
 in D state: no error, but no false acknowledgement either); vdiskd ends the lease
-("its storage helper exited"), and every write the writer acknowledged before the kill is in the chain
+("its storage helper was killed by signal SIGKILL"), and every write the writer acknowledged before the kill is in the chain
 (read on the host with qemu-img after the lease ended). And the negative control for vhost-user-blk:
 the same on a guest whose device keeps QEMU 7.2's default config-wce (launched by the test on a raw
 OpenDisk socket, since vdiskctl refuses it) loses the writes it saw acknowledged: the check above would
@@ -302,8 +302,8 @@ class Case:
             seen = g.last_seq("/tmp/dur.log")   # acknowledged no later than this (the helper may have
             #                                     acknowledged one more just before it died)
             check(seen >= 15, f"{tag} the writer acknowledged {seen} writes before the helper was killed")
-            check(wait_for(lambda: "its storage helper exited" in env.log_text()[log_before:], 20, 0.1),
-                  f"{tag} vdiskd ends the lease: \"its storage helper exited\"")
+            why = "ended (its storage helper was killed by signal SIGKILL)"
+            check(wait_for(lambda: why in env.log_text()[log_before:], 20, 0.1), f"{tag} vdiskd ends the lease: \"{why}\"")
             check(wait_for(lambda: not guest.lease_dirs(env.runtime_dir), 20, 0.1), f"{tag} the lease directory is gone")
             # What the guest sees: give the writer 3 s to fail or hang.
             time.sleep(3)
