@@ -86,7 +86,8 @@ static int record_name_cmp_ino(const void *a, const void *b) {
 int record_names_index(RecordNames *rn) {
         size_t size = 16;
 
-        qsort(rn->items, rn->n, sizeof(RecordName), record_name_cmp_ino);
+        if (rn->n > 0) /* an empty store has no array at all */
+                qsort(rn->items, rn->n, sizeof(RecordName), record_name_cmp_ino);
         while (size < 2 * rn->n)
                 size *= 2;
         rn->index = calloc(size, sizeof(size_t));
