@@ -9,6 +9,7 @@ processes started here are stopped, by pid. Skips (77) when sanlock or a vdiskd 
 """
 
 import grp
+import hashlib
 import os
 import pwd
 import shutil
@@ -102,6 +103,27 @@ class Host:
                 return err, res
             time.sleep(0.5)
 
+    def chain(self, vm, disk="vda"):
+        """The layer ids of a disk's chain, top first."""
+        return [str(x[0]) for x in self.call("GetChain", vm, disk)]
+
+    def guest_hash(self, vm, disk="vda"):
+        """sha256 of what the guest sees (qemu-img follows the sibling names vdisk writes into headers)."""
+        top = self.call("GetChain", vm, disk)[0]
+        out = os.path.join(self.cluster.tmp, "guest.raw")
+        subprocess.run(["qemu-img", "convert", "-f", str(top[2]), "-O", "raw", os.path.join(self.cluster.store, str(top[1])), out],
+                       check=True, capture_output=True)
+        with open(out, "rb") as f:
+            h = hashlib.sha256(f.read()).hexdigest()
+        os.unlink(out)
+        return h
+
+    def write(self, vm, pattern, offset, length=1 << 20, disk="vda"):
+        """Guest data written straight into the disk's top layer (the VM is not running)."""
+        top = self.call("GetChain", vm, disk)[0]
+        subprocess.run(["qemu-io", "-f", str(top[2]), "-c", f"write -P {pattern} {offset} {length}",
+                        os.path.join(self.cluster.store, str(top[1]))], check=True, capture_output=True)
+
     def wait_joined(self, timeout=60):
         """Until a call no longer answers NotJoined (GetChain of a VM that does not exist: NotFound)."""
         end = time.time() + timeout
@@ -168,7 +190,6 @@ class Cluster:
         return out
 
     def snapshot_store(self):
-        import hashlib
         out = {}
         for rel in sorted(self.store_files()):
             with open(os.path.join(self.store, rel), "rb") as f:

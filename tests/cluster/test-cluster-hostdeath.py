@@ -8,10 +8,8 @@ interrupted Commit back (the base restored from its undo log) and goes on: the c
 host 2's layer, what the guest sees is unchanged, Verify is clean, no journal entry and no orphan is
 left. Takes about 80 s (its own suite, cluster-slow)."""
 
-import hashlib
 import os
 import signal
-import subprocess
 import time
 
 import dbus
@@ -23,25 +21,10 @@ from clustertest import check, check_eq, finish, opts
 SLOW = {"VDISKD_TEST_STEP_BYTES": str(256 << 10), "VDISKD_TEST_STEP_DELAY_MS": "200"}
 
 
-def chain(host, vm):
-    return [str(x[0]) for x in host.call("GetChain", vm, "vda")]
 
 
-def guest_hash(c, host, vm):
-    top = host.call("GetChain", vm, "vda")[0]
-    out = os.path.join(c.tmp, "guest.raw")
-    subprocess.run(["qemu-img", "convert", "-f", str(top[2]), "-O", "raw", os.path.join(c.store, str(top[1])), out],
-                   check=True, capture_output=True)
-    with open(out, "rb") as f:
-        h = hashlib.sha256(f.read()).hexdigest()
-    os.unlink(out)
-    return h
 
 
-def write(c, host, vm, pattern, offset, length):
-    top = host.call("GetChain", vm, "vda")[0]
-    subprocess.run(["qemu-io", "-f", str(top[2]), "-c", f"write -P {pattern} {offset} {length}",
-                    os.path.join(c.store, str(top[1]))], check=True, capture_output=True)
 
 
 def job_progress(host, path):
@@ -60,12 +43,12 @@ def main():
             h.wait_joined()
         h2.call("CreateVM", "vm", dbus.UInt32(0), opts())
         h2.call("CreateDisk", "vm", "vda", "", dbus.UInt64(16 << 20), opts())
-        write(c, h2, "vm", "0x11", 0, 8 << 20)
+        h2.write("vm", "0x11", 0, 8 << 20)
         mid = str(h2.call("Snapshot", "vm", "vda", opts()))
-        write(c, h2, "vm", "0x22", 4 << 20, 4 << 20)
+        h2.write("vm", "0x22", 4 << 20, 4 << 20)
         h2.call("Snapshot", "vm", "vda", opts())
-        write(c, h2, "vm", "0x33", 0, 1 << 20)
-        before, content = chain(h2, "vm"), guest_hash(c, h2, "vm")
+        h2.write("vm", "0x33", 0, 1 << 20)
+        before, content = h2.chain("vm"), h2.guest_hash("vm")
 
         job = str(h1.call("Commit", "vm", "vda", mid, opts()))
         end = time.time() + 30
@@ -93,8 +76,8 @@ def main():
         check_eq(err, None, f"host 2's Snapshot succeeds once host 1 is dead ({took:.0f} s after the kill)")
         check(took > 30, f"and not before sanlock considered it dead ({took:.0f} s)")
         new = str(res) if err is None else None
-        check_eq(chain(h2, "vm"), [new] + before, "the commit was rolled back; host 2's layer is on top of the old chain")
-        check_eq(guest_hash(c, h2, "vm"), content, "what the guest sees is unchanged")
+        check_eq(h2.chain("vm"), [new] + before, "the commit was rolled back; host 2's layer is on top of the old chain")
+        check_eq(h2.guest_hash("vm"), content, "what the guest sees is unchanged")
         check("Recovered 1 interrupted operation(s) under cluster lease vm:vm" in h2.env.log_text(), "host 2 logs the recovery")
         check_eq([n for n in os.listdir(os.path.join(c.store, "journal")) if not n.startswith(".")], [], "no journal entry is left")
         check_eq(list(h2.call("Verify", "vm")), [], "Verify on host 2 is clean")

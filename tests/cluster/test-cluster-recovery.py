@@ -10,7 +10,6 @@ catalog), CreateDisk, DeleteDisk and Commit (a job that changes its base in plac
 catalog afterwards are exactly the old ones or the new ones, what the guest sees is unchanged, no journal
 entry is left, Verify is clean on both hosts and the store holds no orphan file or record."""
 
-import hashlib
 import os
 import subprocess
 import time
@@ -24,8 +23,6 @@ SNAPSHOT_POINTS = ["after-journal", "after-layer-record", "after-file", "before-
 IMAGE_POINTS = ["after-journal", "after-layer-record", "after-file", "after-commit"]
 
 
-def chain(host, vm, disk="vda"):
-    return [str(x[0]) for x in host.call("GetChain", vm, disk)]
 
 
 def journal(c):
@@ -53,23 +50,8 @@ def crash(host, point, call, env=None):
     host.env.wait_name_gone()
 
 
-def guest_hash(c, host, vm, disk="vda"):
-    """sha256 of what the guest sees (qemu-img follows the sibling names vdisk writes into headers)."""
-    top = host.call("GetChain", vm, disk)[0]
-    out = os.path.join(c.tmp, "guest.raw")
-    subprocess.run(["qemu-img", "convert", "-f", str(top[2]), "-O", "raw", os.path.join(c.store, str(top[1])), out],
-                   check=True, capture_output=True)
-    with open(out, "rb") as f:
-        h = hashlib.sha256(f.read()).hexdigest()
-    os.unlink(out)
-    return h
 
 
-def write(c, host, vm, pattern, offset, disk="vda"):
-    """Guest data written straight into the top layer (the VM is not running)."""
-    top = host.call("GetChain", vm, disk)[0]
-    subprocess.run(["qemu-io", "-f", str(top[2]), "-c", f"write -P {pattern} {offset} 1M", os.path.join(c.store, str(top[1]))],
-                   check=True, capture_output=True)
 
 
 def call_after_crash(host, method, *args):
@@ -107,11 +89,11 @@ def main():
             vms.append(vm)
             h2.call("CreateVM", vm, dbus.UInt32(0), opts())
             h2.call("CreateDisk", vm, "vda", "", dbus.UInt64(16 << 20), opts())
-            before = chain(h2, vm)
+            before = h2.chain(vm)
             crash(h1, f"snapshot:{point}", lambda: h1.call("Snapshot", vm, "vda", opts()))
             check(len(journal(c)) == 1, f"snapshot:{point}: host 1's entry is left in the journal ({journal(c)})")
             new = str(call_after_crash(h2, "Snapshot", vm, "vda", opts()))
-            after = chain(h2, vm)
+            after = h2.chain(vm)
             committed = point == "after-commit"
             check_eq(len(after), len(before) + (2 if committed else 1),
                      f"snapshot:{point}: host 2's Snapshot after host 1's was {'rolled forward' if committed else 'rolled back'}")
@@ -123,7 +105,7 @@ def main():
             check_eq(c.orphans(), [], f"snapshot:{point}: no orphan")
             h1.start_vdiskd()
             h1.wait_joined()
-            check_eq(chain(h1, vm), after, f"snapshot:{point}: host 1, restarted, sees the same chain")
+            check_eq(h1.chain(vm), after, f"snapshot:{point}: host 1, restarted, sees the same chain")
 
         # CreateImage: host 1 dies in it; host 2's next catalog operation recovers it.
         for k, point in enumerate(IMAGE_POINTS):
@@ -173,12 +155,12 @@ def main():
             vms.append(vm)
             h2.call("CreateVM", vm, dbus.UInt32(0), opts())
             h2.call("CreateDisk", vm, "vda", "", dbus.UInt64(16 << 20), opts())
-            write(c, h2, vm, "0x11", 0)
+            h2.write(vm, "0x11", 0)
             mid = str(h2.call("Snapshot", vm, "vda", opts()))
-            write(c, h2, vm, "0x22", 1 << 20)
+            h2.write(vm, "0x22", 1 << 20)
             h2.call("Snapshot", vm, "vda", opts())
-            write(c, h2, vm, "0x33", 2 << 20)
-            before, content = chain(h2, vm), guest_hash(c, h2, vm)
+            h2.write(vm, "0x33", 2 << 20)
+            before, content = h2.chain(vm), h2.guest_hash(vm)
             crash(h1, f"commit:{point}", lambda: h1.call("Commit", vm, "vda", mid, opts()),
                   env={"VDISKD_TEST_STEP_BYTES": "65536"})
             # The Commit's exclusive disk lease is persistent: an orphan of host 1 until its vdiskd is back.
@@ -188,11 +170,11 @@ def main():
             h1.start_vdiskd()
             h1.wait_joined()
             new = str(call_after_crash(h2, "Snapshot", vm, "vda", opts()))
-            after = chain(h2, vm)
+            after = h2.chain(vm)
             committed = point == "after-commit"
             want = [new] + ([x for x in before if x != mid] if committed else before)
             check_eq(after, want, f"commit:{point}: {'rolled forward' if committed else 'rolled back'}, then host 2's snapshot")
-            check_eq(guest_hash(c, h2, vm), content, f"commit:{point}: what the guest sees is unchanged")
+            check_eq(h2.guest_hash(vm), content, f"commit:{point}: what the guest sees is unchanged")
             check_eq(list(h2.call("Verify", vm)), [], f"commit:{point}: Verify is clean")
             check_eq(journal(c), [], f"commit:{point}: no journal entry is left")
             check_eq(c.orphans(), [], f"commit:{point}: no orphan")
@@ -202,14 +184,14 @@ def main():
         vms.append(vm)
         h2.call("CreateVM", vm, dbus.UInt32(0), opts())
         h2.call("CreateDisk", vm, "vda", "", dbus.UInt64(16 << 20), opts())
-        before = chain(h2, vm)
+        before = h2.chain(vm)
         crash(h1, "snapshot:after-file", lambda: h1.call("Snapshot", vm, "vda", opts()))
         check_eq(len(journal(c)), 1, "scan: the entry is left")
         h1.start_vdiskd()
         h1.wait_joined()
         wait_for("scan: the restarted host's scan recovers it without any call", lambda: journal(c) == [])
-        check_eq(chain(h1, vm), before, "scan: the chain is the old one")
-        check_eq(chain(h2, vm), before, "scan: host 2 sees the old one too")
+        check_eq(h1.chain(vm), before, "scan: the chain is the old one")
+        check_eq(h2.chain(vm), before, "scan: host 2 sees the old one too")
         c.check_clean(vms)
     finally:
         c.close()
