@@ -162,9 +162,9 @@ int store_recover_lease(Store *s, const char *lease, size_t *ret_n) {
         return r;
 }
 
-int store_pending_leases(Store *s, char ***ret, size_t *ret_n) {
-        char **names = NULL;
-        size_t n = 0;
+int store_pending_entries(Store *s, char ***ret_entries, char ***ret_leases, size_t *ret_n) {
+        char **entries = NULL, **leases = NULL;
+        size_t n = 0, n_leases = 0;
         DIR *d;
         struct dirent *de;
         int r;
@@ -174,7 +174,6 @@ int store_pending_leases(Store *s, char ***ret, size_t *ret_n) {
                 return r;
         while ((de = readdir(d))) {
                 char name[CLUSTER_LEASE_NAME_MAX + 1];
-                bool known = false;
                 Intent i = {};
 
                 if (!entry_name(s, de->d_name, false) || read_entry(s, de->d_name, &i, NULL) < 0) {
@@ -183,17 +182,20 @@ int store_pending_leases(Store *s, char ***ret, size_t *ret_n) {
                 }
                 intent_lease_name(&i, name, sizeof(name));
                 intent_done(&i);
-                for (size_t k = 0; k < n && !known; k++)
-                        known = streq(names[k], name);
-                if (!known && (r = strv_push(&names, &n, name)) < 0)
+                r = strv_push(&entries, &n, de->d_name);
+                if (r >= 0)
+                        r = strv_push(&leases, &n_leases, name);
+                if (r < 0)
                         break;
         }
         closedir(d);
         if (r < 0) {
-                strv_free(names);
+                strv_free(entries);
+                strv_free(leases);
                 return r;
         }
-        *ret = names;
+        *ret_entries = entries;
+        *ret_leases = leases;
         *ret_n = n;
         return 0;
 }

@@ -26,5 +26,6 @@ void intent_lease_name(const Intent *i, char *buf, size_t size);
  * and acquired from outside this vdiskd (so that no operation of its own holds it), records read again
  * under it. Unreadable entries are left (logged). `*ret_n`: how many were recovered. */
 int store_recover_lease(Store *s, const char *lease, size_t *ret_n);
-/* The distinct leases of the readable journal entries. */
-int store_pending_leases(Store *s, char ***ret, size_t *ret_n);
+/* The readable journal entries: `*ret_entries[k]` is an entry's file name, `*ret_leases[k]` its lease
+ * (one lease may name several entries). */
+int store_pending_entries(Store *s, char ***ret_entries, char ***ret_leases, size_t *ret_n);
