@@ -15,6 +15,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "cluster.h"
+#include "cluster-fence.h"
 #include "cluster-recover.h"
 #include "config.h"
 #include "log.h"
@@ -106,17 +107,20 @@ static int name_acquired(sd_bus_message *m, void *userdata, sd_bus_error *ret_er
         return 0;
 }
 
-static int drop_privileges(bool exports) {
+static int drop_privileges(bool exports, bool cluster) {
         /* The daemon owns its store and receives callers' files as fds: it needs no capability for that.
          * Root keeps its uid (ownership of the store); with exports, CAP_SETUID and CAP_SETGID stay
          * permitted (not effective) for the forked child that becomes a helper's uid, and CAP_KILL for a
-         * helper that does not quit when asked (export/helper.c raises each for that one step).
+         * helper that does not quit when asked (export/helper.c raises each for that one step); in cluster
+         * mode CAP_KILL too, for the holders fenced when the lockspace is lost (ops/cluster-fence.c).
          * Everything else goes, bounding set included. */
         if (geteuid() != 0)
                 return 0;
         capng_clear(CAPNG_SELECT_BOTH);
         if (exports && capng_updatev(CAPNG_ADD, CAPNG_PERMITTED | CAPNG_BOUNDING_SET, CAP_SETUID, CAP_SETGID, CAP_KILL, -1) < 0)
                 return log_error_errno(EPERM, "Failed to keep the capabilities of exports");
+        if (cluster && capng_update(CAPNG_ADD, CAPNG_PERMITTED | CAPNG_BOUNDING_SET, CAP_KILL) < 0)
+                return log_error_errno(EPERM, "Failed to keep CAP_KILL for fencing");
         if (capng_apply(CAPNG_SELECT_BOTH) < 0)
                 return log_error_errno(EPERM, "Failed to drop capabilities");
         capng_clear(CAPNG_SELECT_BOUNDS);
@@ -251,6 +255,8 @@ static int run(int argc, char *argv[]) {
                 r = store_open_shared(store, &m->store);
                 if (r >= 0)
                         r = cluster_recovery_start(m->cluster, m->store, m->event, &m->cluster_recovery);
+                if (r >= 0) /* sanlock's kill path: jobs cancelled, writers fenced, leases dropped */
+                        cluster_fence_setup(m->cluster, m->store, &m->leases, &m->jobs);
         } else
                 r = store_open(store, &m->store);
         if (r < 0) {
@@ -282,7 +288,7 @@ static int run(int argc, char *argv[]) {
         if (r >= 0)
                 r = sd_bus_request_name_async(m->bus, NULL, VDISK_BUS_NAME, 0, name_acquired, m);
         if (r >= 0)
-                r = drop_privileges(m->config.exports.enabled || m->leases.n_leases > 0);
+                r = drop_privileges(m->config.exports.enabled || m->leases.n_leases > 0, m->cluster != NULL);
         if (r >= 0) {
                 sigset_t ss;
                 sigemptyset(&ss);

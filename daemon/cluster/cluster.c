@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cluster.h"
 #include "config.h"
@@ -121,9 +122,13 @@ struct Cluster {
         int sock;
         bool joined;
         bool join_logged;
+        bool wait_gone; /* fenced: the lockspace sanlock still has is the lost one; join once it is gone */
         sd_event_source *join_timer;
+        sd_event_source *fence_source;
         ClusterJoinedHandler joined_handler;
         void *joined_userdata;
+        ClusterFenceHandler fence_handler;
+        void *fence_userdata;
         Held *held;
         size_t n_held;
         Offset *offsets; /* resource offsets found in the index: they never move while the name is in it */
@@ -170,14 +175,89 @@ static void lockspace_init(const Cluster *c, struct sanlk_lockspace *ls) {
         memcpy(ls->host_id_disk.path, c->lockspace_path, SANLK_PATH_LEN);
 }
 
+/* A registered connection (its pid is vdiskd's) with vdiskd's kill path: sanlock runs `kill -USR2 PID`
+ * rather than sending SIGTERM when this host must give up its leases. The pid is in the arguments, not
+ * added by SANLK_KILLPATH_PID: sanlock adds it only when a lockspace fails, not for a host's request. */
+static int register_connection(Cluster *c) {
+        char args[64];
+        int sock, r;
+
+        sock = sanlock_register();
+        if (sock < 0) {
+                log_error("Cannot register with the sanlock daemon (%d): is sanlock running?", sock);
+                return -ECONNREFUSED;
+        }
+        snprintf(args, sizeof(args), "-%s %d", sigabbrev_np(CLUSTER_FENCE_SIGNAL), (int) getpid());
+        r = sanlock_killpath(sock, 0, KILL_PATH, args);
+        if (r < 0) /* sanlock then sends SIGTERM: vdiskd stops, the lockspace's leases with it */
+                log_warning("Cannot register the kill path %s %s with sanlock (%d): losing the lockspace stops vdiskd",
+                            KILL_PATH, args, r);
+        return sock;
+}
+
+/* Drops what is left after the fence handler: every lease of this connection, which sanlock will kill no
+ * more once it holds nothing; then a new connection, and the lockspace joined again. */
+static void fence_drop(Cluster *c) {
+        struct sanlk_lockspace ls;
+        int r;
+
+        for (size_t i = 0; i < c->n_held; i++)
+                log_error("Lockspace %s: lease %s still held after the fence: released", c->lockspace_name, c->held[i].name);
+        if (c->sock >= 0) {
+                r = sanlock_release(c->sock, -1, SANLK_REL_ALL, 0, NULL);
+                if (r < 0 && r != -ENOENT)
+                        log_warning("Lockspace %s: cannot release the leases of vdiskd's connection (%d)", c->lockspace_name, r);
+        }
+        c->n_held = 0;
+        c->sock = safe_close(c->sock);
+        c->sock = register_connection(c); /* if it fails, the join poll tries again */
+
+        /* A lost lockspace goes on being renewed nowhere: ask sanlock to drop it now that vdiskd uses
+         * nothing in it (SANLK_REM_UNUSED: never if another process, e.g. a VM of libvirt's sanlock
+         * driver, still does; then it stays, and a lockspace sanlock still has counts as joined). */
+        lockspace_init(c, &ls);
+        r = sanlock_rem_lockspace(&ls, SANLK_REM_ASYNC | SANLK_REM_UNUSED);
+        c->wait_gone = r != -EBUSY;
+        c->join_logged = false;
+        log_error("Lockspace %s: every lease of this host dropped; cluster operations answer NotJoined until the "
+                  "lockspace is joined again", c->lockspace_name);
+        r = sd_event_source_set_time_relative(c->join_timer, 0);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(c->join_timer, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_error("Lockspace %s: cannot start joining it again (%s)", c->lockspace_name, strerror(-r));
+}
+
+static int fence_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Cluster *c = userdata;
+
+        log_error("Lockspace %s: sanlock ran vdiskd's kill path (signal from pid %" PRIu32 "): the lockspace is lost "
+                  "(its storage did not answer for %" PRIu32 " s) or a host asked for this host's leases; fencing: "
+                  "jobs are cancelled, holders of read-write leases stopped, then every lease dropped",
+                  c->lockspace_name, si->ssi_pid, 8 * c->io_timeout);
+        c->joined = false; /* from now on every acquire answers NotJoined */
+        if (c->fence_handler)
+                c->fence_handler(c, c->fence_userdata);
+        fence_drop(c);
+        return 0;
+}
+
 static int join_poll(sd_event_source *s, uint64_t usec, void *userdata) {
         Cluster *c = userdata;
         struct sanlk_lockspace ls;
         int r;
 
+        if (c->sock < 0)
+                c->sock = register_connection(c);
         lockspace_init(c, &ls);
         r = sanlock_inq_lockspace(&ls, 0);
-        if (r == 0) {
+        if (c->wait_gone) {
+                /* After a fence: the lockspace sanlock still lists is the lost one, until it has dropped it. */
+                if (r == 0)
+                        goto again;
+                c->wait_gone = false;
+        }
+        if (r == 0 && c->sock >= 0) {
                 c->joined = true;
                 log_info("Joined lockspace %s as host %" PRIu64 " (sanlock)", c->lockspace_name, c->host_id);
                 r = sd_event_source_set_enabled(s, SD_EVENT_OFF);
@@ -195,6 +275,7 @@ static int join_poll(sd_event_source *s, uint64_t usec, void *userdata) {
                         c->join_logged = true;
                 }
         }
+again:
         r = sd_event_source_set_time_relative(s, CLUSTER_JOIN_POLL_USEC);
         if (r < 0)
                 return r;
@@ -218,10 +299,9 @@ int cluster_new(const ClusterSettings *s, sd_event *event, Cluster **ret) {
         c->host_id = s->host_id;
         c->io_timeout = s->io_timeout;
 
-        c->sock = sanlock_register();
+        c->sock = register_connection(c);
         if (c->sock < 0)
-                return log_error_errno(ECONNREFUSED, "Cannot register with the sanlock daemon (%d): is sanlock running?",
-                                       c->sock);
+                return c->sock;
 
         lockspace_init(c, &ls);
         r = sanlock_add_lockspace_timeout(&ls, SANLK_ADD_ASYNC, c->io_timeout);
@@ -233,7 +313,16 @@ int cluster_new(const ClusterSettings *s, sd_event *event, Cluster **ret) {
         log_info("Joining lockspace %s at %s as host %" PRIu64 " (io_timeout %" PRIu32 " s)", c->lockspace_name, c->lockspace_path,
                  c->host_id, c->io_timeout);
         r = sd_event_add_time_relative(event, &c->join_timer, CLOCK_MONOTONIC, 0, 0, join_poll, c);
+        if (r >= 0) {
+                sigset_t ss;
+                sigemptyset(&ss);
+                sigaddset(&ss, CLUSTER_FENCE_SIGNAL);
+                r = sigprocmask(SIG_BLOCK, &ss, NULL) < 0 ? -errno : 0;
+        }
+        if (r >= 0)
+                r = sd_event_add_signal(event, &c->fence_source, CLUSTER_FENCE_SIGNAL, fence_signal, c);
         if (r < 0) {
+                sd_event_source_disable_unref(c->join_timer);
                 safe_close(c->sock);
                 return r;
         }
@@ -245,6 +334,7 @@ Cluster *cluster_free(Cluster *c) {
         if (!c)
                 return NULL;
         sd_event_source_disable_unref(c->join_timer);
+        sd_event_source_disable_unref(c->fence_source);
         /* Closing the registered connection releases every lease it holds. */
         safe_close(c->sock);
         free(c->held);
@@ -268,6 +358,17 @@ void cluster_set_joined_handler(Cluster *c, ClusterJoinedHandler handler, void *
 
 uint64_t cluster_host_id(const Cluster *c) {
         return c ? c->host_id : 0;
+}
+
+void cluster_set_fence_handler(Cluster *c, ClusterFenceHandler handler, void *userdata) {
+        if (!c)
+                return;
+        c->fence_handler = handler;
+        c->fence_userdata = userdata;
+}
+
+const char *cluster_lockspace_name(const Cluster *c) {
+        return c ? c->lockspace_name : NULL;
 }
 
 static Held *held_find(Cluster *c, const char *name) {
@@ -594,6 +695,13 @@ uint64_t cluster_host_id(const Cluster *c) {
 }
 
 void cluster_set_joined_handler(Cluster *c, ClusterJoinedHandler handler, void *userdata) {
+}
+
+void cluster_set_fence_handler(Cluster *c, ClusterFenceHandler handler, void *userdata) {
+}
+
+const char *cluster_lockspace_name(const Cluster *c) {
+        return NULL;
 }
 
 int cluster_acquire(Cluster *c, const char *name, bool exclusive, bool persistent, uint64_t *ret_owner) {

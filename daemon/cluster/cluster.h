@@ -16,6 +16,7 @@
  */
 
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <systemd/sd-event.h>
@@ -67,6 +68,21 @@ uint64_t cluster_host_id(const Cluster *c);
  * restarted vdiskd adopts its orphan leases (cluster_adopt) and releases the rest (cluster_release_orphans). */
 typedef void (*ClusterJoinedHandler)(Cluster *c, void *userdata);
 void cluster_set_joined_handler(Cluster *c, ClusterJoinedHandler handler, void *userdata);
+
+/* Fencing (docs/design.md, "Losing the lockspace"). vdiskd registers a kill path with sanlock: when this
+ * host's lockspace is lost (its delta lease could not be renewed for 8 × IoTimeout: the storage is
+ * unreachable) or another host asks for a lease it holds (`sanlock client request -f 2`), sanlock runs
+ * `kill -USR2 <vdiskd's pid>` instead of SIGTERM, and escalates to SIGKILL if vdiskd still holds leases
+ * in the lockspace after its kill grace period (`sanlock daemon -g`, 40 s by default). On that signal,
+ * from the event loop: the lockspace counts as not joined (every acquire answers -EHOSTDOWN), the fence
+ * handler runs (it stops the jobs and fences the holders, whose ends release their leases), then every
+ * lease still held is released, the connection is registered again (sanlock refuses acquires on a
+ * connection it has started to kill), and the lockspace is joined again once sanlock has dropped it
+ * (through the joined handler, as at start). */
+#define CLUSTER_FENCE_SIGNAL SIGUSR2
+typedef void (*ClusterFenceHandler)(Cluster *c, void *userdata);
+void cluster_set_fence_handler(Cluster *c, ClusterFenceHandler handler, void *userdata);
+const char *cluster_lockspace_name(const Cluster *c);
 
 /* Takes resource `name` (at most CLUSTER_NAME_MAX bytes) for one local user, shared or exclusive.
  * `persistent` (SANLK_RES_PERSISTENT): when vdiskd's connection closes (vdiskd stops or dies) the lease is

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -191,11 +192,18 @@ static int job_turn_cb(sd_event_source *s, uint64_t usec, void *userdata) {
 }
 
 int job_cancel(Job *j) {
+        return job_cancel_why(j, "Cancelled by the caller");
+}
+
+int job_cancel_why(Job *j, const char *why) {
+        OpError err = { .code = -ECANCELED };
+
         if (j->state != JOB_RUNNING)
                 return -EINVAL;
         if (j->ops->abort)
                 j->ops->abort(j->op);
-        job_finish(j, JOB_CANCELLED, -ECANCELED, &(OpError) { .code = -ECANCELED, .reason = "Cancelled by the caller" });
+        snprintf(err.reason, sizeof(err.reason), "%s", why);
+        job_finish(j, JOB_CANCELLED, -ECANCELED, &err);
         return 0;
 }
 

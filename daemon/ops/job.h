@@ -84,5 +84,7 @@ int job_start(JobRegistry *reg, const char *operation, const char *vm, const cha
               void *op, Job **ret);
 /* Cancels a running job: rolls its operation back, and it ends "cancelled". -EINVAL if it has ended. */
 int job_cancel(Job *j);
+/* The same, with the job's error message `why` (cluster mode: fenced because the lockspace was lost). */
+int job_cancel_why(Job *j, const char *why);
 /* Progress as a fraction 0..1. */
 double job_progress(const Job *j);
