@@ -73,7 +73,7 @@ static void on_fence(Cluster *c, void *userdata) {
         char why[128];
         size_t n = 0;
 
-        snprintf(why, sizeof(why), "Cancelled: this host lost cluster lockspace %s", ls);
+        snprintf(why, sizeof(why), "This host lost cluster lockspace %s: stopped before its commit point", ls);
         for (size_t i = 0; fence.jobs && i < fence.jobs->n_jobs; i++) {
                 Job *j = fence.jobs->jobs[i];
                 if (j->state != JOB_RUNNING)

@@ -4,11 +4,12 @@
 timeout (8 × IoTimeout), as when the storage does not answer, then continued. sanlock then finds its
 delta lease not renewed in time and runs vdiskd's kill path instead of killing vdiskd; vdiskd cancels
 its running job (a slowed-down flatten: it had not reached its commit point), kills the process holding
-a read-write lease's fds, ends its leases and drops them. Checked: the job ends cancelled naming the
-lockspace, the holder was killed (SIGKILL), vdiskd of host 1 is still running and answers NotJoined
+a read-write lease's fds and the storage helper of a read-write export, ends its leases and drops them.
+Checked: the job ends cancelled naming the lockspace, the holder was killed (SIGKILL), the helper too, vdiskd of host 1 is still running and answers NotJoined
 until it has joined the lockspace again, the store is exactly as before the flatten, host 2 can take
 the disk read-write, Verify is clean on both hosts, no orphan, no journal entry."""
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import time
 import dbus
 
 import clustertest
+import vdisktest
 from clustertest import check, check_eq, finish, opts
 
 NOT_JOINED = "org.vdisk1.Error.NotJoined"
@@ -49,6 +51,7 @@ def wait_for(what, cond, timeout=60):
 
 def main():
     vdiskd = clustertest.usage_or_skip()
+    vdisktest.require("qemu-storage-daemon")
     c = clustertest.Cluster(vdiskd, 2, start=False)
     holder = None
     try:
@@ -66,6 +69,16 @@ def main():
         h1.call("CreateVM", "vm1", dbus.UInt32(0), opts())
         h1.call("CreateDisk", "vm1", "vda", "data", dbus.UInt64(0), opts())
         h1.call("CreateDisk", "vm1", "vdb", "", dbus.UInt64(1 << 20), opts())
+        h1.call("CreateDisk", "vm1", "vdc", "", dbus.UInt64(1 << 20), opts())
+
+        # A read-write NBD export of vdc on host 1 (this test's connection holds it): its storage helper
+        # is what may write.
+        path, _, fds = h1.env.manager().OpenDisk("vm1", "vdc", opts(export="nbd"))
+        for fd in fds:
+            os.close(fd.take())
+        with open(os.path.join(h1.env.runtime_dir, "exports", str(path).rsplit("/", 1)[1], "state.json")) as f:
+            helper = json.load(f)["helper-pid"]
+        check(vdisktest.alive(helper), "the export's storage helper runs")
 
         holder = subprocess.Popen([sys.executable, "-c", HOLDER, h1.env.address], stdout=subprocess.PIPE, text=True)
         lease_path = holder.stdout.readline().strip()
@@ -97,6 +110,7 @@ def main():
         except subprocess.TimeoutExpired:
             rc = None
         check_eq(rc, -signal.SIGKILL, "the holder of the read-write lease was killed (SIGKILL)")
+        check(not vdisktest.alive(helper), "the storage helper of the read-write export was killed")
         check(h1.env.daemon.poll() is None, "vdiskd of host 1 is still running")
         check(h1.sanlock.poll() is None, "the sanlock daemon of host 1 is still running")
         log = h1.env.log_text()
@@ -105,16 +119,17 @@ def main():
         check_eq(c.snapshot_store(), before, "the store is exactly as before the flatten (it did not commit)")
 
         # The disk is free for host 2 once sanlock no longer counts host 1's lost delta lease as live.
-        def opens_on_host2():
-            err, res = h2.try_call("OpenDisk", "vm1", "vdb", opts())
+        def opens_on_host2(disk):
+            err, res = h2.try_call("OpenDisk", "vm1", disk, opts())
             if err is None:
                 for fd in res[2]:
                     os.close(fd.take())
                 dbus.Interface(h2.env.bus.get_object("org.vdisk1", str(res[0]), introspect=False), "org.vdisk1.Lease").Release()
                 return True
-            check_eq(err, "org.vdisk1.Error.InUse", f"host 2's OpenDisk of vdb meanwhile: InUse ({res})")
+            check_eq(err, "org.vdisk1.Error.InUse", f"host 2's OpenDisk of {disk} meanwhile: InUse ({res})")
             return False
-        wait_for("host 2 takes vdb read-write", opens_on_host2)
+        wait_for("host 2 takes vdb read-write", lambda: opens_on_host2("vdb"))
+        wait_for("host 2 takes the exported vdc read-write", lambda: opens_on_host2("vdc"))
 
         # Host 1 joins the lockspace again and works on.
         h1.wait_joined()
