@@ -39,7 +39,6 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
         OpenDiskRequest req = { .holder_uid = c->uid, .holder_pid = c->pid };
         ExportContext ectx = manager_export_context(m);
         const char *export = NULL;
-        int incoming = false;
         char path[sizeof(VDISK_LEASE_PREFIX) + LAYER_ID_LEN + 1];
         OpError err = {};
         size_t first_count;
@@ -48,7 +47,7 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
 
         CHECK(sd_bus_message_read(msg, "ss", &req.vm, &req.disk));
         CHECK(bus_read_options(msg, (const OptionSpec[]) { { "read_only", 'b', &req.read_only }, { "export", 's', &export },
-                                                           { "incoming", 'b', &incoming }, {} },
+                                                           { "incoming", 'b', &req.incoming }, {} },
                                error));
         if (export_type_from_string(export, &req.export) < 0)
                 return bus_errorf(error, -EINVAL, "Unknown export type: the option 'export' is vhost-user-blk or nbd");
@@ -60,14 +59,14 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
 
         /* Migration (cluster mode): the destination opens the disk for an incoming VM without taking it
          * over; Lease.TakeOver() takes its lease at the switch-over. */
-        if (incoming && !m->cluster)
+        if (req.incoming && !m->cluster)
                 return bus_errorf(error, -EOPNOTSUPP, "The option 'incoming' is for cluster mode ([Cluster] Mode=sanlock)");
-        if (incoming && (req.read_only || req.export != EXPORT_NONE))
+        if (req.incoming && (req.read_only || req.export != EXPORT_NONE))
                 return bus_errorf(error, -EINVAL, "The option 'incoming' is for a read-write OpenDisk without 'export'");
 
         /* Cluster mode: the disk for the lease's life (exclusive unless read-only), the VM's record shared
          * while the chain is read. */
-        r = incoming ? 0 : cluster_leases_disk(&disk_lease, req.vm, req.disk, !req.read_only, &err);
+        r = req.incoming ? 0 : cluster_leases_disk(&disk_lease, req.vm, req.disk, !req.read_only, &err);
         if (r >= 0)
                 r = cluster_leases_vm(&record, m->store, req.vm, false, &err);
         if (r >= 0)
@@ -81,7 +80,7 @@ int method_open_disk(sd_bus_message *msg, Manager *m, const Caller *c, sd_bus_er
                         lease_end(m->store, &m->leases, l, "out of memory");
                         return r;
                 }
-                l->cluster->incoming = incoming;
+                l->cluster->incoming = req.incoming;
                 /* Found again by a restarted vdiskd (an export has its state.json). */
                 r = cluster_leases_record(m->config.exports.runtime_dir, l, &err);
                 if (r < 0) {

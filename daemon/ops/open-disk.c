@@ -280,14 +280,14 @@ static int open_lease_fd(Store *s, Lease *l, size_t i, OpError *err) {
         return 0;
 }
 
-/* Opens the fds of OpenDisk's reply (the first page); the top is tested for QEMU's locks. The rest are
- * opened when fetched (op_lease_get_fds). */
+/* Opens the fds of OpenDisk's reply (the first page); the top is tested for QEMU's locks (unless for an
+ * incoming VM: the source's QEMU holds them). The rest are opened when fetched (op_lease_get_fds). */
 static int open_first_page(Store *s, const OpenDiskRequest *req, Lease *l, OpError *err) {
         for (size_t i = 0; i < MIN(l->n_fds, (size_t) LEASE_MAX_FDS_PER_MESSAGE); i++) {
                 int r = open_lease_fd(s, l, i, err);
                 if (r < 0)
                         return r;
-                if (i == 0 && l->fds[0].writable) {
+                if (i == 0 && l->fds[0].writable && !req->incoming) {
                         r = image_lock_test_any(l->fds[0].fd);
                         if (r < 0)
                                 return op_error(err, r, "Cannot test the image locks");

@@ -16,6 +16,10 @@
 typedef struct OpenDiskRequest {
         const char *vm, *disk;
         bool read_only;
+        /* Migration's destination (OpenDisk's "incoming"): the source's QEMU still runs on the top layer
+         * and holds QEMU's image locks on it; they are not tested (the destination's QEMU takes its own at
+         * `cont`, after the source's inactivated its images). */
+        bool incoming;
         ExportType export;  /* EXPORT_NONE: the chain's fds */
         const char *holder; /* unique bus name */
         uid_t holder_uid;

@@ -9,12 +9,16 @@ the disk's lease at the switch-over with the version the source held (Lease.Take
   on host 3) and its lease version went up;
 - a third host taking the disk between the source's release and the TakeOver makes the hand-over fail
   (InUse, "changed hands"), and nothing changes;
+- the destination's incoming OpenDisk is not refused for QEMU's image locks on the top layer, which the
+  source's QEMU holds until the migration completes (simulated here with OFD locks on bytes 100-104);
 - an incoming lease is found again, still incoming, by a restarted vdiskd and can take over after it;
 - bad input: TakeOver of a lease not opened with "incoming", version 0, "incoming" with read_only or an
   export (InvalidArgs), "incoming" in local mode (NotSupported); nothing changed by any of them."""
 
+import fcntl
 import os
 import signal
+import struct
 
 import dbus
 
@@ -47,6 +51,15 @@ def release(host, path):
     lease_obj(host, path).Release(dbus_interface="org.vdisk1.Lease")
 
 
+def hold_qemu_locks(path):
+    """What a running QEMU holds on its active layer: shared OFD locks on bytes 100-104 (its permissions)
+    and 201 and 203 (refusing WRITE and RESIZE to others). The fd keeps them."""
+    fd = os.open(path, os.O_RDWR)
+    for byte in (100, 101, 102, 103, 104, 201, 203):
+        fcntl.fcntl(fd, getattr(fcntl, "F_OFD_SETLK", 37), struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, byte, 1, 0))
+    return fd
+
+
 def open_disk(host, **kw):
     err, res = host.try_call("OpenDisk", "vm", "d", opts(**kw))
     if err is not None:
@@ -69,8 +82,12 @@ def main():
         check_eq(err, None, "host 1 (the source) opens the disk read-write")
         v = version(h1, src)
         check(v > 0, f"the source's lease has a version ({v})")
+        top = os.path.join(c.store, str(h1.call("GetChain", "vm", "d")[0][1]))
+        source_qemu = hold_qemu_locks(top)
         err, dst = open_disk(h2, incoming=True)
-        check_eq(err, None, "host 2 (the destination) opens it for an incoming VM while host 1 holds it")
+        check_eq(err, None, f"host 2 (the destination) opens it for an incoming VM while host 1 holds it and the "
+                            f"source's QEMU holds its image locks ({dst if err else ''})")
+        os.close(source_qemu)
         check_eq(version(h2, dst), 0, "an incoming lease holds no disk lease yet (LeaseVersion 0)")
         err, msg = open_disk(h3)
         check_eq(err, IN_USE, "host 3 still gets InUse")
