@@ -374,14 +374,30 @@ int journal_end(Store *s, Intent *i) {
         return record_remove(s->journal_fd, name);
 }
 
+/* The temporaries a new layer's file was being made in (images/.#<id>.<format>, store_tmp_create()): the
+ * layer id is the entry's own, so nothing else can be using them. At the start the sweep would remove
+ * them too, but in cluster mode recovery happens under a lease, where no sweep runs. */
+static void unlink_layer_temporaries(Store *s, const char *id) {
+        for (int f = 0; f <= _IMAGE_FORMAT_MAX; f++) {
+                char name[96];
+
+                snprintf(name, sizeof(name), STORE_TMP_PREFIX "%s.%s", id,
+                         f < _IMAGE_FORMAT_MAX ? image_format_to_string(f) : "data");
+                if (unlinkat(s->images_fd, name, 0) < 0 && errno != ENOENT)
+                        log_warning_errno(errno, "Failed to remove temporary image file %s", name);
+        }
+}
+
 int journal_roll_back(Store *s, Intent *i) {
         int r = journal_undo_modified(s, i);
         if (r >= 0)
                 r = restore_moved_files(s, i);
         if (r < 0)
                 return r; /* the entry stays: the next start rolls back again */
-        for (size_t k = 0; k < i->n_new; k++)
+        for (size_t k = 0; k < i->n_new; k++) {
+                unlink_layer_temporaries(s, i->new_layers[k]);
                 (void) store_delete_layer(s, i->new_layers[k]);
+        }
         return 0;
 }
 
