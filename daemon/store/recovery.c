@@ -348,7 +348,6 @@ typedef struct SweepState {
         size_t n_protected_ids;
         char **entry_ids;     /* J1 ∪ J2: the entries' own ids (their undo logs) */
         size_t n_entry_ids;
-        size_t n_entries;     /* entries read in J1 (for the log) */
         char **used;          /* R: every layer id a disk's chain names */
         size_t n_used;
         Layer **layers;       /* R: every layer record */
