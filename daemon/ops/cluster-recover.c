@@ -9,18 +9,24 @@
 #include "cluster-lease.h"
 #include "log.h"
 #include "recovery.h"
+#include "test-hooks.h"
 
 /* Until the lockspace is joined, then while entries are left, look often; otherwise now and then (an
  * entry of a host that died waits for its lease to expire there: 8 × IoTimeout + 60 s in sanlock 3.8). */
 #define SCAN_JOINING_USEC (1U * 1000000U)
 #define SCAN_PENDING_USEC (5U * 1000000U)
 #define SCAN_IDLE_USEC (60U * 1000000U)
+/* The orphan sweep (store_sweep_shared): on the first scan once joined, then this often; when the
+ * catalog lease is busy, at the next scan. */
+#define SWEEP_PERIOD_USEC (UINT64_C(10) * 60U * 1000000U)
 
 struct ClusterRecovery {
         Cluster *cluster;
         Store *store;
         sd_event_source *timer;
         char **seen; /* the journal entries found by the last scan */
+        uint64_t sweep_period;
+        uint64_t next_sweep; /* CLOCK_MONOTONIC; 0: at the first scan once joined */
 };
 
 static bool contains(char **v, const char *s) {
@@ -67,12 +73,52 @@ static size_t scan(ClusterRecovery *rec) {
         return left;
 }
 
+/* The orphan sweep. First without any lease and removing nothing (store_sweep_shared's dry run): most
+ * of the time there is no orphan, and the catalog lease, which would make other hosts' catalog calls
+ * (even ListImages) answer InUse meanwhile, is not taken at all. If there are orphans: again, from the
+ * start, under the catalog lease held exclusively, removing them. Returns false if it must be tried
+ * again at the next scan (the lease was busy). */
+static bool sweep(ClusterRecovery *rec) {
+        ClusterLeases held = CLUSTER_LEASES_INIT(rec->cluster);
+        StoreSweep res = {};
+        OpError err = {};
+        int r;
+
+        r = store_sweep_shared(rec->store, true, &res);
+        if (r < 0 || res.orphans == 0) {
+                log_debug("Orphan sweep: %s (%zu kept for %zu pending operation(s))",
+                          r < 0 ? "not possible now" : "nothing to remove", res.kept, res.pending);
+                return true;
+        }
+        r = cluster_leases_catalog(&held, rec->store, true, &err);
+        if (r < 0) {
+                log_debug("Orphan sweep postponed: %s", err.reason);
+                cluster_leases_release(&held);
+                return false;
+        }
+        res = (StoreSweep) {};
+        r = store_sweep_shared(rec->store, false, &res);
+        if (r >= 0 && res.removed > 0)
+                (void) store_reload_catalog(rec->store); /* catalog records it removed leave memory */
+        cluster_leases_release(&held);
+        if (r >= 0)
+                log_info("Orphan sweep of the shared store: %zu removed, %zu kept for %zu pending operation(s)",
+                         res.removed, res.kept, res.pending);
+        return true;
+}
+
 static int on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         ClusterRecovery *rec = userdata;
-        uint64_t next = SCAN_JOINING_USEC;
+        uint64_t next = SCAN_JOINING_USEC, now = 0;
 
-        if (cluster_joined(rec->cluster))
+        if (cluster_joined(rec->cluster)) {
                 next = scan(rec) > 0 ? SCAN_PENDING_USEC : SCAN_IDLE_USEC;
+                (void) sd_event_now(sd_event_source_get_event(s), CLOCK_MONOTONIC, &now);
+                if (now >= rec->next_sweep)
+                        rec->next_sweep = now + (sweep(rec) ? rec->sweep_period : next);
+                if (rec->next_sweep - now < next)
+                        next = rec->next_sweep - now;
+        }
         (void) sd_event_source_set_time_relative(s, next);
         (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
         return 0;
@@ -85,7 +131,7 @@ int cluster_recovery_start(Cluster *c, Store *s, sd_event *event, ClusterRecover
         rec = calloc(1, sizeof(*rec));
         if (!rec)
                 return -ENOMEM;
-        *rec = (ClusterRecovery) { .cluster = c, .store = s };
+        *rec = (ClusterRecovery) { .cluster = c, .store = s, .sweep_period = test_hook_sweep_usec(SWEEP_PERIOD_USEC) };
         r = sd_event_add_time_relative(event, &rec->timer, CLOCK_MONOTONIC, SCAN_JOINING_USEC, 0, on_timer, rec);
         if (r < 0) {
                 free(rec);

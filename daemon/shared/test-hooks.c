@@ -48,3 +48,8 @@ uint64_t test_hook_step_bytes(uint64_t def) {
         const char *e = secure_getenv("VDISKD_TEST_STEP_BYTES");
         return e && strtoull(e, NULL, 10) >= 512 ? strtoull(e, NULL, 10) : def;
 }
+
+uint64_t test_hook_sweep_usec(uint64_t def) {
+        const char *e = secure_getenv("VDISKD_TEST_SWEEP_USEC");
+        return e && strtoull(e, NULL, 10) > 0 ? strtoull(e, NULL, 10) : def;
+}

@@ -25,6 +25,8 @@ uint64_t test_hook_step_delay_usec(void);
 /* VDISKD_TEST_STEP_BYTES=BYTES (at least 512): bytes a rebase, flatten or commit copies per step,
  * and the speed (bytes per second) of a live one's job in an export's helper; else `def`. */
 uint64_t test_hook_step_bytes(uint64_t def);
+/* VDISKD_TEST_SWEEP_USEC=USEC: the period of the orphan sweep in cluster mode; else `def`. */
+uint64_t test_hook_sweep_usec(uint64_t def);
 
 #else
 
@@ -38,6 +40,9 @@ static inline uint64_t test_hook_step_delay_usec(void) {
         return 0;
 }
 static inline uint64_t test_hook_step_bytes(uint64_t def) {
+        return def;
+}
+static inline uint64_t test_hook_sweep_usec(uint64_t def) {
         return def;
 }
 

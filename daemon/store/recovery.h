@@ -29,3 +29,20 @@ int store_recover_lease(Store *s, const char *lease, size_t *ret_n);
 /* The readable journal entries: `*ret_entries[k]` is an entry's file name, `*ret_leases[k]` its lease
  * (one lease may name several entries). */
 int store_pending_entries(Store *s, char ***ret_entries, char ***ret_leases, size_t *ret_n);
+
+/* The orphan sweep of a shared store (cluster mode; docs/design.md, "The orphan sweep in cluster
+ * mode"): what store_recover() removes at start in local mode — layer records no chain names that are
+ * private or not ready, files of images/ no record names, undo logs of no entry, and temporaries older
+ * than an hour — but read afresh from disk in the order of the proof (the listings, the journal, every
+ * record, the journal again), and never anything a journal entry read either time names. Layers left
+ * modifying are left alone. The caller holds the catalog lease exclusively, except for a `dry_run`,
+ * which removes nothing and only counts. A record or entry that cannot be read stops it (nothing
+ * removed, -EBADMSG and the like, logged). */
+typedef struct StoreSweep {
+        size_t orphans; /* found (removed unless a dry run) */
+        size_t removed;
+        size_t kept;    /* candidates kept only because a journal entry names them */
+        size_t pending; /* journal entries read the first time */
+} StoreSweep;
+#include <stdbool.h>
+int store_sweep_shared(Store *s, bool dry_run, StoreSweep *ret);
