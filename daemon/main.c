@@ -107,6 +107,10 @@ static int name_acquired(sd_bus_message *m, void *userdata, sd_bus_error *ret_er
         return 0;
 }
 
+static bool job_gate_cluster(void *userdata) {
+        return cluster_renewal_fresh(userdata);
+}
+
 static int drop_privileges(bool exports, bool cluster) {
         /* The daemon owns its store and receives callers' files as fds: it needs no capability for that.
          * Root keeps its uid (ownership of the store); with exports, CAP_SETUID and CAP_SETGID stay
@@ -257,6 +261,8 @@ static int run(int argc, char *argv[]) {
                         r = cluster_recovery_start(m->cluster, m->store, m->event, &m->cluster_recovery);
                 if (r >= 0) /* sanlock's kill path: jobs cancelled, writers fenced, leases dropped */
                         cluster_fence_setup(m->cluster, m->store, &m->leases, &m->jobs);
+                if (r >= 0) /* no job step while this host's lease renewal is late */
+                        job_registry_set_gate(&m->jobs, job_gate_cluster, m->cluster);
         } else
                 r = store_open(store, &m->store);
         if (r < 0) {

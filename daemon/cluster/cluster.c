@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cluster.h"
@@ -123,6 +124,8 @@ struct Cluster {
         bool joined;
         bool join_logged;
         bool wait_gone; /* fenced: the lockspace sanlock still has is the lost one; join once it is gone */
+        uint64_t fresh_until; /* CLOCK_MONOTONIC µs: until then the renewal counts as fresh without asking */
+        bool stale_logged;
         sd_event_source *join_timer;
         sd_event_source *fence_source;
         ClusterJoinedHandler joined_handler;
@@ -305,6 +308,14 @@ int cluster_new(const ClusterSettings *s, sd_event *event, Cluster **ret) {
 
         lockspace_init(c, &ls);
         r = sanlock_add_lockspace_timeout(&ls, SANLK_ADD_ASYNC, c->io_timeout);
+        if (r == -EAGAIN) {
+                /* sanlock still removes this lockspace (a vdiskd of this host lost it just before): what it
+                 * lists now is the lost one; join_poll() adds it again once it is gone. */
+                log_warning("Lockspace %s: sanlock is still giving up its previous instance; joining once that is done",
+                            c->lockspace_name);
+                c->wait_gone = true;
+                r = 0;
+        }
         if (r < 0 && r != -EEXIST && r != -EINPROGRESS) {
                 safe_close(c->sock);
                 return log_error_errno(EIO, "Cannot join lockspace %s at %s as host %" PRIu64 ": %s (%d)", c->lockspace_name,
@@ -369,6 +380,67 @@ void cluster_set_fence_handler(Cluster *c, ClusterFenceHandler handler, void *us
 
 const char *cluster_lockspace_name(const Cluster *c) {
         return c ? c->lockspace_name : NULL;
+}
+
+/* sanlock keeps, for every host of the lockspace, the timestamp its delta lease carried when it was last
+ * read (sanlock_get_hosts); for this host, in seconds of its CLOCK_MONOTONIC (sanlock's monotime()).
+ * That read happens during a renewal, before the new timestamp is written, so it lags the last renewal
+ * by one renewal interval (2 × IoTimeout): measured here with IoTimeout=1, the age seen this way is 3–6 s
+ * on a healthy host, never less than the true age. sanlock gives the lockspace up when no renewal
+ * succeeded for 8 × IoTimeout; other hosts may take this host's leases 60 s after that. The limit on the
+ * age seen: 8 × IoTimeout plus that lag, at most 8 × IoTimeout + 30 s — well before anyone else can own
+ * a lease, well above what a healthy host shows. A host frozen for longer (a paused VM host, a stopped
+ * process: resumed, it runs before its sanlock daemon notices) sees more. Asked at most once a second. */
+#define RENEWAL_LIMIT(io) MIN(10U * (uint64_t) (io), 8U * (uint64_t) (io) + 30U)
+#define USEC_PER_SEC UINT64_C(1000000)
+
+static uint64_t monotonic_usec(void) {
+        struct timespec ts;
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
+}
+
+bool cluster_renewal_fresh(Cluster *c) {
+        struct sanlk_host *hs = NULL;
+        uint64_t now = monotonic_usec(), now_s = now / USEC_PER_SEC, limit, age, ts;
+        int n = 0, r;
+
+        if (!c)
+                return true;
+        if (!c->joined)
+                return false;
+        if (now < c->fresh_until)
+                return true;
+        r = sanlock_get_hosts(c->lockspace_name, c->host_id, &hs, &n, 0);
+        if (r == -EAGAIN) { /* joined so recently that sanlock has not read the leases back yet */
+                free(hs);
+                return true;
+        }
+        if (r < 0 || n < 1 || !hs) {
+                free(hs);
+                if (!c->stale_logged)
+                        log_error("Lockspace %s: sanlock cannot tell when this host last renewed its lease (%d): jobs wait",
+                                  c->lockspace_name, r < 0 ? r : -ENOENT);
+                c->stale_logged = true;
+                return false;
+        }
+        ts = hs[0].timestamp;
+        free(hs);
+        limit = RENEWAL_LIMIT(c->io_timeout);
+        age = now_s > ts ? now_s - ts : 0;
+        if (age >= limit) {
+                if (!c->stale_logged)
+                        log_error("Lockspace %s: this host's lease was last renewed %" PRIu64 " s ago (limit %" PRIu64 " s): "
+                                  "nothing is written for it until it is renewed or the lockspace is given up",
+                                  c->lockspace_name, age, limit);
+                c->stale_logged = true;
+                return false;
+        }
+        if (c->stale_logged)
+                log_notice("Lockspace %s: this host's lease is renewed again (%" PRIu64 " s ago)", c->lockspace_name, age);
+        c->stale_logged = false;
+        c->fresh_until = now + MIN(USEC_PER_SEC, (limit - age - 1) * USEC_PER_SEC);
+        return true;
 }
 
 static Held *held_find(Cluster *c, const char *name) {
@@ -494,6 +566,8 @@ int cluster_acquire(Cluster *c, const char *name, bool exclusive, bool persisten
                 return -EHOSTDOWN;
         if (strlen(name) > CLUSTER_NAME_MAX)
                 return -EINVAL;
+        if (!cluster_renewal_fresh(c))
+                return -ENOLINK;
 
         h = held_find(c, name);
         if (h) {
@@ -539,6 +613,8 @@ int cluster_acquire_version(Cluster *c, const char *name, uint64_t version, uint
                 return -EHOSTDOWN;
         if (strlen(name) > CLUSTER_NAME_MAX || version == 0)
                 return -EINVAL;
+        if (!cluster_renewal_fresh(c))
+                return -ENOLINK;
         if (held_find(c, name))
                 return -EBUSY; /* a local user holds it: not a hand-over */
         r = resource_offset(c, name, &offset);
@@ -702,6 +778,10 @@ void cluster_set_fence_handler(Cluster *c, ClusterFenceHandler handler, void *us
 
 const char *cluster_lockspace_name(const Cluster *c) {
         return NULL;
+}
+
+bool cluster_renewal_fresh(Cluster *c) {
+        return true;
 }
 
 int cluster_acquire(Cluster *c, const char *name, bool exclusive, bool persistent, uint64_t *ret_owner) {

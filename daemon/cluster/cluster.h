@@ -84,6 +84,13 @@ typedef void (*ClusterFenceHandler)(Cluster *c, void *userdata);
 void cluster_set_fence_handler(Cluster *c, ClusterFenceHandler handler, void *userdata);
 const char *cluster_lockspace_name(const Cluster *c);
 
+/* Whether this host's lease on the lockspace was renewed recently enough (10 × IoTimeout, at most
+ * 8 × IoTimeout + 30 s, as sanlock reports it) that no other host can have taken its leases: false while not joined, or when the renewal is late (the storage is
+ * slow or gone, or this host was frozen and has just been resumed, before sanlock noticed). Nothing is
+ * written for a lease while it is false: acquires answer -ENOLINK, jobs wait (ops/job.c's gate). True
+ * for NULL (local mode). */
+bool cluster_renewal_fresh(Cluster *c);
+
 /* Takes resource `name` (at most CLUSTER_NAME_MAX bytes) for one local user, shared or exclusive.
  * `persistent` (SANLK_RES_PERSISTENT): when vdiskd's connection closes (vdiskd stops or dies) the lease is
  * not released but kept by this host's sanlock daemon as an orphan, until a vdiskd adopts it again

@@ -49,6 +49,11 @@ static int take(ClusterLeases *l, const char *name, bool exclusive, const char *
                 return op_error(err, r, "This host (cluster host %" PRIu64 ") has not joined the lockspace yet; retry in a "
                                 "few seconds", cluster_host_id(l->cluster));
         }
+        if (r == -ENOLINK) {
+                free(copy);
+                return op_error(err, -EHOSTDOWN, "This host's lease on the cluster lockspace has not been renewed in time "
+                                "(its storage is slow or unreachable): retry later");
+        }
         if (r == -EBUSY) {
                 free(copy);
                 if (owner > 0)
@@ -554,6 +559,9 @@ int cluster_leases_take_over(const char *runtime_dir, Lease *l, uint64_t version
         if (r == -EHOSTDOWN)
                 return op_error(err, r, "This host (cluster host %" PRIu64 ") has not joined the lockspace yet; retry in a "
                                 "few seconds", cluster_host_id(cl->cluster));
+        if (r == -ENOLINK)
+                return op_error(err, -EHOSTDOWN, "This host's lease on the cluster lockspace has not been renewed in time "
+                                "(its storage is slow or unreachable): retry later");
         if (r == -ESTALE)
                 return op_error(err, -EBUSY, "Disk '%s' of VM '%s' changed hands after lease version %" PRIu64
                                 " (another host took it since the source released it): the hand-over fails", l->disk, l->vm,

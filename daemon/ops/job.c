@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #define JOB_LINGER_USEC (60 * UINT64_C(1000000))
 #define JOB_PROGRESS_INTERVAL_USEC (200 * UINT64_C(1000))
 #define JOB_TURN_USEC (UINT64_C(100) * 1000)
+#define JOB_GATE_WAIT_USEC (UINT64_C(500) * 1000)
 
 static const char *const job_state_table[_JOB_STATE_MAX] = {
         [JOB_RUNNING] = "running",
@@ -38,6 +40,15 @@ static uint64_t step_delay_usec(void) {
 
 void job_registry_init(JobRegistry *reg, sd_event *event) {
         *reg = (JobRegistry) { .event = event };
+}
+
+void job_registry_set_gate(JobRegistry *reg, JobGate gate, void *userdata) {
+        reg->gate = gate;
+        reg->gate_userdata = userdata;
+}
+
+static bool job_gate_open(const JobRegistry *reg) {
+        return !reg->gate || reg->gate(reg->gate_userdata);
 }
 
 size_t job_registry_running(const JobRegistry *reg) {
@@ -155,6 +166,19 @@ static void job_run_step(Job *j) {
         int r;
 
         (void) sd_event_now(reg->event, CLOCK_MONOTONIC, &j->last_step);
+        if (!job_gate_open(reg)) {
+                if (!j->gated)
+                        log_op(LOG_WARNING, j->operation, j->vm, j->disk, NULL,
+                               "Job %" PRIu64 " waits: this host's cluster lease is not known to be valid now", j->number);
+                j->gated = true;
+                if (!j->delay_source && sd_event_add_time_relative(reg->event, &j->delay_source, CLOCK_MONOTONIC,
+                                                                    JOB_GATE_WAIT_USEC, 0, job_delay_cb, j) >= 0)
+                        (void) sd_event_source_set_enabled(j->step_source, SD_EVENT_OFF);
+                return;
+        }
+        if (j->gated)
+                log_op(LOG_NOTICE, j->operation, j->vm, j->disk, NULL, "Job %" PRIu64 " goes on", j->number);
+        j->gated = false;
         r = j->ops->step(j->op, &err);
         j->bytes_done = j->ops->bytes_done(j->op);
         j->bytes_total = j->ops->bytes_total(j->op);
@@ -165,6 +189,14 @@ static void job_run_step(Job *j) {
                 if (delay > 0 && !j->delay_source &&
                     sd_event_add_time_relative(reg->event, &j->delay_source, CLOCK_MONOTONIC, delay, 0, job_delay_cb, j) >= 0)
                         (void) sd_event_source_set_enabled(j->step_source, SD_EVENT_OFF);
+                return;
+        }
+        if (r < 0 && !job_gate_open(reg)) {
+                /* Failed while this host may have lost its leases (e.g. it was frozen and another host
+                 * took over): no roll-back here; whoever holds the lease next recovers the entry. */
+                log_op(LOG_ERR, j->operation, j->vm, j->disk, NULL, "Job %" PRIu64 " failed (%s) while this host's cluster "
+                       "lease is not known to be valid: left to recovery, not rolled back here", j->number, err.reason);
+                job_finish(j, JOB_FAILED, r, &err);
                 return;
         }
         if (r < 0 && j->ops->abort)
@@ -200,8 +232,22 @@ int job_cancel_why(Job *j, const char *why) {
 
         if (j->state != JOB_RUNNING)
                 return -EINVAL;
+        if (!job_gate_open(j->registry))
+                return job_abandon(j, why);
         if (j->ops->abort)
                 j->ops->abort(j->op);
+        snprintf(err.reason, sizeof(err.reason), "%s", why);
+        job_finish(j, JOB_CANCELLED, -ECANCELED, &err);
+        return 0;
+}
+
+int job_abandon(Job *j, const char *why) {
+        OpError err = { .code = -ECANCELED };
+
+        if (j->state != JOB_RUNNING)
+                return -EINVAL;
+        log_op(LOG_ERR, j->operation, j->vm, j->disk, NULL, "Job %" PRIu64 " abandoned, not rolled back here: its journal entry "
+               "is left to whoever takes its lease next", j->number);
         snprintf(err.reason, sizeof(err.reason), "%s", why);
         job_finish(j, JOB_CANCELLED, -ECANCELED, &err);
         return 0;
@@ -258,7 +304,7 @@ int job_start(JobRegistry *reg, const char *operation, const char *vm, const cha
 void job_registry_done(JobRegistry *reg) {
         for (size_t i = 0; i < reg->n_jobs; i++) {
                 Job *j = reg->jobs[i];
-                if (j->state == JOB_RUNNING && j->ops->abort)
+                if (j->state == JOB_RUNNING && j->ops->abort && job_gate_open(reg))
                         j->ops->abort(j->op);
                 job_free(j);
         }

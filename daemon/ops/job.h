@@ -60,7 +60,12 @@ struct Job {
         void *op;
         sd_event_source *step_source, *linger_source, *delay_source, *turn_source;
         uint64_t last_step, last_emit;
+        bool gated; /* waiting for the gate: said once in the log */
 };
+
+/* Cluster mode: whether jobs may write to the store now (cluster_renewal_fresh(): this host's lease on
+ * the lockspace was renewed recently enough that no other host can have taken its leases over). */
+typedef bool (*JobGate)(void *userdata);
 
 struct JobRegistry {
         sd_event *event;
@@ -68,9 +73,14 @@ struct JobRegistry {
         size_t n_jobs;
         uint64_t counter;
         JobEvents events;
+        JobGate gate;
+        void *gate_userdata;
 };
 
 void job_registry_init(JobRegistry *reg, sd_event *event);
+/* While `gate` says no, a running job takes no step and, if it must end (a failed step, a Cancel), is
+ * abandoned rather than rolled back: a write then could land on what another host now owns. */
+void job_registry_set_gate(JobRegistry *reg, JobGate gate, void *userdata);
 /* Aborts running jobs (rolls them back) and frees every job. */
 void job_registry_done(JobRegistry *reg);
 
@@ -84,7 +94,11 @@ int job_start(JobRegistry *reg, const char *operation, const char *vm, const cha
               void *op, Job **ret);
 /* Cancels a running job: rolls its operation back, and it ends "cancelled". -EINVAL if it has ended. */
 int job_cancel(Job *j);
-/* The same, with the job's error message `why` (cluster mode: fenced because the lockspace was lost). */
+/* The same, with the job's error message `why`. */
 int job_cancel_why(Job *j, const char *why);
+/* Ends a running job "cancelled" with `why`, without rolling its operation back: nothing more is written;
+ * its journal entry stays, so whoever takes its lease next rolls it back or forward (cluster mode: the
+ * lockspace was lost). -EINVAL if it has ended. */
+int job_abandon(Job *j, const char *why);
 /* Progress as a fraction 0..1. */
 double job_progress(const Job *j);

@@ -116,7 +116,17 @@ def main():
         log = h1.env.log_text()
         check("sanlock ran vdiskd's kill path" in log, "vdiskd was told through its kill path")
         check("every lease of this host dropped" in log, "vdiskd says it dropped its leases")
-        check_eq(c.snapshot_store(), before, "the store is exactly as before the flatten (it did not commit)")
+        # The job was abandoned, not rolled back by host 1: once its lockspace is lost, host 1 writes
+        # nothing (another host may own the leases by then). Its journal entry stays for recovery.
+        check("abandoned, not rolled back here" in log, "host 1 abandoned its flatten to recovery")
+        now = c.snapshot_store()
+        check_eq({k: v for k, v in now.items() if k.startswith("records/vm-")},
+                 {k: v for k, v in before.items() if k.startswith("records/vm-")},
+                 "the VM record is as before the flatten (it did not commit)")
+        check(any(k.startswith("journal/") and k.endswith(".json") for k in now), "the flatten's journal entry is left")
+        # Whoever takes the VM's lease next rolls it back (host 2's recovery scan, or host 1's once joined again).
+        wait_for("the abandoned flatten is rolled back by recovery", lambda: c.snapshot_store() == before, timeout=60)
+        check_eq(c.snapshot_store(), before, "the store is exactly as before the flatten")
 
         # The disk is free for host 2 once sanlock no longer counts host 1's lost delta lease as live.
         def opens_on_host2(disk):
