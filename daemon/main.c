@@ -256,6 +256,7 @@ static int run(int argc, char *argv[]) {
                         manager_free(m);
                         return log_error_errno(r, "Failed to start cluster mode (sanlock); refusing to start");
                 }
+                record_set_writer(m->config.cluster.host_id); /* every record names its writer */
                 r = store_open_shared(store, &m->store);
                 if (r >= 0)
                         r = cluster_recovery_start(m->cluster, m->store, m->event, &m->cluster_recovery);

@@ -61,6 +61,23 @@ static void add_string(struct json_object *o, const char *key, const char *value
         json_object_object_add(o, key, value ? json_object_new_string(value) : NULL);
 }
 
+static uint64_t record_writer;
+
+void record_set_writer(uint64_t host_id) {
+        record_writer = host_id <= RECORD_MAX_WRITER ? host_id : 0;
+}
+
+/* "writer": {"host_id": N}, only in cluster mode. */
+static void add_writer(struct json_object *o) {
+        struct json_object *w;
+
+        if (record_writer == 0)
+                return;
+        w = json_object_new_object();
+        json_object_object_add(w, "host_id", json_object_new_uint64(record_writer));
+        json_object_object_add(o, "writer", w);
+}
+
 struct json_object *layer_to_json(const Layer *l) {
         struct json_object *o = json_object_new_object();
 
@@ -80,6 +97,7 @@ struct json_object *layer_to_json(const Layer *l) {
         add_string(o, "vm", l->vm);
         add_string(o, "state", layer_state_to_string(l->state));
         json_object_object_add(o, "generation", json_object_new_uint64(l->generation));
+        add_writer(o);
         json_object_object_add(o, "inode", json_object_new_uint64(l->inode));
         return o;
 }
@@ -118,6 +136,22 @@ static int get_uint(struct json_object *o, const char *key, uint64_t max, uint64
         return 0;
 }
 
+/* Optional (records of local mode, and of versions before it, have none); if there, well-formed. */
+static int get_writer(struct json_object *o, uint64_t *ret) {
+        struct json_object *w;
+        int r;
+
+        *ret = 0;
+        if (!json_object_object_get_ex(o, "writer", &w))
+                return 0;
+        if (!w || !json_object_is_type(w, json_type_object) || json_object_object_length(w) != 1)
+                return -EBADMSG;
+        r = get_uint(w, "host_id", RECORD_MAX_WRITER, ret);
+        if (r < 0)
+                return r;
+        return *ret == 0 ? -EBADMSG : 0;
+}
+
 int layer_from_json(struct json_object *o, Layer **ret) {
         _cleanup_(layer_freep) Layer *l = NULL;
         const char *id, *file, *format, *backing, *bformat, *data_file, *catalog, *vm, *state;
@@ -136,6 +170,7 @@ int layer_from_json(struct json_object *o, Layer **ret) {
             (r = get_string(o, "state", false, &state)) < 0 ||
             (r = get_uint(o, "virtual_size", UINT64_MAX, &l->virtual_size)) < 0 ||
             (r = get_uint(o, "generation", UINT64_MAX, &l->generation)) < 0 ||
+            (r = get_writer(o, &l->writer)) < 0 ||
             (r = get_uint(o, "inode", UINT64_MAX, &l->inode)) < 0)
                 return r;
 
@@ -191,6 +226,7 @@ struct json_object *vm_to_json(const Vm *v) {
         add_string(o, "name", v->name);
         json_object_object_add(o, "owner_uid", json_object_new_uint64(v->owner_uid));
         json_object_object_add(o, "generation", json_object_new_uint64(v->generation));
+        add_writer(o);
         for (size_t i = 0; i < v->n_disks; i++) {
                 struct json_object *d = json_object_new_object(), *chain = json_object_new_array();
 
@@ -218,7 +254,7 @@ int vm_from_json(struct json_object *o, Vm **ret) {
         if (!v)
                 return -ENOMEM;
         if ((r = get_string(o, "name", false, &name)) < 0 || (r = get_uint(o, "owner_uid", UINT32_MAX - 1, &uid)) < 0 ||
-            (r = get_uint(o, "generation", UINT64_MAX, &v->generation)) < 0)
+            (r = get_uint(o, "generation", UINT64_MAX, &v->generation)) < 0 || (r = get_writer(o, &v->writer)) < 0)
                 return r;
         if (!name_is_valid(name))
                 return -EBADMSG;

@@ -44,6 +44,7 @@ typedef struct Layer {
         char *vm;                  /* private layers: the owning VM */
         LayerState state;
         uint64_t generation;
+        uint64_t writer;           /* cluster host id of the vdiskd that last wrote the record; 0: local mode */
         uint64_t inode;
         unsigned pins; /* in memory only: running operations that read this layer outside its disks */
 } Layer;
@@ -59,6 +60,7 @@ typedef struct Vm {
         char *name;
         uid_t owner_uid;
         uint64_t generation;
+        uint64_t writer;           /* as Layer.writer */
         Disk *disks;
         size_t n_disks;
 } Vm;
@@ -72,6 +74,12 @@ static inline void layer_freep(Layer **l) {
 static inline void vm_freep(Vm **v) {
         vm_free(*v);
 }
+
+/* Who writes records (cluster mode: this host's id in the lockspace, 1..RECORD_MAX_WRITER; 0, the default:
+ * local mode, and no "writer" field). Every record written from then on names it, next to its
+ * generation: another host reading it under the lease knows who changed it last. */
+#define RECORD_MAX_WRITER 2000U /* sanlock's largest host id */
+void record_set_writer(uint64_t host_id);
 
 struct json_object *layer_to_json(const Layer *l);
 int layer_from_json(struct json_object *o, Layer **ret);

@@ -7,6 +7,7 @@
  * the in-memory store unchanged and the caller's operation fails.
  */
 
+#include <inttypes.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <string.h>
@@ -195,6 +196,9 @@ int store_reload_vm(Store *s, const char *name) {
                 return 0;
         }
         if (old) {
+                if (v->generation != old->generation && v->writer)
+                        log_debug("VM %s: record generation %" PRIu64 " -> %" PRIu64 ", written by cluster host %" PRIu64, name,
+                                  old->generation, v->generation, v->writer);
                 for (size_t i = 0; i < s->n_vms; i++)
                         if (s->vms[i] == old)
                                 s->vms[i] = TAKE_PTR(v);

@@ -7,6 +7,7 @@ and DeleteDisk on another (InUse naming host 1, nothing changed); read-only Open
 and CreateImage take the catalog lease; a quarantine recorded on one host is seen on another; a record that cannot be read again is Corrupt and nothing is
 written."""
 
+import json
 import os
 import subprocess
 
@@ -58,7 +59,19 @@ def main():
                  "host 2 creates a disk from host 1's image in host 1's VM")
         c1 = chain_ids(h1, "vm1", "vda")
         check_eq(len(c1), 2, "host 1 sees host 2's disk (overlay on base)")
+        rec_vm1 = os.path.join(c.store, "records", "vm-vm1.json")
+        before_snap = json.load(open(rec_vm1))
+        check_eq(before_snap.get("writer"), {"host_id": 2}, "the VM record names its last writer: host 2 (CreateDisk)")
         top = str(h1.call("Snapshot", "vm1", "vda", opts()))
+        after_snap = json.load(open(rec_vm1))
+        check_eq(after_snap.get("writer"), {"host_id": 1}, "after host 1's Snapshot the VM record names host 1")
+        check(after_snap["generation"] > before_snap["generation"],
+              f"and its generation went up ({before_snap['generation']} -> {after_snap['generation']})")
+        check_eq(json.load(open(os.path.join(c.store, "records", f"layer-{top}.json"))).get("writer"), {"host_id": 1},
+                 "the new layer's record names host 1")
+        check_eq([n for n in os.listdir(os.path.join(c.store, "records"))
+                  if n.endswith(".json") and json.load(open(os.path.join(c.store, "records", n))).get("writer") is None], [],
+                 "every record written in cluster mode names its writer")
         c2 = chain_ids(h2, "vm1", "vda")
         check_eq(c2[0], top, "a snapshot made on host 1 is the top on host 2")
         check_eq(c2, chain_ids(h1, "vm1", "vda"), "both hosts see the same chain")

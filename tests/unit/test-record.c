@@ -118,9 +118,22 @@ static void test_layer_decoder(void) {
                 { "\"vm\":null", "\"vm\":\"web\"" },                        /* both */
                 { "\"state\":\"ready\"", "\"state\":\"whatever\"" },
                 { ",\"inode\":42", "" },                                    /* missing field */
+                /* The writer (cluster mode): optional, but well-formed if there. */
+                { "\"generation\":1,", "\"generation\":1,\"writer\":2," },
+                { "\"generation\":1,", "\"generation\":1,\"writer\":null," },
+                { "\"generation\":1,", "\"generation\":1,\"writer\":{}," },
+                { "\"generation\":1,", "\"generation\":1,\"writer\":{\"host_id\":0}," },
+                { "\"generation\":1,", "\"generation\":1,\"writer\":{\"host_id\":2001}," },
+                { "\"generation\":1,", "\"generation\":1,\"writer\":{\"host_id\":\"2\"}," },
+                { "\"generation\":1,", "\"generation\":1,\"writer\":{\"host_id\":2,\"x\":1}," },
         };
 
         CHECK_EQ_INT(layer_text(valid_layer), 0);
+        {
+                char *t = replace(valid_layer, "\"generation\":1,", "\"generation\":1,\"writer\":{\"host_id\":2000},");
+                CHECK_EQ_INT(layer_text(t), 0);
+                free(t);
+        }
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 char *t = replace(valid_layer, bad[i].from, bad[i].to);
                 if (layer_text(t) != -EBADMSG)
@@ -156,6 +169,23 @@ static void test_roundtrip(void) {
         CHECK(v2 && streq(v2->disks[0].chain[1], "fedcba9876543210fedcba9876543210"));
         CHECK_EQ_INT(v2 ? v2->generation : 0, 3);
         CHECK(faccessat(dirfd_tmp, ".#vm-web.json", F_OK, 0) < 0);
+        CHECK_EQ_INT(v2 ? v2->writer : 1, 0);
+        CHECK(!json_object_object_get_ex(o = vm_to_json(v), "writer", NULL)); /* local mode: no writer */
+        json_object_put(o);
+        vm_free(v2);
+        v2 = NULL;
+
+        /* Cluster mode: every record written names its writer, read back as such. */
+        record_set_writer(7);
+        o = vm_to_json(v);
+        CHECK_EQ_INT(record_write(dirfd_tmp, "vm-web.json", o), 0);
+        json_object_put(o);
+        CHECK_EQ_INT(record_read(dirfd_tmp, "vm-web.json", &back), 0);
+        CHECK_EQ_INT(vm_from_json(back, &v2), 0);
+        json_object_put(back);
+        CHECK_EQ_INT(v2 ? v2->writer : 0, 7);
+        CHECK_EQ_INT(v2 ? v2->generation : 0, 3);
+        record_set_writer(0);
         vm_free(v);
         vm_free(v2);
 
@@ -166,6 +196,7 @@ static void test_roundtrip(void) {
                 "{\"schema\":1,\"name\":\"a\",\"owner_uid\":1,\"generation\":1,\"disks\":[{\"name\":\"d\",\"chain\":[]}]}",
                 "{\"schema\":1,\"name\":\"a\",\"owner_uid\":1,\"generation\":1,\"disks\":[{\"name\":\"d\",\"chain\":[\"x\"]}]}",
                 "{\"schema\":1,\"name\":\"a\",\"owner_uid\":1,\"generation\":1,\"disks\":{}}",
+                "{\"schema\":1,\"name\":\"a\",\"owner_uid\":1,\"generation\":1,\"writer\":{\"host_id\":-1},\"disks\":[]}",
         };
         for (size_t i = 0; i < ELEMENTSOF(bad_vms); i++) {
                 Vm *bv = NULL;
