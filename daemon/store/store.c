@@ -520,8 +520,10 @@ static int load_records(Store *s) {
                 size_t len = strlen(n);
 
                 if (n[0] == '.') {
-                        if (strncmp(n, TMP_PREFIX, strlen(TMP_PREFIX)) == 0)
-                                (void) unlinkat(s->records_fd, n, 0); /* an interrupted atomic write */
+                        /* An interrupted atomic write; in cluster mode possibly another host's write in
+                         * progress: left to the orphan sweep, which removes old ones (recovery.c). */
+                        if (strncmp(n, TMP_PREFIX, strlen(TMP_PREFIX)) == 0 && !s->shared)
+                                (void) unlinkat(s->records_fd, n, 0);
                         continue;
                 }
                 if (len < 6 || !streq(n + len - 5, ".json")) {

@@ -217,9 +217,15 @@ def main():
         check_eq(h2.chain(vm), before, "the chain is the old one")
         for p in named:
             check(not exists(c, p), f"{p} went with the roll-back")
+        # A record being written by another host right now (its temporary, fresh) survives a vdiskd
+        # starting in cluster mode (in local mode a start removes every temporary of records/).
+        writing = f"records/.#vm-{vm}.json.{new_id()[:16]}"
+        put(os.path.join(c.store, writing), b"another host's record write in progress")
         h1.start_vdiskd()
         h1.wait_joined()
         check_eq(h1.chain(vm), before, "host 1, restarted, sees the old chain")
+        check(exists(c, writing), "a starting vdiskd leaves another host's fresh record temporary alone")
+        os.unlink(os.path.join(c.store, writing))
         c.check_clean(vms)
 
         # 3. Host 1 works (a slowed Commit, snapshots, disks made and deleted) while host 2 sweeps every
