@@ -90,6 +90,8 @@ static void on_fence(Cluster *c, void *userdata) {
                 lease_end(fence.store, fence.leases, fence.leases->leases[fence.leases->n_leases - 1], why);
                 n++;
         }
+        if (fence.leases)
+                lease_registry_forget_pending(fence.leases); /* their cluster leases are dropped next */
         log_error("Lockspace %s lost: %zu jobs and leases ended", ls, n);
 }
 

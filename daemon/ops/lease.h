@@ -57,11 +57,24 @@ typedef struct LeaseEnded {
 
 #define LEASE_ENDED_KEEP 8U
 
+/* Cluster mode: a quarantine that could not be recorded when its lease ended, because another host held
+ * the VM record's lease at that moment. The disk's own cluster lease is kept meanwhile (no host can use
+ * the disk), and the quarantine is recorded under the VM's lease as soon as it is free (retried every
+ * second): never a VM record written without its lease, which could lose that host's change. */
+typedef struct PendingQuarantine {
+        char *vm, *disk, *reason;
+        struct ClusterLeases *cluster;
+} PendingQuarantine;
+
 typedef struct LeaseRegistry {
         Lease **leases;
         size_t n_leases;
         LeaseEnded ended[LEASE_ENDED_KEEP]; /* the last leases ended, a ring */
         unsigned n_ended;
+        PendingQuarantine *pending;
+        size_t n_pending;
+        Store *pending_store;
+        sd_event_source *pending_retry;
 } LeaseRegistry;
 
 Lease *lease_free(Lease *l);
@@ -73,6 +86,12 @@ void lease_forget_fds(Lease *l, size_t first, size_t count);
 bool lease_fds_pending(const Lease *l, size_t first, size_t count);
 
 void lease_registry_done(LeaseRegistry *reg);
+/* The lockspace is lost (ops/cluster-fence.c): the pending quarantines cannot be recorded; forgotten,
+ * their cluster leases with them (dropped by the caller), each logged. */
+void lease_registry_forget_pending(LeaseRegistry *reg);
+/* A quarantine of `disk` of `vm` (any disk of it if NULL) waiting to be recorded: the disk is not handed
+ * out meanwhile. NULL if there is none. */
+const PendingQuarantine *lease_registry_pending(const LeaseRegistry *reg, const char *vm, const char *disk);
 int lease_registry_add(LeaseRegistry *reg, Lease *l);
 void lease_registry_remove(LeaseRegistry *reg, Lease *l);
 Lease *lease_registry_find(const LeaseRegistry *reg, const char *id);

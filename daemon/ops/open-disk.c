@@ -203,6 +203,7 @@ int open_disk_blockdev(Store *s, const Disk *d, bool read_only, bool for_export,
 /* Refusals that need no file opened: quarantine, jobs, limits, the one-writer rule. */
 static int check_admissible(const Limits *lim, const LeaseRegistry *leases, const JobRegistry *jobs,
                             const OpenDiskRequest *req, const Disk *d, size_t n_fds, OpError *err) {
+        const PendingQuarantine *q;
         const Job *j;
         const Lease *o;
 
@@ -236,6 +237,11 @@ static int check_admissible(const Limits *lim, const LeaseRegistry *leases, cons
         if (o)
                 return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is open %s by %s (pid %d)", req->disk, req->vm,
                                 o->read_only ? "read-only" : "read-write", o->holder, (int) o->holder_pid);
+        /* Cluster mode: a quarantine waiting for the VM's lease (its disk lease is this host's meanwhile). */
+        q = lease_registry_pending(leases, req->vm, req->disk);
+        if (q)
+                return op_error(err, -EBUSY, "Disk '%s' of VM '%s' is being quarantined (%s): waiting for the VM's cluster lease",
+                                req->disk, req->vm, q->reason);
         return 0;
 }
 
