@@ -111,6 +111,8 @@ int intent_add_modify(Intent *i, const Layer *before, const Layer *after) {
         r = layer_copy(before, &m->before);
         if (r >= 0)
                 r = layer_copy(after, &m->after);
+        if (r >= 0)
+                m->after->writer = record_get_writer(); /* the new version is this host's */
         if (r < 0) {
                 layer_free(m->before);
                 layer_free(m->after);

@@ -67,14 +67,18 @@ void record_set_writer(uint64_t host_id) {
         record_writer = host_id <= RECORD_MAX_WRITER ? host_id : 0;
 }
 
-/* "writer": {"host_id": N}, only in cluster mode. */
-static void add_writer(struct json_object *o) {
+uint64_t record_get_writer(void) {
+        return record_writer;
+}
+
+/* "writer": {"host_id": N}; none for 0 (local mode). */
+static void add_writer(struct json_object *o, uint64_t writer) {
         struct json_object *w;
 
-        if (record_writer == 0)
+        if (writer == 0)
                 return;
         w = json_object_new_object();
-        json_object_object_add(w, "host_id", json_object_new_uint64(record_writer));
+        json_object_object_add(w, "host_id", json_object_new_uint64(writer));
         json_object_object_add(o, "writer", w);
 }
 
@@ -97,7 +101,7 @@ struct json_object *layer_to_json(const Layer *l) {
         add_string(o, "vm", l->vm);
         add_string(o, "state", layer_state_to_string(l->state));
         json_object_object_add(o, "generation", json_object_new_uint64(l->generation));
-        add_writer(o);
+        add_writer(o, l->writer);
         json_object_object_add(o, "inode", json_object_new_uint64(l->inode));
         return o;
 }
@@ -226,7 +230,7 @@ struct json_object *vm_to_json(const Vm *v) {
         add_string(o, "name", v->name);
         json_object_object_add(o, "owner_uid", json_object_new_uint64(v->owner_uid));
         json_object_object_add(o, "generation", json_object_new_uint64(v->generation));
-        add_writer(o);
+        add_writer(o, v->writer);
         for (size_t i = 0; i < v->n_disks; i++) {
                 struct json_object *d = json_object_new_object(), *chain = json_object_new_array();
 

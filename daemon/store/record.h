@@ -76,10 +76,13 @@ static inline void vm_freep(Vm **v) {
 }
 
 /* Who writes records (cluster mode: this host's id in the lockspace, 1..RECORD_MAX_WRITER; 0, the default:
- * local mode, and no "writer" field). Every record written from then on names it, next to its
- * generation: another host reading it under the lease knows who changed it last. */
+ * local mode, and no "writer" field). Layer.writer and Vm.writer are serialized as they are; the store
+ * stamps every new version of a record it writes with this (store_save_layer, store_put_vm, the "after"
+ * of a journal entry), while a record put back from a journal entry (a roll-back, a roll-forward) keeps
+ * the writer it had there: restored byte for byte. */
 #define RECORD_MAX_WRITER 2000U /* sanlock's largest host id */
 void record_set_writer(uint64_t host_id);
+uint64_t record_get_writer(void);
 
 struct json_object *layer_to_json(const Layer *l);
 int layer_from_json(struct json_object *o, Layer **ret);

@@ -163,7 +163,7 @@ static void array_remove(void **array, size_t *n, void *item) {
                 }
 }
 
-int store_save_layer(Store *s, Layer *l) {
+static int save_layer(Store *s, Layer *l) {
         char name[64];
         struct json_object *o;
         int r;
@@ -177,6 +177,11 @@ int store_save_layer(Store *s, Layer *l) {
         r = record_write(s->records_fd, name, o);
         json_object_put(o);
         return r;
+}
+
+int store_save_layer(Store *s, Layer *l) {
+        l->writer = record_get_writer(); /* a new version, this host's */
+        return save_layer(s, l);
 }
 
 int store_put_layer(Store *s, Layer *l) {
@@ -246,6 +251,7 @@ int store_put_vm(Store *s, Vm *v) {
         r = wal_checkpoint(s);
         if (r < 0)
                 return r;
+        v->writer = record_get_writer();
         o = vm_to_json(v);
         vm_record_name(v->name, name);
         r = record_write(s->records_fd, name, o);
@@ -648,7 +654,7 @@ int store_replace_layer(Store *s, const Layer *l) {
         r = layer_copy(l, &copy);
         if (r < 0)
                 return r;
-        r = store_save_layer(s, copy);
+        r = save_layer(s, copy); /* as it was recorded, its writer included */
         if (r < 0) {
                 layer_free(copy);
                 return r;
