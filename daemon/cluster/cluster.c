@@ -382,22 +382,16 @@ const char *cluster_lockspace_name(const Cluster *c) {
         return c ? c->lockspace_name : NULL;
 }
 
-/* sanlock keeps, for every host of the lockspace, the timestamp its delta lease carried when it was last
- * read (sanlock_get_hosts); for this host, in seconds of its CLOCK_MONOTONIC (sanlock's monotime()).
- * That read happens during a renewal, before the new timestamp is written, so it lags the last renewal
- * by one renewal interval (2 × IoTimeout): measured here with IoTimeout=1, the age seen this way is 3–6 s
- * on a healthy host, never less than the true age. sanlock gives the lockspace up when no renewal
- * succeeded for 8 × IoTimeout; other hosts may take this host's leases 60 s after that. The limit on the
- * age seen: 8 × IoTimeout plus that lag, at most 8 × IoTimeout + 30 s — well before anyone else can own
- * a lease, well above what a healthy host shows. A host frozen for longer (a paused VM host, a stopped
- * process: resumed, it runs before its sanlock daemon notices) sees more. Asked at most once a second. */
+/* sanlock_get_hosts() for this host: the timestamp its delta lease carried when last read back during a
+ * renewal, in seconds of this host's CLOCK_MONOTONIC — one renewal interval (2 × IoTimeout) behind, so
+ * never less than the true age (3–6 s on a healthy host with IoTimeout=1). sanlock gives up at 8 ×
+ * IoTimeout, others may take the leases 60 s later: the limit sits between (docs/design.md, "the gate"). */
 #define RENEWAL_LIMIT(io) MIN(10U * (uint64_t) (io), 8U * (uint64_t) (io) + 30U)
 #define USEC_PER_SEC UINT64_C(1000000)
 
 static uint64_t monotonic_usec(void) {
-        struct timespec ts;
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000;
+        struct timespec t;
+        return clock_gettime(CLOCK_MONOTONIC, &t) < 0 ? 0 : (uint64_t) t.tv_sec * USEC_PER_SEC + (uint64_t) t.tv_nsec / 1000;
 }
 
 bool cluster_renewal_fresh(Cluster *c) {
@@ -412,20 +406,17 @@ bool cluster_renewal_fresh(Cluster *c) {
         if (now < c->fresh_until)
                 return true;
         r = sanlock_get_hosts(c->lockspace_name, c->host_id, &hs, &n, 0);
-        if (r == -EAGAIN) { /* joined so recently that sanlock has not read the leases back yet */
-                free(hs);
+        ts = r >= 0 && n >= 1 && hs ? hs[0].timestamp : 0;
+        free(hs);
+        if (r == -EAGAIN) /* joined so recently that sanlock has not read the leases back yet */
                 return true;
-        }
-        if (r < 0 || n < 1 || !hs) {
-                free(hs);
+        if (ts == 0) {
                 if (!c->stale_logged)
                         log_error("Lockspace %s: sanlock cannot tell when this host last renewed its lease (%d): jobs wait",
                                   c->lockspace_name, r < 0 ? r : -ENOENT);
                 c->stale_logged = true;
                 return false;
         }
-        ts = hs[0].timestamp;
-        free(hs);
         limit = RENEWAL_LIMIT(c->io_timeout);
         age = now_s > ts ? now_s - ts : 0;
         if (age >= limit) {
